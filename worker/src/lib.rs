@@ -1,0 +1,21 @@
+//! `lynx-worker`: the Lynx multimodal LLM on CPU (candle), exact to the official implementation.
+//!
+//! Layers, bottom up:
+//! - [`config`], [`checkpoint`], [`tokenizer`], [`vision`]: files and inputs in the released formats;
+//! - [`model`]: the network (ViT, resampler, LLaMA with adapters), hot code with no orchestration;
+//! - [`generation`]: HF-4.28-exact decoding over a narrow step trait;
+//! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
+//! - [`embedded`]: the generated tiny model used by default;
+//! - [`cli`]: the `lynx-worker` command line.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod generation;
+pub mod loader;
+pub mod model;
+pub mod pipeline;
+pub mod prompt;
+pub mod tokenizer;
+pub mod vision;

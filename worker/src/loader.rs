@@ -1,0 +1,77 @@
+//! Loading a model directory in either layout into a ready [`LoadedModel`].
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::checkpoint::converted::{is_converted, ConvertedCheckpoint};
+use crate::checkpoint::release::{load_release, MergedCheckpoint};
+use crate::checkpoint::CheckpointError;
+use crate::config::LynxConfig;
+use crate::model::Lynx;
+use crate::tokenizer::LynxTokenizer;
+
+/// Which on-disk layout a model directory uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `eva_vit_g.pth` + `vicuna-7b/` + `finetune_lynx.pt` + YAML.
+    Release,
+    /// safetensors + `lynx.json` + `tokenizer.json`.
+    Converted,
+}
+
+/// A model ready to run: weights, tokenizer and validated config.
+pub struct LoadedModel {
+    /// The network.
+    pub model: Lynx,
+    /// The tokenizer.
+    pub tokenizer: LynxTokenizer,
+    /// The configuration.
+    pub config: LynxConfig,
+    /// Layout it was loaded from.
+    pub layout: Layout,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("model_name", &self.config.model_name)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl LoadedModel {
+    /// Loads `dir`: the converted layout when `lynx.json` is present, else the release layout with
+    /// its YAML (`config`, or `LYNX.yaml` in `dir`).
+    pub fn load(dir: &Path, config: Option<&Path>) -> Result<Self, CheckpointError> {
+        if !dir.is_dir() {
+            return Err(CheckpointError::MissingFile(dir.to_owned()));
+        }
+        if is_converted(dir) {
+            let (config, tokenizer, vb) = ConvertedCheckpoint::open(dir)?.var_builder();
+            let model = Lynx::load(vb, &config)?;
+            Ok(Self {
+                model,
+                tokenizer,
+                config,
+                layout: Layout::Converted,
+            })
+        } else {
+            Self::from_merged(load_release(dir, config)?)
+        }
+    }
+
+    /// Builds the model from a merged release checkpoint.
+    pub fn from_merged(merged: MergedCheckpoint) -> Result<Self, CheckpointError> {
+        let vb = VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu);
+        let model = Lynx::load(vb, &merged.config)?;
+        Ok(Self {
+            model,
+            tokenizer: merged.tokenizer,
+            config: merged.config,
+            layout: Layout::Release,
+        })
+    }
+}

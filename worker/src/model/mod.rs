@@ -1,0 +1,11 @@
+//! The Lynx model on candle (CPU, f32): the reference implementation. Each layer is a
+//! `load(vb.pp("name"))` / `forward` pair whose paths mirror the checkpoint tensor names.
+
+pub mod llama;
+pub mod lynx;
+pub mod nn;
+pub mod resampler;
+pub mod vit;
+
+pub use llama::{KvCache, LlamaModel};
+pub use lynx::{positions_from_mask, LlmSession, Lynx, Prefill, VisionBatch};

@@ -1,0 +1,102 @@
+//! Shared helpers of the integration tests: fixture paths and comparisons.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor};
+use lynx_worker::loader::LoadedModel;
+
+/// Root of the tiny fixture copied from the official code's outputs.
+pub fn tiny() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tiny"))
+}
+
+pub fn model_dir() -> PathBuf {
+    tiny().join("model")
+}
+
+pub fn refs() -> PathBuf {
+    tiny().join("refs")
+}
+
+/// `ref.json`.
+pub fn ref_json() -> &'static serde_json::Value {
+    static REF: OnceLock<serde_json::Value> = OnceLock::new();
+    REF.get_or_init(|| {
+        let p = refs().join("ref.json");
+        let text =
+            std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()));
+        serde_json::from_slice(&text).unwrap()
+    })
+}
+
+/// Tensors of `ref_<case>.safetensors`.
+pub fn case_tensors(case: &str) -> HashMap<String, Tensor> {
+    let p = refs().join(format!("ref_{case}.safetensors"));
+    assert!(p.is_file(), "fixture {} missing", p.display());
+    candle_core::safetensors::load(&p, &Device::Cpu).unwrap()
+}
+
+/// The release-layout tiny model, loaded once per test binary.
+pub fn release_model() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| LoadedModel::load(&model_dir(), None).expect("load the tiny release fixture"))
+}
+
+/// `max|a - b| / max|b|` over the whole tensors.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-30);
+    diff / scale
+}
+
+/// I64 tensor -> rows of u32.
+pub fn id_rows(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as u32).collect())
+        .collect()
+}
+
+/// Id lists of `ref.json[case][key]`.
+pub fn ref_ids(case: &str, key: &str) -> Vec<Vec<u32>> {
+    let v = &ref_json()[case][key];
+    assert!(v.is_array(), "ref.json has no {case}.{key}");
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+pub const IMAGE_CASES: [&str; 5] = [
+    "image0",
+    "image1",
+    "image2",
+    "image3",
+    "image_batch_1_2_leftpad",
+];
+pub const VIDEO_CASES: [&str; 2] = ["video0", "video1"];
+pub const GREEDY_KEY: &str = "greedy_ids(min_len2,no_repeat2,max_new16)";
+pub const PLAIN_GREEDY_KEY: &str = "greedy_plain_ids(max_new16)";
+pub const BEAM_KEY: &str = "beam5_ids(len_pen-2,min_len2,no_repeat2,max_new16)";
