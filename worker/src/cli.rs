@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::checkpoint::converted::write_converted;
+use crate::checkpoint::converted::{write_converted, SHARD_BYTES};
 use crate::checkpoint::release::load_release;
 use crate::embedded::{ensure_preset, Preset};
 use crate::generation::{DecodingMode, GenerationParams};
@@ -239,6 +239,7 @@ pub fn convert(args: &ConvertArgs) -> Result<(), CliError> {
         &merged.tensors,
         &merged.tokenizer,
         args.dtype.into(),
+        SHARD_BYTES,
     )
     .map_err(err)?;
     tracing::info!(out = %args.out.display(), files = files.len(), "converted");

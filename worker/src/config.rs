@@ -454,7 +454,7 @@ impl LynxConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
         if self.vision.patch_size == 0
-            || self.vision.image_res as usize % self.vision.patch_size != 0
+            || !(self.vision.image_res as usize).is_multiple_of(self.vision.patch_size)
         {
             return bad(
                 "image_res",
@@ -464,7 +464,7 @@ impl LynxConfig {
                 ),
             );
         }
-        if self.vision.heads == 0 || self.vision.width % self.vision.heads != 0 {
+        if self.vision.heads == 0 || !self.vision.width.is_multiple_of(self.vision.heads) {
             return bad(
                 "vision_heads",
                 format!(
@@ -474,8 +474,8 @@ impl LynxConfig {
             );
         }
         if self.llm.heads == 0
-            || self.llm.hidden % self.llm.heads != 0
-            || self.llm.head_dim() % 2 != 0
+            || !self.llm.hidden.is_multiple_of(self.llm.heads)
+            || !self.llm.head_dim().is_multiple_of(2)
         {
             return bad(
                 "num_attention_heads",

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::checkpoint::converted::{is_converted, write_converted};
+use crate::checkpoint::converted::{is_converted, write_converted, SHARD_BYTES};
 use crate::checkpoint::{expected_weights, CheckpointError};
 use crate::config::{
     BridgeConfig, GenerationDefaults, ImageNorm, LlmConfig, LynxConfig, PromptConfig,
@@ -127,8 +127,8 @@ impl Preset {
                 unk: tok.unk_id(),
             },
             image_norm: ImageNorm {
-                mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-                std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+                mean: crate::vision::preprocess::OPENAI_CLIP_MEAN,
+                std: crate::vision::preprocess::OPENAI_CLIP_STD,
             },
         }
     }
@@ -152,9 +152,8 @@ pub fn random_weights(cfg: &LynxConfig, seed: u64) -> candle_core::Result<HashMa
     let mut out = HashMap::new();
     for (name, shape) in expected_weights(cfg) {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with(".scaling") {
-            vec![1.0; n]
-        } else if shape.len() == 1 && name.ends_with(".weight") {
+        let is_norm_weight = shape.len() == 1 && name.ends_with(".weight");
+        let data: Vec<f32> = if name.ends_with(".scaling") || is_norm_weight {
             vec![1.0; n]
         } else if shape.len() == 1 && name.ends_with(".bias") {
             vec![0.0; n]
@@ -171,7 +170,7 @@ pub fn write_preset(preset: Preset, dir: &Path) -> Result<LynxConfig, Checkpoint
     let tok = toy_tokenizer()?;
     let cfg = preset.config(&tok);
     let weights = random_weights(&cfg, SEED)?;
-    write_converted(dir, &cfg, &weights, &tok, DType::F32)?;
+    write_converted(dir, &cfg, &weights, &tok, DType::F32, SHARD_BYTES)?;
     Ok(cfg)
 }
 

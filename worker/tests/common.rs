@@ -100,3 +100,78 @@ pub const VIDEO_CASES: [&str; 2] = ["video0", "video1"];
 pub const GREEDY_KEY: &str = "greedy_ids(min_len2,no_repeat2,max_new16)";
 pub const PLAIN_GREEDY_KEY: &str = "greedy_plain_ids(max_new16)";
 pub const BEAM_KEY: &str = "beam5_ids(len_pen-2,min_len2,no_repeat2,max_new16)";
+
+use lynx_worker::generation::{DecodingMode, GenerationParams};
+use lynx_worker::pipeline::{run_batch, GenerateRequest, VisionInput};
+use lynx_worker::vision::{self, PreprocessConfig, VisionLimits};
+
+/// One line of the fixture's jsonl case lists.
+#[derive(serde::Deserialize)]
+struct CaseLine {
+    question: String,
+    image: Option<String>,
+    video: Option<String>,
+}
+
+fn case_lines(file: &str) -> Vec<CaseLine> {
+    let p = tiny().join("inputs").join(file);
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The requests of a fixture case, built from the input files (our decoding, preprocessing and
+/// prompt construction).
+pub fn case_requests(m: &LoadedModel, case: &str) -> Vec<GenerateRequest> {
+    let pre = PreprocessConfig {
+        image_res: m.config.vision.image_res,
+        mean: m.config.image_norm.mean,
+        std: m.config.image_norm.std,
+    };
+    let limits = VisionLimits::default();
+    let request = |line: &CaseLine| {
+        // Paths in the jsonl resolve against the model dir, as in the official layout.
+        let vision = if let Some(img) = &line.image {
+            let bytes = std::fs::read(model_dir().join(img)).unwrap();
+            VisionInput::Image(vision::preprocess(
+                &vision::decode_image(&bytes, &limits).unwrap(),
+                &pre,
+            ))
+        } else {
+            let bytes = std::fs::read(model_dir().join(line.video.as_ref().unwrap())).unwrap();
+            VisionInput::Video(
+                vision::load_video_frames(&bytes, &limits, &pre, m.config.num_frames).unwrap(),
+            )
+        };
+        GenerateRequest {
+            vision,
+            question: line.question.clone(),
+        }
+    };
+    let images = case_lines("tiny_images.jsonl");
+    let videos = case_lines("tiny_videos.jsonl");
+    match case {
+        "image_batch_1_2_leftpad" => vec![request(&images[1]), request(&images[2])],
+        c if c.starts_with("image") => vec![request(&images[c[5..].parse::<usize>().unwrap()])],
+        c => vec![request(&videos[c[5..].parse::<usize>().unwrap()])],
+    }
+}
+
+/// Greedy (release processors) and beam-5 parameters with 16 new tokens, as in the fixtures.
+pub fn fixture_params(m: &LoadedModel, mode: DecodingMode) -> GenerationParams {
+    let mut p = GenerationParams::from_defaults(&m.config.generation, mode);
+    p.max_new_tokens = 16;
+    p
+}
+
+/// Full output sequences (BOS placeholder included) of `reqs`.
+pub fn run_sequences(
+    m: &LoadedModel,
+    reqs: &[GenerateRequest],
+    p: &GenerationParams,
+) -> Vec<Vec<u32>> {
+    let (results, _) = run_batch(m, reqs, p).unwrap();
+    results.into_iter().map(|r| r.generated.sequence).collect()
+}

@@ -22,7 +22,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// Shard index (HF format) when the weights are sharded.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
-/// Largest shard written.
+/// Default largest shard.
 pub const SHARD_BYTES: u64 = 4 << 30;
 
 /// True when `dir` holds the converted layout.
@@ -30,13 +30,15 @@ pub fn is_converted(dir: &Path) -> bool {
     dir.join(CONFIG_FILE).is_file()
 }
 
-/// Writes `tensors` (converted to `dtype`), the config and the tokenizer into `out`.
+/// Writes `tensors` (converted to `dtype`), the config and the tokenizer into `out`, in shards of
+/// at most `shard_bytes` (a larger tensor gets a shard of its own). Returns the files written.
 pub fn write_converted(
     out: &Path,
     config: &LynxConfig,
     tensors: &HashMap<String, Tensor>,
     tokenizer: &LynxTokenizer,
     dtype: DType,
+    shard_bytes: u64,
 ) -> Result<Vec<PathBuf>, CheckpointError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -50,7 +52,7 @@ pub fn write_converted(
     for name in names {
         let t = &tensors[name];
         let bytes = (t.elem_count() * dtype.size_in_bytes()) as u64;
-        if size + bytes > SHARD_BYTES && shards.last().is_some_and(|s| !s.is_empty()) {
+        if size + bytes > shard_bytes && shards.last().is_some_and(|s| !s.is_empty()) {
             shards.push(Vec::new());
             size = 0;
         }
