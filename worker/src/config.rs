@@ -521,7 +521,7 @@ impl LynxConfig {
     /// lower-cased when `lower_text`.
     pub fn format_prompt(&self, question: &str) -> String {
         let text = self.prompt.template.replace("{question}", question);
-        let text = text.trim();
+        let text = crate::tokenizer::python_strip(&text);
         if self.prompt.lower_text {
             text.to_lowercase()
         } else {

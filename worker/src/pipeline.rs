@@ -10,7 +10,7 @@ use crate::generation::{generate, DecodeIds, Generated, GenerationError, Generat
 use crate::loader::LoadedModel;
 use crate::model::VisionBatch;
 use crate::prompt::{left_pad, prompt_token_ids};
-use crate::tokenizer::TokenizerError;
+use crate::tokenizer::{python_strip, TokenizerError};
 
 /// Vision part of a request, already preprocessed into normalised CHW pixels.
 #[derive(Debug, Clone)]
@@ -192,11 +192,7 @@ pub fn run_batch(
         .into_iter()
         .zip(generated)
         .map(|(prompt_token_ids, generated)| {
-            let text = m
-                .tokenizer
-                .decode(&generated.token_ids, true)
-                .trim()
-                .to_owned();
+            let text = python_strip(&m.tokenizer.decode(&generated.token_ids, true)).to_owned();
             GenerateResult {
                 prompt_token_ids,
                 generated,

@@ -117,6 +117,29 @@ impl GenerationParams {
         }
     }
 
+    /// Checks the values HF would reject (or that make no sense), naming the parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_new_tokens == 0 {
+            return Err("max_new_tokens must be at least 1".into());
+        }
+        if self.num_beams == 0 {
+            return Err("num_beams must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!("temperature must be > 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !self.length_penalty.is_finite() {
+            return Err(format!(
+                "length_penalty must be finite, got {}",
+                self.length_penalty
+            ));
+        }
+        Ok(())
+    }
+
     /// Rows the model runs per request.
     pub fn rows_per_request(&self) -> usize {
         match self.mode {
