@@ -1,6 +1,0 @@
-//! `lynx-operator` entry point.
-
-fn main() {
-    eprintln!("lynx-operator: the controller is not implemented in this release");
-    std::process::exit(2);
-}
