@@ -268,3 +268,53 @@ fn converted_dir_with_a_missing_tensor_names_it() {
         "{e}"
     );
 }
+
+#[test]
+fn eva_and_vicuna_conversion_matches_the_official_merge() {
+    // Without the Lynx checkpoint's overrides: the fixture's Lynx checkpoint was saved from the
+    // official model after it loaded these very EVA and Vicuna files, so the converted values
+    // (qkv split, q/v biases, dropped block, fp16 upcast, [PAD] mean rows) must agree with it.
+    use lynx_worker::checkpoint::release::load_base_weights;
+    let base = load_base_weights(&model_dir(), None).unwrap();
+    let official = candle_core::safetensors::load(
+        refs().join("merged_state_dict_fp32.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(!base
+        .keys()
+        .any(|k| k.starts_with("bridge.") || k.contains("output_adapter")));
+    assert!(
+        !base.contains_key("vision_encoder.blocks.2.norm1.weight"),
+        "EVA's extra block is dropped"
+    );
+    let mut compared = 0;
+    for (k, ours) in &base {
+        let theirs = official
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} not in the official model"));
+        let d = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let tol = match k.as_str() {
+            "vision_encoder.pos_embed" => 1e-6, // torch bicubic, last-ulp differences
+            k if k.ends_with("embed_tokens.weight") || k.ends_with("lm_head.weight") => 1e-6, // [PAD] mean row
+            _ => 0.0,
+        };
+        assert!(d <= tol, "{k}: max|diff| {d}");
+        compared += 1;
+    }
+    assert!(compared >= 60, "compared {compared} tensors");
+    for k in [
+        "vision_encoder.blocks.0.attn.q_proj.weight",
+        "vision_encoder.blocks.1.attn.k_proj.weight",
+        "vision_encoder.blocks.1.attn.v_proj.bias",
+    ] {
+        assert!(base.contains_key(k), "{k}");
+    }
+}

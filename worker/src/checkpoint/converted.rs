@@ -151,7 +151,6 @@ pub struct ConvertedCheckpoint {
     pub tokenizer: LynxTokenizer,
     /// Memory-mapped weights.
     pub weights: candle_core::safetensors::MmapedSafetensors,
-    dir: PathBuf,
 }
 
 impl ConvertedCheckpoint {
@@ -179,7 +178,6 @@ impl ConvertedCheckpoint {
             config,
             tokenizer,
             weights,
-            dir: dir.to_owned(),
         })
     }
 
@@ -188,7 +186,6 @@ impl ConvertedCheckpoint {
         let backend = ProgressBackend {
             inner: Box::new(self.weights),
             progress: Mutex::new(LoadProgress::new("converted checkpoint")),
-            source: self.dir,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
         (self.config, self.tokenizer, vb)
@@ -199,8 +196,6 @@ impl ConvertedCheckpoint {
 struct ProgressBackend {
     inner: Box<dyn SimpleBackend>,
     progress: Mutex<LoadProgress>,
-    #[allow(dead_code)]
-    source: PathBuf,
 }
 
 impl ProgressBackend {

@@ -10,7 +10,7 @@
 //! Unlike the official code (which keeps random weights), a bridge, adapter or frame embedding that
 //! is still missing after the merge is a hard error naming the keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -62,6 +62,25 @@ pub fn load_release(
     model_dir: &Path,
     config: Option<&Path>,
 ) -> Result<MergedCheckpoint, CheckpointError> {
+    merge(model_dir, config, true)
+}
+
+/// The weights the official model holds *before* the Lynx checkpoint is applied: converted EVA,
+/// Vicuna and the `[PAD]` rows (bridge, adapters and frame embedding absent). For inspecting
+/// and testing the conversion steps; the Lynx checkpoint must still exist (it decides the ViT
+/// depth when the YAML does not).
+pub fn load_base_weights(
+    model_dir: &Path,
+    config: Option<&Path>,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    Ok(merge(model_dir, config, false)?.tensors)
+}
+
+fn merge(
+    model_dir: &Path,
+    config: Option<&Path>,
+    apply_lynx: bool,
+) -> Result<MergedCheckpoint, CheckpointError> {
     let yaml_file = yaml_path(model_dir, config);
     if !yaml_file.is_file() {
         return Err(CheckpointError::MissingFile(yaml_file));
@@ -85,10 +104,20 @@ pub fn load_release(
     let mut progress = LoadProgress::new("release checkpoint");
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
 
+    // Tensors the Lynx checkpoint provides are overridden anyway: not read from EVA / Vicuna
+    // (with the full release checkpoint this halves load time and peak memory).
+    let overridden: HashSet<String> = if apply_lynx {
+        lynx.names()
+            .iter()
+            .map(|n| n.strip_prefix("model.").unwrap_or(n).to_owned())
+            .collect()
+    } else {
+        HashSet::new()
+    };
+
     // 1. EVA.
     let grid = vision.grid();
     for name in eva.names() {
-        let shape = eva.shape(&name).unwrap_or_default();
         if let Some(block) = block_index(&name) {
             if block >= vision.depth {
                 continue;
@@ -97,34 +126,37 @@ pub fn load_release(
         {
             continue;
         }
+        let targets = eva_targets(&name);
+        if targets.iter().all(|k| overridden.contains(k)) {
+            continue;
+        }
         let t = eva.read_f32(&name)?;
         progress.tensor(&name, &t);
-        if let Some(prefix) = name.strip_suffix(".attn.qkv.weight") {
-            let rows = shape.first().copied().unwrap_or(0) / 3;
-            for (i, part) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+        if targets.len() == 3 {
+            // Fused qkv: rows [q; k; v].
+            let rows = t.dim(0).map_err(|e| corrupt(eva.path(), &name, e))? / 3;
+            for (i, key) in targets.into_iter().enumerate() {
                 let w = t
                     .narrow(0, i * rows, rows)
                     .map_err(|e| corrupt(eva.path(), &name, e))?;
-                tensors.insert(format!("vision_encoder.{prefix}.attn.{part}.weight"), w);
+                tensors.insert(key, w);
             }
-        } else if let Some(prefix) = name.strip_suffix(".attn.q_bias") {
-            tensors.insert(format!("vision_encoder.{prefix}.attn.q_proj.bias"), t);
-        } else if let Some(prefix) = name.strip_suffix(".attn.v_bias") {
-            tensors.insert(format!("vision_encoder.{prefix}.attn.v_proj.bias"), t);
         } else if name == "pos_embed" {
             let t = interpolate_pos_embed(&t, grid).map_err(|e| corrupt(eva.path(), &name, e))?;
             tensors.insert("vision_encoder.pos_embed".into(), t);
         } else {
-            tensors.insert(format!("vision_encoder.{name}"), t);
+            for key in targets {
+                tensors.insert(key, t.clone());
+            }
         }
     }
 
     // 2. Vicuna.
     for file in &llm_files {
-        for (name, t) in read_weight_file(file, &mut progress)? {
-            if name.ends_with("rotary_emb.inv_freq") {
-                continue;
-            }
+        let wanted = |name: &str| {
+            !name.ends_with("rotary_emb.inv_freq") && !overridden.contains(&format!("LLM.{name}"))
+        };
+        for (name, t) in read_weight_file(file, wanted, &mut progress)? {
             tensors.insert(format!("LLM.{name}"), t);
         }
     }
@@ -139,7 +171,8 @@ pub fn load_release(
     }
 
     // 4. Lynx checkpoint overrides.
-    for name in lynx.names() {
+    let lynx_names = if apply_lynx { lynx.names() } else { Vec::new() };
+    for name in lynx_names {
         let key = name.strip_prefix("model.").unwrap_or(&name).to_owned();
         if key.ends_with("rotary_emb.inv_freq") {
             continue;
@@ -156,7 +189,9 @@ pub fn load_release(
     progress.finish();
 
     let config = build_config(&yaml, &hf, vision, &tensors, &tokenizer)?;
-    super::check_required_keys(&config, &tensors)?;
+    if apply_lynx {
+        super::check_required_keys(&config, &tensors)?;
+    }
     Ok(MergedCheckpoint {
         config,
         tensors,
@@ -207,6 +242,22 @@ fn corrupt(path: &Path, name: &str, e: candle_core::Error) -> CheckpointError {
     CheckpointError::Corrupt {
         path: path.to_owned(),
         message: format!("tensor {name}: {e}"),
+    }
+}
+
+/// The model keys a raw EVA tensor becomes (three for the fused `qkv`).
+fn eva_targets(name: &str) -> Vec<String> {
+    if let Some(prefix) = name.strip_suffix(".attn.qkv.weight") {
+        ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .map(|p| format!("vision_encoder.{prefix}.attn.{p}.weight"))
+            .collect()
+    } else if let Some(prefix) = name.strip_suffix(".attn.q_bias") {
+        vec![format!("vision_encoder.{prefix}.attn.q_proj.bias")]
+    } else if let Some(prefix) = name.strip_suffix(".attn.v_bias") {
+        vec![format!("vision_encoder.{prefix}.attn.v_proj.bias")]
+    } else {
+        vec![format!("vision_encoder.{name}")]
     }
 }
 
@@ -376,27 +427,35 @@ struct ShardIndex {
 
 fn read_weight_file(
     path: &Path,
+    wanted: impl Fn(&str) -> bool,
     progress: &mut LoadProgress,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     let mut out = Vec::new();
     if is_safetensors {
-        let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = candle_core::safetensors::BufferedSafetensors::new(bytes).map_err(|e| {
             CheckpointError::Corrupt {
                 path: path.to_owned(),
                 message: e.to_string(),
             }
         })?;
-        for (name, t) in map {
-            let t = t
-                .to_dtype(candle_core::DType::F32)
+        let mut names: Vec<String> = file.tensors().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        for name in names.into_iter().filter(|n| wanted(n)) {
+            let t = file
+                .load(&name, &Device::Cpu)
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
                 .map_err(|e| corrupt(path, &name, e))?;
             progress.tensor(&name, &t);
             out.push((name, t));
         }
     } else {
         let ck = TorchCheckpoint::open(path)?;
-        for name in ck.names() {
+        for name in ck.names().into_iter().filter(|n| wanted(n)) {
             let t = ck.read_f32(&name)?;
             progress.tensor(&name, &t);
             out.push((name, t));
