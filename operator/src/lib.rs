@@ -1,5 +1,23 @@
 //! The Lynx operator: reconciles `LynxDeployment` objects into worker Deployments, Services and
 //! autoscalers.
 //!
-//! Planned modules: `crd` (the custom resource type), `desired` (pure spec -> child objects),
-//! `reconcile` (server-side apply + status), and the process entry point in `main.rs`.
+//! - [`crd`]: the custom resource type, the source of the CRD in `deploy/crd.yaml`.
+//! - [`validate`]: the Rust mirror of the CRD's CEL rules.
+//! - [`desired`]: pure spec + cluster capabilities -> desired child objects.
+//!
+//! The reconcile loop (server-side apply, status, events) and the `run` command come next.
+
+pub mod crd;
+pub mod desired;
+pub mod validate;
+
+use kube::CustomResourceExt;
+
+/// Renders the `LynxDeployment` CustomResourceDefinition as YAML, exactly as `deploy/crd.yaml`
+/// holds it.
+///
+/// # Errors
+/// Only if YAML serialization fails, which a well-formed CRD never triggers.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&crd::LynxDeployment::crd())
+}

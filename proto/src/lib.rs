@@ -1,4 +1,67 @@
-//! The gRPC contract of the Lynx worker (protobuf package `lynx.v1`).
+//! The gRPC contract of the Lynx worker, protobuf package `lynx.v1` (`lynx/v1/lynx.proto`).
 //!
-//! The service definition and its generated code land here with the serving work; every other crate
-//! talks to the worker through this crate only.
+//! Generated at build time (no `protoc` needed): the messages, the `Lynx` service's tonic server
+//! ([`v1::lynx_server`]) and client ([`v1::lynx_client`]), and the encoded descriptor set for server
+//! reflection ([`FILE_DESCRIPTOR_SET`]). Every other crate talks to the worker through this crate.
+
+/// `lynx.v1`: messages, client and server.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("lynx.v1");
+}
+
+/// Encoded `FileDescriptorSet` of `lynx.v1`, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lynx_v1_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::v1::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let req = GenerateRequest {
+            images: vec![Image {
+                data: vec![1, 2, 3],
+            }],
+            video: None,
+            instruction: "What is in the image?".into(),
+            parameters: Some(DecodingParameters {
+                mode: DecodingMode::Beam as i32,
+                max_new_tokens: Some(16),
+                num_beams: Some(5),
+                stop: vec!["\n".into()],
+                ..Default::default()
+            }),
+            priority: Priority::High as i32,
+            client_request_id: "abc".into(),
+        };
+        let back = GenerateRequest::decode(req.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(back, req);
+        assert_eq!(back.parameters.and_then(|p| p.num_beams), Some(5));
+    }
+
+    #[test]
+    fn descriptor_describes_the_service() {
+        let fds =
+            prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor");
+        let file = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "lynx.v1")
+            .expect("lynx.v1 file");
+        let service = file
+            .service
+            .iter()
+            .find(|s| s.name() == "Lynx")
+            .expect("Lynx service");
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        assert_eq!(methods, ["Generate", "GenerateStream", "GetModelInfo"]);
+        assert!(
+            service.method[1].server_streaming(),
+            "GenerateStream streams"
+        );
+    }
+}

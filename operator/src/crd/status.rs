@@ -1,0 +1,48 @@
+//! The status of a `LynxDeployment` and its condition types.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LynxDeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Workers that exist (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Workers whose readiness probe passes.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the workers, in string form (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// gRPC endpoint: `<service>.<namespace>.svc.cluster.local:<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The autoscaler in use: `keda`, `hpa` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<String>,
+    /// Ready, Progressing, Degraded, ModelLoaded, AutoscalingReady / AutoscalingUnavailable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Condition types the operator writes into [`LynxDeploymentStatus::conditions`].
+pub mod condition {
+    /// All desired workers are ready.
+    pub const READY: &str = "Ready";
+    /// A rollout or scale is under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Fewer workers are ready than desired, or a child could not be written.
+    pub const DEGRADED: &str = "Degraded";
+    /// At least one worker has loaded the model.
+    pub const MODEL_LOADED: &str = "ModelLoaded";
+    /// The chosen autoscaler exists.
+    pub const AUTOSCALING_READY: &str = "AutoscalingReady";
+    /// Autoscaling was requested but no autoscaler could be created; the reason says why.
+    pub const AUTOSCALING_UNAVAILABLE: &str = "AutoscalingUnavailable";
+}

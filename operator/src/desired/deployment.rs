@@ -1,0 +1,415 @@
+//! The worker Deployment: `lynx-worker serve` with GPUs, the model volume, probes, graceful drain
+//! and a restricted-PSS security context.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    HostPathVolumeSource, LocalObjectReference, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Context;
+use crate::crd::{CpuMemory, LynxDeploymentSpec, ModelSource, PullPolicy, UriSource};
+
+/// The worker's gRPC port inside the pod.
+pub const GRPC_PORT: i32 = 50051;
+/// The worker's HTTP port (`/healthz`, `/readyz`, `/metrics`) inside the pod.
+pub const HTTP_PORT: i32 = 9090;
+/// Where the model source is mounted in the worker.
+pub const MODEL_MOUNT: &str = "/models";
+/// Seconds `preStop` sleeps so endpoints drop the pod before the worker starts draining.
+const PRESTOP_SLEEP_SECONDS: i64 = 5;
+/// Grace beyond `preStop` + drain before the kubelet kills the worker.
+const GRACE_MARGIN_SECONDS: i64 = 10;
+const TLS_MOUNT: &str = "/etc/lynx/tls";
+const AUTH_MOUNT: &str = "/etc/lynx/auth";
+/// Non-root uid/gid the worker and fetcher run as.
+const RUN_AS: i64 = 65532;
+
+/// Builds the worker Deployment.
+///
+/// # Guarantees
+/// `spec.replicas` equals the LynxDeployment's `spec.replicas` (the autoscaler scales the
+/// LynxDeployment, never this Deployment); `terminationGracePeriodSeconds` covers the preStop
+/// sleep plus `drainTimeoutSeconds` plus a margin.
+pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
+    let spec = &ctx.ld.spec;
+    let mut annotations = BTreeMap::new();
+    if spec.monitoring.enabled {
+        annotations.insert("prometheus.io/scrape".to_owned(), "true".to_owned());
+        annotations.insert("prometheus.io/port".to_owned(), HTTP_PORT.to_string());
+        annotations.insert("prometheus.io/path".to_owned(), "/metrics".to_owned());
+    }
+    let pod = PodSpec {
+        containers: vec![worker_container(spec)],
+        init_containers: spec
+            .model
+            .source
+            .uri
+            .as_ref()
+            .map(|uri| vec![fetch_container(uri)]),
+        volumes: Some(volumes(spec)),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        termination_grace_period_seconds: Some(
+            PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
+        ),
+        automount_service_account_token: Some(false),
+        image_pull_secrets: non_empty(
+            spec.worker
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect(),
+        ),
+        node_selector: non_empty_map(spec.worker.node_selector.clone()),
+        tolerations: non_empty(spec.worker.tolerations.clone()),
+        affinity: spec.worker.affinity.clone(),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: ctx.metadata(),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: (spec.rollout.max_surge.is_some()
+                    || spec.rollout.max_unavailable.is_some())
+                .then(|| RollingUpdateDeployment {
+                    max_surge: spec.rollout.max_surge.clone(),
+                    max_unavailable: spec.rollout.max_unavailable.clone(),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels()),
+                    annotations: non_empty_map(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+/// `lynx-worker serve` arguments: model, listen addresses, then each batching/limit flag that is
+/// set, TLS/auth files, then the user's extra args.
+pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
+    let model = if spec.model.path.is_empty() {
+        MODEL_MOUNT.to_owned()
+    } else {
+        format!("{MODEL_MOUNT}/{}", spec.model.path.trim_end_matches('/'))
+    };
+    let mut args = vec![
+        "serve".to_owned(),
+        "--model".to_owned(),
+        model,
+        "--layout".to_owned(),
+        enum_str(&spec.model.layout),
+        "--dtype".to_owned(),
+        enum_str(&spec.model.dtype),
+        "--grpc-addr".to_owned(),
+        format!("0.0.0.0:{GRPC_PORT}"),
+        "--http-addr".to_owned(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+    ];
+    let (b, l) = (&spec.batching, &spec.limits);
+    let flags = [
+        ("--max-batch-size", b.max_batch_size),
+        ("--max-batch-delay-ms", b.max_batch_delay_ms),
+        ("--max-batch-total-tokens", b.max_batch_total_tokens),
+        ("--max-queue", b.max_queue),
+        ("--max-image-bytes", l.max_image_bytes),
+        ("--max-image-pixels", l.max_image_pixels),
+        ("--max-images-per-request", l.max_images_per_request),
+        ("--max-video-frames", l.max_video_frames),
+        ("--max-prompt-tokens", l.max_prompt_tokens),
+        ("--max-new-tokens", l.max_new_tokens),
+        ("--drain-timeout-seconds", Some(spec.drain_timeout_seconds)),
+    ];
+    for (flag, value) in flags {
+        if let Some(value) = value {
+            args.push(flag.to_owned());
+            args.push(value.to_string());
+        }
+    }
+    if spec.tls.is_some() {
+        args.extend(["--tls-cert".to_owned(), format!("{TLS_MOUNT}/tls.crt")]);
+        args.extend(["--tls-key".to_owned(), format!("{TLS_MOUNT}/tls.key")]);
+    }
+    if let Some(auth) = &spec.auth {
+        args.extend([
+            "--auth-tokens-file".to_owned(),
+            format!("{AUTH_MOUNT}/{}", auth.key),
+        ]);
+    }
+    args.extend(spec.worker.args.iter().cloned());
+    args
+}
+
+fn worker_container(spec: &LynxDeploymentSpec) -> Container {
+    let worker = &spec.worker;
+    let mut limits = quantities(worker.resources.limits.as_ref());
+    let mut requests = quantities(worker.resources.requests.as_ref());
+    if worker.gpus > 0 {
+        let gpus = Quantity(worker.gpus.to_string());
+        limits.insert(worker.gpu_resource_name.clone(), gpus.clone());
+        requests.insert(worker.gpu_resource_name.clone(), gpus);
+    }
+    let mut mounts = vec![
+        mount("model", MODEL_MOUNT, true),
+        mount("dshm", "/dev/shm", false),
+        mount("tmp", "/tmp", false),
+    ];
+    if spec.tls.is_some() {
+        mounts.push(mount("tls", TLS_MOUNT, true));
+    }
+    if spec.auth.is_some() {
+        mounts.push(mount("auth", AUTH_MOUNT, true));
+    }
+    Container {
+        name: "worker".to_owned(),
+        image: Some(worker.image.clone()),
+        image_pull_policy: worker.image_pull_policy.map(|policy| {
+            match policy {
+                PullPolicy::Always => "Always",
+                PullPolicy::IfNotPresent => "IfNotPresent",
+                PullPolicy::Never => "Never",
+            }
+            .to_owned()
+        }),
+        command: Some(vec!["lynx-worker".to_owned()]),
+        args: Some(worker_args(spec)),
+        env: non_empty(worker.env.clone()),
+        ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+        resources: Some(ResourceRequirements {
+            limits: non_empty_map(limits),
+            requests: non_empty_map(requests),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(mounts),
+        // Model loading can take minutes: the startup probe allows 30 min before liveness counts.
+        startup_probe: Some(http_probe("/readyz", 10, 180)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["sleep".to_owned(), PRESTOP_SLEEP_SECONDS.to_string()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(restricted()),
+        ..Container::default()
+    }
+}
+
+/// The init container that downloads and unpacks the model archive into the model volume; it
+/// skips the download when a previous run completed (PVC cache).
+fn fetch_container(uri: &UriSource) -> Container {
+    let untar = if uri.uri.ends_with(".tar.gz") || uri.uri.ends_with(".tgz") {
+        "tar -xzf -"
+    } else {
+        "tar -xf -"
+    };
+    let script = format!(
+        "set -eu; if [ -f {MODEL_MOUNT}/.lynx-fetched ]; then exit 0; fi; \
+         curl -fsSL \"$LYNX_MODEL_URI\" | {untar} -C {MODEL_MOUNT}; touch {MODEL_MOUNT}/.lynx-fetched"
+    );
+    Container {
+        name: "fetch-model".to_owned(),
+        image: Some(uri.fetcher_image.clone()),
+        command: Some(vec!["sh".to_owned(), "-c".to_owned(), script]),
+        env: Some(vec![EnvVar {
+            name: "LYNX_MODEL_URI".to_owned(),
+            value: Some(uri.uri.clone()),
+            value_from: None,
+        }]),
+        volume_mounts: Some(vec![
+            mount("model", MODEL_MOUNT, false),
+            mount("tmp", "/tmp", false),
+        ]),
+        security_context: Some(restricted()),
+        ..Container::default()
+    }
+}
+
+fn volumes(spec: &LynxDeploymentSpec) -> Vec<Volume> {
+    let mut volumes = vec![
+        model_volume(&spec.model.source),
+        Volume {
+            name: "dshm".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: spec.worker.shm_size.clone(),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if let Some(tls) = &spec.tls {
+        volumes.push(secret_volume("tls", &tls.secret_name));
+    }
+    if let Some(auth) = &spec.auth {
+        volumes.push(secret_volume("auth", &auth.secret_name));
+    }
+    volumes
+}
+
+/// The `model` volume; `validate()` guarantees exactly one source, checked in this order.
+fn model_volume(source: &ModelSource) -> Volume {
+    let mut volume = Volume {
+        name: "model".to_owned(),
+        ..Volume::default()
+    };
+    if let Some(pvc) = &source.pvc {
+        volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+            claim_name: pvc.claim_name.clone(),
+            read_only: Some(pvc.read_only),
+        });
+    } else if let Some(host) = &source.host_path {
+        volume.host_path = Some(HostPathVolumeSource {
+            path: host.path.clone(),
+            type_: Some("Directory".to_owned()),
+        });
+    } else if let Some(uri) = &source.uri {
+        match &uri.claim_name {
+            Some(claim) => {
+                volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(false),
+                });
+            }
+            None => {
+                volume.empty_dir = Some(EmptyDirVolumeSource {
+                    size_limit: uri.size_limit.clone(),
+                    ..EmptyDirVolumeSource::default()
+                });
+            }
+        }
+    }
+    volume
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The container security context of the `restricted` Pod Security Standard.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn quantities(amounts: Option<&CpuMemory>) -> BTreeMap<String, Quantity> {
+    let mut map = BTreeMap::new();
+    if let Some(amounts) = amounts {
+        if let Some(cpu) = &amounts.cpu {
+            map.insert("cpu".to_owned(), cpu.clone());
+        }
+        if let Some(memory) = &amounts.memory {
+            map.insert("memory".to_owned(), memory.clone());
+        }
+    }
+    map
+}
+
+/// The wire name of a unit enum (its serde string).
+fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => String::new(),
+    }
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+fn non_empty_map<K, V>(map: BTreeMap<K, V>) -> Option<BTreeMap<K, V>> {
+    (!map.is_empty()).then_some(map)
+}

@@ -1,0 +1,539 @@
+//! Tests of the desired-state builder: golden files for the samples, assertions on the fields
+//! that matter; the autoscaling decisions are in `autoscaling`.
+
+mod autoscaling;
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::*;
+use crate::crd::{LynxDeploymentSpec, PodDisruptionBudgetSpec};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A sample from `deploy/samples/`, with the identity the API server would give it.
+pub(crate) fn sample(name: &str) -> LynxDeployment {
+    let path = manifest_dir()
+        .join("../deploy/samples")
+        .join(format!("{name}.yaml"));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut ld: LynxDeployment =
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"));
+    ld.metadata.namespace = Some("serving".to_owned());
+    ld.metadata.uid = Some(format!("uid-{name}"));
+    ld
+}
+
+pub(super) const ALL: ClusterCapabilities = ClusterCapabilities {
+    keda: true,
+    custom_metrics: true,
+    external_metrics: true,
+    prometheus_operator: true,
+};
+pub(super) const NONE: ClusterCapabilities = ClusterCapabilities {
+    keda: false,
+    custom_metrics: false,
+    external_metrics: false,
+    prometheus_operator: false,
+};
+
+/// All children as one multi-document YAML, `None` children left out.
+fn render(desired: &Desired) -> String {
+    let mut docs = vec![
+        serde_yaml_ng::to_string(&desired.deployment),
+        serde_yaml_ng::to_string(&desired.service),
+    ];
+    if let Some(pdb) = &desired.pdb {
+        docs.push(serde_yaml_ng::to_string(pdb));
+    }
+    if let Some(hpa) = &desired.hpa {
+        docs.push(serde_yaml_ng::to_string(hpa));
+    }
+    for value in [&desired.scaled_object, &desired.pod_monitor]
+        .into_iter()
+        .flatten()
+    {
+        docs.push(serde_yaml_ng::to_string(value));
+    }
+    let docs: Vec<String> = docs
+        .into_iter()
+        .map(|doc| doc.expect("children serialize"))
+        .collect();
+    format!(
+        "# autoscaler: {} ({})\n{}",
+        desired.autoscaler.kind.as_str(),
+        desired.autoscaler.reason.as_str(),
+        docs.join("---\n")
+    )
+}
+
+/// Compares `actual` with `operator/tests/golden/<name>.yaml`; `LYNX_UPDATE_GOLDEN=1` rewrites it.
+fn assert_golden(name: &str, actual: &str) {
+    let path = manifest_dir()
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
+    if std::env::var_os("LYNX_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} differs from the desired state; review, then regenerate with \
+         `LYNX_UPDATE_GOLDEN=1 cargo test -p lynx-operator`\n--- actual ---\n{actual}",
+        path.display()
+    );
+}
+
+fn pod(desired: &Desired) -> &PodSpec {
+    desired
+        .deployment
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec")
+}
+
+fn worker(desired: &Desired) -> &Container {
+    &pod(desired).containers[0]
+}
+
+#[test]
+fn golden_minimal_on_a_bare_cluster() {
+    let desired = desired(&sample("minimal"), &NONE).expect("valid");
+    assert_golden("minimal", &render(&desired));
+}
+
+#[test]
+fn golden_full_with_keda_and_prometheus_operator() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    assert_golden("full-keda", &render(&desired));
+}
+
+#[test]
+fn golden_full_with_custom_metrics_api() {
+    let caps = ClusterCapabilities {
+        custom_metrics: true,
+        ..NONE
+    };
+    let desired = desired(&sample("full"), &caps).expect("valid");
+    assert_golden("full-hpa", &render(&desired));
+}
+
+#[test]
+fn every_child_is_labelled_and_owned_by_the_lynx_deployment() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    let pdb = desired.pdb.as_ref().expect("pdb");
+    let metas = [
+        &desired.deployment.metadata,
+        &desired.service.metadata,
+        &pdb.metadata,
+    ];
+    let json_metas: Vec<ObjectMeta> = [&desired.scaled_object, &desired.pod_monitor]
+        .into_iter()
+        .map(|value| {
+            serde_json::from_value(value.as_ref().expect("present")["metadata"].clone())
+                .expect("meta")
+        })
+        .collect();
+    for meta in metas.into_iter().chain(&json_metas) {
+        assert_eq!(meta.name.as_deref(), Some("lynx-full"));
+        assert_eq!(meta.namespace.as_deref(), Some("serving"));
+        let owners = meta.owner_references.as_ref().expect("owner references");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "LynxDeployment");
+        assert_eq!(owners[0].api_version, "serving.lynx.dev/v1alpha1");
+        assert_eq!(owners[0].uid, "uid-full");
+        assert_eq!(owners[0].controller, Some(true));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels[labels::NAME], "lynx-worker");
+        assert_eq!(labels[labels::INSTANCE], "lynx-full");
+        assert_eq!(labels[labels::MANAGED_BY], "lynx-operator");
+    }
+}
+
+#[test]
+fn pod_and_containers_meet_the_restricted_pod_security_standard() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    let pod = pod(&desired);
+    let pod_sc = pod.security_context.as_ref().expect("pod security context");
+    assert_eq!(pod_sc.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let init = pod.init_containers.as_ref().expect("fetch init container");
+    for container in pod.containers.iter().chain(init) {
+        let sc = container
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", container.name);
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{}",
+            container.name
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{}",
+            container.name
+        );
+        let drop = sc.capabilities.as_ref().and_then(|c| c.drop.clone());
+        assert_eq!(drop, Some(vec!["ALL".to_owned()]), "{}", container.name);
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+    }
+}
+
+#[test]
+fn probes_drain_and_scrape_annotations_follow_the_worker_contract() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    let worker = worker(&desired);
+    let path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("http probe");
+        (get.path.unwrap_or_default(), get.port)
+    };
+    let http = IntOrString::String("http".to_owned());
+    assert_eq!(
+        path(&worker.startup_probe),
+        ("/readyz".to_owned(), http.clone())
+    );
+    assert_eq!(
+        path(&worker.readiness_probe),
+        ("/readyz".to_owned(), http.clone())
+    );
+    assert_eq!(path(&worker.liveness_probe), ("/healthz".to_owned(), http));
+    let ports: Vec<(Option<String>, i32)> = worker
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (Some("grpc".to_owned()), GRPC_PORT),
+            (Some("http".to_owned()), HTTP_PORT)
+        ]
+    );
+    // full.yaml: drainTimeoutSeconds 60, + preStop sleep 5 + margin 10.
+    assert_eq!(pod(&desired).termination_grace_period_seconds, Some(75));
+    let pre_stop = worker
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.clone());
+    assert_eq!(
+        pre_stop.and_then(|e| e.command),
+        Some(vec!["sleep".to_owned(), "5".to_owned()])
+    );
+    let annotations = desired
+        .deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone());
+    let annotations = annotations.expect("scrape annotations");
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9090");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn worker_args_carry_every_batching_and_limit_flag() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    let args = worker(&desired).args.clone().expect("args").join(" ");
+    for expected in [
+        "serve --model /models/lynx-7b --layout converted --dtype f16",
+        "--grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:9090",
+        "--max-batch-size 32",
+        "--max-batch-delay-ms 10",
+        "--max-batch-total-tokens 65536",
+        "--max-queue 256",
+        "--max-image-bytes 10485760",
+        "--max-image-pixels 16777216",
+        "--max-images-per-request 8",
+        "--max-video-frames 64",
+        "--max-prompt-tokens 4096",
+        "--max-new-tokens 1024",
+        "--drain-timeout-seconds 60",
+        "--tls-cert /etc/lynx/tls/tls.crt --tls-key /etc/lynx/tls/tls.key",
+        "--auth-tokens-file /etc/lynx/auth/tokens",
+    ] {
+        assert!(args.contains(expected), "missing `{expected}` in `{args}`");
+    }
+    assert!(
+        args.ends_with("--log-format json"),
+        "extra args come last: {args}"
+    );
+    let minimal = desired_args(&sample("minimal"));
+    assert!(
+        !minimal.contains("--max-"),
+        "unset limits keep the worker defaults: {minimal}"
+    );
+}
+
+fn desired_args(ld: &LynxDeployment) -> String {
+    let desired = desired(ld, &NONE).expect("valid");
+    worker(&desired).args.clone().expect("args").join(" ")
+}
+
+#[test]
+fn resources_gpus_and_placement_reach_the_pod() {
+    let desired = desired(&sample("full"), &ALL).expect("valid");
+    let resources = worker(&desired).resources.clone().expect("resources");
+    let limits = resources.limits.expect("limits");
+    assert_eq!(limits["nvidia.com/gpu"].0, "2");
+    assert_eq!(limits["memory"].0, "64Gi");
+    assert_eq!(resources.requests.expect("requests")["cpu"].0, "4");
+    let pod = pod(&desired);
+    assert!(pod
+        .node_selector
+        .as_ref()
+        .is_some_and(|n| n.contains_key("nvidia.com/gpu.product")));
+    assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+    assert!(pod.affinity.is_some());
+    assert_eq!(
+        pod.image_pull_secrets.as_ref().map(|s| s[0].name.as_str()),
+        Some("regcred")
+    );
+    assert_eq!(
+        worker(&desired).image_pull_policy.as_deref(),
+        Some("IfNotPresent")
+    );
+    let dshm = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "dshm")
+        .expect("/dev/shm volume");
+    assert_eq!(
+        dshm.empty_dir.as_ref().and_then(|e| e.medium.as_deref()),
+        Some("Memory")
+    );
+    let strategy = desired
+        .deployment
+        .spec
+        .strategy
+        .clone()
+        .and_then(|s| s.rolling_update)
+        .expect("rolling");
+    assert_eq!(strategy.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(0)));
+}
+
+#[test]
+fn model_sources_become_the_model_volume() {
+    let mut ld = sample("minimal");
+    let volume = |ld: &LynxDeployment| {
+        let desired = desired(ld, &NONE).expect("valid");
+        pod(&desired)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "model")
+            .cloned()
+            .expect("model volume")
+    };
+    let pvc = volume(&ld).persistent_volume_claim.expect("pvc");
+    assert_eq!(
+        (pvc.claim_name.as_str(), pvc.read_only),
+        ("lynx-models", Some(true))
+    );
+    ld.spec.model.source = crate::crd::ModelSource {
+        host_path: Some(crate::crd::HostPathSource {
+            path: "/data/models".to_owned(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        volume(&ld).host_path.map(|h| h.path),
+        Some("/data/models".to_owned())
+    );
+    let full = sample("full");
+    assert_eq!(
+        volume(&full)
+            .empty_dir
+            .and_then(|e| e.size_limit)
+            .map(|q| q.0),
+        Some("40Gi".to_owned())
+    );
+    let mut cached = full.clone();
+    if let Some(uri) = cached.spec.model.source.uri.as_mut() {
+        uri.claim_name = Some("lynx-cache".to_owned());
+    }
+    assert_eq!(
+        volume(&cached)
+            .persistent_volume_claim
+            .map(|p| p.claim_name),
+        Some("lynx-cache".to_owned())
+    );
+    let desired = desired(&full, &NONE).expect("valid");
+    let init = &pod(&desired).init_containers.as_ref().expect("init")[0];
+    assert!(init
+        .command
+        .iter()
+        .flatten()
+        .any(|arg| arg.contains("tar -xzf -")));
+    assert!(pod(&desired_ok(&sample("minimal")))
+        .init_containers
+        .is_none());
+}
+
+pub(super) fn desired_ok(ld: &LynxDeployment) -> Desired {
+    desired(ld, &NONE).expect("valid")
+}
+
+#[test]
+fn service_is_grpc_with_the_configured_type_port_and_annotations() {
+    let minimal = desired_ok(&sample("minimal"));
+    let spec = minimal.service.spec.clone().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let port = &spec.ports.expect("ports")[0];
+    assert_eq!(
+        (
+            port.name.as_deref(),
+            port.port,
+            port.app_protocol.as_deref()
+        ),
+        (Some("grpc"), 50051, Some("grpc"))
+    );
+    let full = desired_ok(&sample("full"));
+    assert_eq!(
+        full.service.spec.and_then(|s| s.type_).as_deref(),
+        Some("LoadBalancer")
+    );
+    assert!(full
+        .service
+        .metadata
+        .annotations
+        .is_some_and(|a| a.contains_key("service.beta.kubernetes.io/aws-load-balancer-type")));
+    assert_eq!(
+        endpoint(&sample("full")).as_deref(),
+        Some("lynx-full.serving.svc.cluster.local:443")
+    );
+    assert_eq!(
+        selector_string(&sample("full")),
+        "app.kubernetes.io/instance=lynx-full,app.kubernetes.io/name=lynx-worker"
+    );
+}
+
+#[test]
+fn pdb_follows_its_spec() {
+    let mut ld = sample("full");
+    let pdb = desired_ok(&ld).pdb.and_then(|p| p.spec).expect("pdb");
+    assert_eq!(
+        (pdb.min_available, pdb.max_unavailable),
+        (None, Some(IntOrString::String("25%".to_owned())))
+    );
+    ld.spec.pod_disruption_budget = Some(PodDisruptionBudgetSpec {
+        enabled: true,
+        min_available: None,
+        max_unavailable: None,
+    });
+    let pdb = desired_ok(&ld).pdb.and_then(|p| p.spec).expect("pdb");
+    assert_eq!(pdb.min_available, Some(IntOrString::Int(1)));
+    ld.spec.pod_disruption_budget = Some(PodDisruptionBudgetSpec {
+        enabled: false,
+        min_available: None,
+        max_unavailable: None,
+    });
+    assert!(desired_ok(&ld).pdb.is_none());
+    assert!(desired_ok(&sample("minimal")).pdb.is_none());
+}
+
+#[test]
+fn pod_monitor_needs_monitoring_and_the_prometheus_operator() {
+    let mut ld = sample("full");
+    let monitor = desired(&ld, &ALL)
+        .expect("valid")
+        .pod_monitor
+        .expect("pod monitor");
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["interval"], "30s");
+    assert!(desired(
+        &ld,
+        &ClusterCapabilities {
+            prometheus_operator: false,
+            ..ALL
+        }
+    )
+    .expect("valid")
+    .pod_monitor
+    .is_none());
+    ld.spec.monitoring.enabled = false;
+    let desired = desired(&ld, &ALL).expect("valid");
+    assert!(desired.pod_monitor.is_none());
+    assert!(desired
+        .deployment
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .is_none());
+}
+
+#[test]
+fn replicas_pass_through_to_the_deployment() {
+    assert_eq!(
+        desired_ok(&sample("full")).deployment.spec.replicas,
+        Some(2)
+    );
+    assert_eq!(
+        desired_ok(&sample("minimal")).deployment.spec.replicas,
+        Some(1)
+    );
+}
+
+#[test]
+fn invalid_specs_and_missing_identity_are_errors() {
+    let mut ld = sample("minimal");
+    ld.spec.model.source.host_path = Some(crate::crd::HostPathSource {
+        path: "/data".to_owned(),
+    });
+    assert!(matches!(desired(&ld, &NONE), Err(DesiredError::Invalid(_))));
+    let mut ld = sample("minimal");
+    ld.metadata.namespace = None;
+    assert_eq!(desired(&ld, &NONE), Err(DesiredError::MissingNamespace));
+    let mut ld = sample("minimal");
+    ld.metadata.uid = None;
+    assert_eq!(desired(&ld, &NONE), Err(DesiredError::MissingIdentity));
+}
+
+/// A spec type check: the samples cover the options the golden files claim to cover.
+#[test]
+fn full_sample_sets_every_top_level_option() {
+    let spec: &LynxDeploymentSpec = &sample("full").spec;
+    let value = serde_json::to_value(spec).expect("serialize");
+    for key in [
+        "model",
+        "replicas",
+        "worker",
+        "batching",
+        "limits",
+        "drainTimeoutSeconds",
+        "autoscaling",
+        "service",
+        "tls",
+        "auth",
+        "monitoring",
+        "rollout",
+        "podDisruptionBudget",
+    ] {
+        assert!(value.get(key).is_some(), "full.yaml lacks {key}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Spec validation that mirrors the CRD's CEL rules.
+//!
+//! Each rule exists twice: as a CEL expression in the CRD (`x-kubernetes-validations`, enforced by
+//! the API server) and as Rust in [`LynxDeploymentSpec::validate`], so the operator refuses the
+//! same specs when it is handed an object that bypassed admission (tests, older CRDs). The CEL
+//! text and message live here as constants so the two cannot drift in wording.
+
+use crate::crd::{AutoscalingMetric, LynxDeploymentSpec};
+
+/// CEL rule on `spec.model.source`: exactly one source is set.
+pub const MODEL_SOURCE_RULE: &str =
+    "[has(self.pvc), has(self.hostPath), has(self.uri)].filter(x, x).size() == 1";
+/// Message of [`MODEL_SOURCE_RULE`].
+pub const MODEL_SOURCE_MESSAGE: &str = "exactly one of pvc, hostPath or uri must be set";
+/// CEL rule on `spec.model.path`: relative, without `..`.
+pub const MODEL_PATH_RULE: &str = "!self.startsWith('/') && !self.contains('..')";
+/// Message of [`MODEL_PATH_RULE`].
+pub const MODEL_PATH_MESSAGE: &str =
+    "path must be relative to the source root and must not contain '..'";
+/// CEL rule on `spec.autoscaling`: `minReplicas <= maxReplicas`.
+pub const REPLICAS_RULE: &str = "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas";
+/// Message of [`REPLICAS_RULE`].
+pub const REPLICAS_MESSAGE: &str = "minReplicas must not exceed maxReplicas";
+/// CEL rule on `spec.autoscaling`: the custom metric needs a non-empty query.
+pub const CUSTOM_QUERY_RULE: &str =
+    "!has(self.metric) || self.metric != 'custom' || (has(self.query) && size(self.query) > 0)";
+/// Message of [`CUSTOM_QUERY_RULE`].
+pub const CUSTOM_QUERY_MESSAGE: &str = "metric custom requires a PromQL query";
+/// CEL rule on `spec.podDisruptionBudget`: not both bounds.
+pub const PDB_RULE: &str = "!(has(self.minAvailable) && has(self.maxUnavailable))";
+/// Message of [`PDB_RULE`].
+pub const PDB_MESSAGE: &str = "set at most one of minAvailable and maxUnavailable";
+
+/// Why a spec is invalid. The messages are the CEL rules' messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Zero or several model sources are set.
+    #[error("spec.model.source: {MODEL_SOURCE_MESSAGE}")]
+    ModelSource,
+    /// The model path is absolute or climbs out of the source.
+    #[error("spec.model.path: {MODEL_PATH_MESSAGE}")]
+    ModelPath,
+    /// `autoscaling.minReplicas > autoscaling.maxReplicas`.
+    #[error("spec.autoscaling: {REPLICAS_MESSAGE}")]
+    MinAboveMax,
+    /// `metric: custom` without a query.
+    #[error("spec.autoscaling: {CUSTOM_QUERY_MESSAGE}")]
+    CustomWithoutQuery,
+    /// Both PDB bounds are set.
+    #[error("spec.podDisruptionBudget: {PDB_MESSAGE}")]
+    PdbBothBounds,
+    /// A count the OpenAPI schema bounds below by zero is negative.
+    #[error("{0} must not be negative")]
+    Negative(&'static str),
+}
+
+impl LynxDeploymentSpec {
+    /// Checks the rules the CRD enforces with CEL, plus the non-negative counts its OpenAPI
+    /// schema bounds.
+    ///
+    /// # Guarantees
+    /// Returns `Ok` exactly when the CEL rules of the generated CRD accept the spec (for specs
+    /// that already passed the schema's type checks), and then [`crate::desired::desired`] can
+    /// build every child object. The first violated rule is reported.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.replicas < 0 {
+            return Err(ValidationError::Negative("spec.replicas"));
+        }
+        let source = &self.model.source;
+        let sources = [
+            source.pvc.is_some(),
+            source.host_path.is_some(),
+            source.uri.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            return Err(ValidationError::ModelSource);
+        }
+        if self.model.path.starts_with('/') || self.model.path.contains("..") {
+            return Err(ValidationError::ModelPath);
+        }
+        if let Some(autoscaling) = &self.autoscaling {
+            if autoscaling.min_replicas < 0 {
+                return Err(ValidationError::Negative("spec.autoscaling.minReplicas"));
+            }
+            if autoscaling.min_replicas > autoscaling.max_replicas {
+                return Err(ValidationError::MinAboveMax);
+            }
+            let has_query = autoscaling.query.as_deref().is_some_and(|q| !q.is_empty());
+            if autoscaling.metric == AutoscalingMetric::Custom && !has_query {
+                return Err(ValidationError::CustomWithoutQuery);
+            }
+        }
+        if let Some(pdb) = &self.pod_disruption_budget {
+            if pdb.min_available.is_some() && pdb.max_unavailable.is_some() {
+                return Err(ValidationError::PdbBothBounds);
+            }
+        }
+        Ok(())
+    }
+}
