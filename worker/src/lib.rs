@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod embedded;
+pub mod engine;
 pub mod generation;
 pub mod loader;
 pub mod model;
