@@ -6,11 +6,15 @@
 //! counted in all lengths), the YAML's `min_length` and `no_repeat_ngram_size` always apply, and
 //! decoding stops on EOS or after `max_new_tokens`.
 
+mod decoder;
 pub mod processors;
 mod search;
+#[cfg(test)]
+mod tests;
 
 use std::str::FromStr;
 
+pub use decoder::{RequestDecoder, Step};
 pub use search::{generate, GenerationError};
 
 use crate::config::GenerationDefaults;
