@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::generation::{generate, DecodeIds, Generated, GenerationError, GenerationParams};
 use crate::loader::LoadedModel;
-use crate::model::VisionBatch;
+use crate::model::{Prefill, VisionBatch};
 use crate::prompt::{left_pad, prompt_token_ids};
 use crate::tokenizer::{python_strip, TokenizerError};
 
@@ -142,6 +142,35 @@ fn vision_batch(
     }
 }
 
+/// Tokenizes the requests' prompts, left-pads them and assembles the prefill after the vision
+/// prefix (the bridge output of the same requests, or `None` for text only). Returns the prefill
+/// and each request's prompt ids.
+pub fn prefill_inputs(
+    m: &LoadedModel,
+    vision: Option<&Tensor>,
+    reqs: &[GenerateRequest],
+) -> Result<(Prefill, Vec<Vec<u32>>), PipelineError> {
+    let prompts = reqs
+        .iter()
+        .map(|r| prompt_token_ids(&m.tokenizer, &m.config, &r.question))
+        .collect::<Result<Vec<_>, _>>()?;
+    let padded = left_pad(&prompts, m.config.tokens.pad);
+    let shape = (padded.batch, padded.width);
+    let ids = Tensor::from_vec(padded.ids, shape, &Device::Cpu)?;
+    let atts = Tensor::from_vec(padded.mask, shape, &Device::Cpu)?;
+    Ok((m.model.prefill_inputs(vision, &ids, &atts)?, prompts))
+}
+
+/// Encodes the requests' vision inputs (`None` when the batch is text only).
+pub fn encode_vision(
+    m: &LoadedModel,
+    reqs: &[GenerateRequest],
+) -> Result<Option<Tensor>, PipelineError> {
+    Ok(vision_batch(m, reqs)?
+        .map(|v| m.model.encode_vision(&v))
+        .transpose()?)
+}
+
 /// Runs `reqs` as one batch with `params`.
 pub fn run_batch(
     m: &LoadedModel,
@@ -153,27 +182,10 @@ pub fn run_batch(
     }
     let mut timings = Timings::default();
     let t0 = Instant::now();
-    let vision = vision_batch(m, reqs)?
-        .map(|v| m.model.encode_vision(&v))
-        .transpose()?;
+    let vision = encode_vision(m, reqs)?;
     timings.vision_ms = ms(t0);
 
-    let prompts = reqs
-        .iter()
-        .map(|r| prompt_token_ids(&m.tokenizer, &m.config, &r.question))
-        .collect::<Result<Vec<_>, _>>()?;
-    let padded = left_pad(&prompts, m.config.tokens.pad);
-    let ids = Tensor::from_vec(
-        padded.ids.clone(),
-        (padded.batch, padded.width),
-        &Device::Cpu,
-    )?;
-    let atts = Tensor::from_vec(
-        padded.mask.clone(),
-        (padded.batch, padded.width),
-        &Device::Cpu,
-    )?;
-    let prefill = m.model.prefill_inputs(vision.as_ref(), &ids, &atts)?;
+    let (prefill, prompts) = prefill_inputs(m, vision.as_ref(), reqs)?;
 
     let t1 = Instant::now();
     let (mut session, first) = m.model.start_session(&prefill, params.rows_per_request())?;

@@ -133,3 +133,86 @@ fn sampling_with_top_k_1_is_greedy() {
         }
     }
 }
+
+/// Continuous batching: requests prefilled on their own join a running decode session at step
+/// boundaries and leave it when done; every request must still get its official tokens.
+#[test]
+fn requests_joining_and_leaving_a_running_batch_get_their_own_tokens() {
+    use lynx_worker::generation::{DecodeIds, RequestDecoder, Step};
+    use lynx_worker::pipeline::{encode_vision, prefill_inputs};
+
+    let m = release_model();
+    let ids = DecodeIds {
+        bos: m.config.tokens.bos,
+        eos: m.config.tokens.eos,
+        pad: m.config.tokens.pad,
+    };
+    for mode in [DecodingMode::Greedy, DecodingMode::Beam] {
+        let p = fixture_params(m, mode);
+        let k = p.rows_per_request();
+        // (case, step at which it joins)
+        let plan = [("image0", 0usize), ("image3", 2), ("image1", 5)];
+        let mut session = None;
+        // Running requests in row order: (case, decoder), and the logits of their rows.
+        let mut running: Vec<(&str, RequestDecoder)> = Vec::new();
+        let mut logits: Vec<Vec<f32>> = Vec::new();
+        let mut done = Vec::new();
+        for step in 0.. {
+            for &(case, at) in &plan {
+                if at == step {
+                    let reqs = case_requests(m, case);
+                    let vision = encode_vision(m, &reqs).unwrap();
+                    let (prefill, _) = prefill_inputs(m, vision.as_ref(), &reqs).unwrap();
+                    let (s, first) = m.model.start_session(&prefill, k).unwrap();
+                    match session.as_mut() {
+                        None => session = Some(s),
+                        Some(running_session) => running_session.join(s).unwrap(),
+                    }
+                    logits.extend(first);
+                    running.push((case, RequestDecoder::new(&p, ids).unwrap()));
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let (mut tokens, mut rows, mut still) = (Vec::new(), Vec::new(), Vec::new());
+            for (slot, (case, mut dec)) in running.drain(..).enumerate() {
+                match dec.advance(&mut logits[slot * k..(slot + 1) * k]) {
+                    Step::Done(g) => done.push((case, g)),
+                    Step::Continue { tokens: t, reorder } => {
+                        for (i, tok) in t.into_iter().enumerate() {
+                            rows.push((slot * k + reorder.as_ref().map_or(i, |r| r[i])) as u32);
+                            tokens.push(tok);
+                        }
+                        still.push((case, dec));
+                    }
+                }
+            }
+            running = still;
+            if running.is_empty() && plan.iter().all(|&(_, at)| at <= step) {
+                break;
+            }
+            let s = session.as_mut().unwrap();
+            if !running.is_empty() {
+                s.select_rows(&rows).unwrap();
+                logits = s.step(&tokens).unwrap();
+            } else {
+                session = None;
+                logits.clear();
+            }
+        }
+        assert_eq!(done.len(), plan.len(), "{mode}");
+        let key = if mode == DecodingMode::Greedy {
+            GREEDY_KEY
+        } else {
+            BEAM_KEY
+        };
+        for (case, g) in done {
+            assert_eq!(
+                vec![g.sequence.clone()],
+                ref_ids(case, key),
+                "{mode} {case}"
+            );
+        }
+    }
+}

@@ -43,6 +43,40 @@ impl KvCache {
         Ok(())
     }
 
+    /// Inserts `n` empty positions before every row's cached ones (left padding).
+    pub fn pad_left(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let (b, h, _, d) = k.dims4()?;
+            let zeros = Tensor::zeros((b, h, n, d), k.dtype(), k.device())?;
+            *k = Tensor::cat(&[&zeros, &*k], 2)?;
+            *v = Tensor::cat(&[&zeros, &*v], 2)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `other`'s rows after this cache's rows; both must hold the same number of positions.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if self.layers.len() != other.layers.len() {
+            candle_core::bail!(
+                "caches of {} and {} layers",
+                self.layers.len(),
+                other.layers.len()
+            );
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            *mine = match (mine.take(), theirs) {
+                (Some((k1, v1)), Some((k2, v2))) => {
+                    Some((Tensor::cat(&[&k1, &k2], 0)?, Tensor::cat(&[&v1, &v2], 0)?))
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(())
+    }
+
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let kv = match self.layers[layer].take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),

@@ -244,6 +244,35 @@ impl LlmSession<'_> {
         logits.squeeze(1)?.to_vec2::<f32>()
     }
 
+    /// Rows in the session.
+    pub fn rows(&self) -> usize {
+        self.mask.dim(0).unwrap_or(0)
+    }
+
+    /// Continuous batching: appends `other`'s rows (a newly prefilled request) after this
+    /// session's rows. The shorter side is left-padded with masked positions, so every row keeps
+    /// exactly its own attended positions and RoPE positions.
+    pub fn join(&mut self, mut other: LlmSession<'_>) -> Result<()> {
+        let (mine, theirs) = (self.cache.seq_len(), other.cache.seq_len());
+        let pad_mask = |m: &Tensor, n: usize| -> Result<Tensor> {
+            if n == 0 {
+                return Ok(m.clone());
+            }
+            let zeros = Tensor::zeros((m.dim(0)?, n), DType::F32, m.device())?;
+            Tensor::cat(&[&zeros, m], 1)
+        };
+        if mine < theirs {
+            self.cache.pad_left(theirs - mine)?;
+            self.mask = pad_mask(&self.mask, theirs - mine)?;
+        } else {
+            other.cache.pad_left(mine - theirs)?;
+            other.mask = pad_mask(&other.mask, mine - theirs)?;
+        }
+        self.cache.append_rows(other.cache)?;
+        self.mask = Tensor::cat(&[&self.mask, &other.mask], 0)?;
+        Ok(())
+    }
+
     /// Reorders rows (beam search): row `i` becomes old row `rows[i]`.
     pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
         let idx = Tensor::from_vec(rows.to_vec(), rows.len(), self.mask.device())?;
