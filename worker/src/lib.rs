@@ -3,7 +3,8 @@
 //! Layers, bottom up:
 //! - [`config`], [`checkpoint`], [`tokenizer`], [`vision`]: files and inputs in the released formats;
 //! - [`model`]: the network (ViT, resampler, LLaMA with adapters), hot code with no orchestration;
-//! - [`generation`]: HF-4.28-exact decoding over a narrow step trait;
+//! - [`generation`]: HF-4.28-exact decoding, one resumable decoder per request;
+//! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
 //! - [`cli`]: the `lynx-worker` command line.
