@@ -18,14 +18,7 @@ fn pos_embed_interpolation_matches_torch() {
     // interpolated from this very EVA file.
     let lynx = TorchCheckpoint::open(&model_dir().join("finetune_lynx.pt")).unwrap();
     let official = lynx.read_f32("model.vision_encoder.pos_embed").unwrap();
-    let d = (ours - official)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&ours, &official);
     eprintln!("pos_embed 16x16 -> 4x4: max|diff| = {d:e}");
     assert!(d < 1e-6, "max|diff| {d}");
 }
@@ -293,14 +286,7 @@ fn eva_and_vicuna_conversion_matches_the_official_merge() {
         let theirs = official
             .get(k)
             .unwrap_or_else(|| panic!("{k} not in the official model"));
-        let d = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(ours, theirs);
         let tol = match k.as_str() {
             "vision_encoder.pos_embed" => 1e-6, // torch bicubic, last-ulp differences
             k if k.ends_with("embed_tokens.weight") || k.ends_with("lm_head.weight") => 1e-6, // [PAD] mean row

@@ -71,6 +71,18 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     diff / scale
 }
 
+/// `max|a - b|` of two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// I64 tensor -> rows of u32.
 pub fn id_rows(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_dtype(DType::I64)
