@@ -110,30 +110,7 @@ pub fn write_converted(
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
-        let text = std::fs::read(&index).map_err(|source| CheckpointError::Io {
-            path: index.clone(),
-            source,
-        })?;
-        #[derive(serde::Deserialize)]
-        struct Index {
-            weight_map: BTreeMap<String, String>,
-        }
-        let idx: Index = serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
-        let files: std::collections::BTreeSet<String> = idx.weight_map.into_values().collect();
-        return files
-            .into_iter()
-            .map(|f| {
-                let p = dir.join(f);
-                if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(CheckpointError::MissingFile(p))
-                }
-            })
-            .collect();
+        return super::shard_files(&index);
     }
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {

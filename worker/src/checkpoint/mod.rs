@@ -80,6 +80,36 @@ fn summarize(keys: &[String]) -> String {
     s
 }
 
+/// The weight files an HF-style shard index (`*.index.json`, `{"weight_map": {tensor: file}}`)
+/// names, in file-name order, each checked to exist in the index's directory.
+pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    #[derive(serde::Deserialize)]
+    struct ShardIndex {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let text = std::fs::read(index).map_err(|source| CheckpointError::Io {
+        path: index.to_owned(),
+        source,
+    })?;
+    let idx: ShardIndex = serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
+        path: index.to_owned(),
+        message: e.to_string(),
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: std::collections::BTreeSet<String> = idx.weight_map.into_values().collect();
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(CheckpointError::MissingFile(p))
+            }
+        })
+        .collect()
+}
+
 /// Every weight the model reads, with its shape, for a configuration.
 pub fn expected_weights(cfg: &LynxConfig) -> Vec<(String, Vec<usize>)> {
     let mut out: Vec<(String, Vec<usize>)> = Vec::new();

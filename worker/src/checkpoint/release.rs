@@ -10,7 +10,7 @@
 //! Unlike the official code (which keeps random weights), a bridge, adapter or frame embedding that
 //! is still missing after the merge is a hard error naming the keys.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -394,20 +394,7 @@ fn llm_weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     ] {
         let p = dir.join(index);
         if p.is_file() {
-            let text = std::fs::read(&p).map_err(|source| CheckpointError::Io {
-                path: p.clone(),
-                source,
-            })?;
-            let idx: ShardIndex =
-                serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?;
-            let files: std::collections::BTreeSet<String> = idx.weight_map.into_values().collect();
-            return files
-                .into_iter()
-                .map(|f| require_file(dir.join(f)))
-                .collect();
+            return super::shard_files(&p);
         }
     }
     for single in ["model.safetensors", "pytorch_model.bin"] {
@@ -417,12 +404,6 @@ fn llm_weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         }
     }
     Err(CheckpointError::MissingFile(dir.join("pytorch_model.bin")))
-}
-
-/// HF shard index (`*.index.json`).
-#[derive(serde::Deserialize)]
-struct ShardIndex {
-    weight_map: BTreeMap<String, String>,
 }
 
 fn read_weight_file(
