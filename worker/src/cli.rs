@@ -44,6 +44,10 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Convert a release-layout model dir into the converted (safetensors) layout.
     Convert(ConvertArgs),
+    /// Check every GPU attention kernel against the CPU reference on fresh random inputs.
+    GpuSelftest(crate::gpu_cli::SelftestArgs),
+    /// Time the GPU attention kernels on Lynx's anchor shapes (CUDA events, median).
+    GpuBench(crate::gpu_cli::BenchArgs),
 }
 
 /// Where the model comes from.
@@ -266,5 +270,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
+        Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),
+        Command::GpuBench(a) => crate::gpu_cli::run_bench(a),
     }
 }

@@ -7,7 +7,8 @@
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
-//! - [`cli`]: the `lynx-worker` command line.
+//! - [`cli`]: the `lynx-worker` command line; [`gpu_cli`]: its GPU kernel selftest and bench
+//!   (kernels in the `lynx-kernels` crate).
 
 pub mod checkpoint;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod generation;
+pub mod gpu_cli;
 pub mod loader;
 pub mod model;
 pub mod pipeline;

@@ -1,0 +1,275 @@
+// Fused attention forward (flash-attention 2 style) on the tensor cores with mma.sync m16n8k16.
+//
+// One block computes BM = 16 * WARPS query rows of one (sequence, head) against a range of
+// key/value tiles of BN rows, streamed through shared memory with cp.async (two stages). Each warp
+// owns 16 query rows: Q fragments stay in registers, S = QK^T and O += PV run on the tensor cores
+// with f32 accumulators, softmax is online in f32 (base 2, scale folded in).
+//
+// Masking: keys in the per-sequence gap [gap_lo, gap_hi) are never attended (Lynx's layout is
+// `[vision prefix][left pads][text]`, so the pads sit in a gap; plain left padding is a gap that
+// starts at 0); with `causal`, query row i sees keys j <= i + (seq_kv - seq_q). A row that sees no
+// key gets zeros. Splits (grid.z > 1) cut the key range: each split writes its normalised partial
+// output and log-sum-exp to f32 scratch and `attn_combine` merges them.
+//
+// Paged KV cache: when `cache_k` is set, the blocks of the last query tile (which read every key
+// tile) also store each K/V tile they load into the cache, gap tokens dropped, so the prefill
+// fills the cache in the same pass.
+#include "prelude.cuh"
+
+struct FwdParams {
+    u64 q, k, v, o;
+    i64 q_batch, q_row, q_head;
+    i64 k_batch, k_row, k_head;
+    i64 v_batch, v_row, v_head;
+    i64 o_batch, o_row, o_head;
+    u64 kv_gap;       // const int [batch][2] or 0
+    u64 partial_o;    // float [splits][batch * heads * seq_q][D]
+    u64 partial_lse;  // float [splits][batch * heads * seq_q]
+    u64 cache_k, cache_v, block_table;
+    int batch, heads, seq_q, seq_kv;
+    int causal, splits, cache_block_size, cache_max_blocks;
+    float scale_log2;
+    int reserved;
+};
+
+template <typename T, int D, int WARPS, int BN>
+__device__ __forceinline__ void flash_fwd(const FwdParams& p) {
+    constexpr int DP = (D + 15) / 16 * 16;  // head dim padded to the mma k-step
+    constexpr int SROW = DP + 8;            // smem row stride: +16 B breaks ldmatrix bank conflicts
+    constexpr int BM = 16 * WARPS;
+    constexpr int THREADS = 32 * WARPS;
+    constexpr int CH = DP / 8;  // 16-byte chunks per smem row
+    constexpr int CH_VALID = D / 8;
+    extern __shared__ __align__(16) u16 smem[];
+    u16* sq = smem;
+    u16* skv = smem + BM * SROW;  // [stage][K | V][BN][SROW]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int num_q_tiles = gridDim.x;
+    const int q_tile = num_q_tiles - 1 - blockIdx.x;  // longest (causal) tiles first
+    const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads;
+    const int split = blockIdx.z;
+    const int m0 = q_tile * BM;
+    const int off = p.seq_kv - p.seq_q;
+    int gap_lo = 0, gap_hi = 0;
+    if (p.kv_gap) {
+        const int* g = (const int*)p.kv_gap;
+        gap_lo = g[2 * b];
+        gap_hi = g[2 * b + 1];
+    }
+    int kv_end = p.seq_kv;
+    if (p.causal) kv_end = max(0, min(kv_end, m0 + BM + off));
+    const int n_tiles = (kv_end + BN - 1) / BN;
+    const int per_split = (n_tiles + p.splits - 1) / p.splits;
+    const int t_begin = split * per_split;
+    const int t_end = min(n_tiles, t_begin + per_split);
+    const bool write_cache = p.cache_k != 0 && q_tile == num_q_tiles - 1;
+
+    const u16* qg = (const u16*)p.q + b * p.q_batch + h * p.q_head;
+    const u16* kg = (const u16*)p.k + b * p.k_batch + h * p.k_head;
+    const u16* vg = (const u16*)p.v + b * p.v_batch + h * p.v_head;
+
+    auto skip_gap = [&](int t) {
+        while (t < t_end && t * BN >= gap_lo && (t + 1) * BN <= gap_hi) t++;
+        return t;
+    };
+    auto load_kv = [&](int stage, int t) {
+        u16* sk = skv + stage * 2 * BN * SROW;
+        u16* sv = sk + BN * SROW;
+        for (int i = tid; i < BN * CH; i += THREADS) {
+            const int r = i / CH, c = i % CH, key = t * BN + r;
+            const bool ok = key < p.seq_kv && c < CH_VALID;
+            const i64 ko = ok ? key * p.k_row + c * 8 : 0;
+            const i64 vo = ok ? key * p.v_row + c * 8 : 0;
+            cp_async16(smem_addr(sk + r * SROW + c * 8), kg + ko, ok ? 16 : 0);
+            cp_async16(smem_addr(sv + r * SROW + c * 8), vg + vo, ok ? 16 : 0);
+        }
+    };
+
+    float o[DP / 8][4];
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_run[2] = {NEG_INF, NEG_INF};
+    float l_run[2] = {0.f, 0.f};
+
+    int t = skip_gap(t_begin);
+    if (t < t_end) {
+        for (int i = tid; i < BM * CH; i += THREADS) {
+            const int r = i / CH, c = i % CH;
+            const bool ok = m0 + r < p.seq_q && c < CH_VALID;
+            const i64 qo = ok ? (m0 + r) * p.q_row + c * 8 : 0;
+            cp_async16(smem_addr(sq + r * SROW + c * 8), qg + qo, ok ? 16 : 0);
+        }
+        load_kv(0, t);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+    }
+    u32 qf[DP / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < DP / 16; ks++) {
+        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        if (t < t_end) ldmatrix_x4(qf[ks], smem_addr(sq + r * SROW + ks * 16 + 8 * (lane >> 4)));
+    }
+
+    int stage = 0;
+    while (t < t_end) {
+        const int t_next = skip_gap(t + 1);
+        if (t_next < t_end) load_kv(stage ^ 1, t_next);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const u16* sk = skv + stage * 2 * BN * SROW;
+        const u16* sv = sk + BN * SROW;
+        const int n0 = t * BN;
+
+        if (write_cache) {
+            const int gap = gap_hi - gap_lo;
+            for (int i = tid; i < BN * CH_VALID; i += THREADS) {
+                const int r = i / CH_VALID, c = i % CH_VALID, key = n0 + r;
+                if (key >= p.seq_kv || (key >= gap_lo && key < gap_hi)) continue;
+                const int pos = key < gap_lo ? key : key - gap;
+                const i64 dst = paged_offset((const int*)p.block_table, p.cache_max_blocks, b, pos,
+                                             p.cache_block_size, p.heads, h, D) +
+                                c * 8;
+                *(u64*)((u16*)p.cache_k + dst) = *(const u64*)(sk + r * SROW + c * 8);
+                *(u64*)((u16*)p.cache_k + dst + 4) = *(const u64*)(sk + r * SROW + c * 8 + 4);
+                *(u64*)((u16*)p.cache_v + dst) = *(const u64*)(sv + r * SROW + c * 8);
+                *(u64*)((u16*)p.cache_v + dst + 4) = *(const u64*)(sv + r * SROW + c * 8 + 4);
+            }
+        }
+
+        // S = Q K^T for this warp's 16 rows and BN keys.
+        float s[BN / 8][4];
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int np = 0; np < BN / 16; np++) {
+#pragma unroll
+            for (int ks = 0; ks < DP / 16; ks++) {
+                u32 kb[4];
+                const int r = np * 16 + (lane & 7) + 8 * (lane >> 4);
+                ldmatrix_x4(kb, smem_addr(sk + r * SROW + ks * 16 + 8 * ((lane >> 3) & 1)));
+                T::mma(s[2 * np], qf[ks], kb[0], kb[1]);
+                T::mma(s[2 * np + 1], qf[ks], kb[2], kb[3]);
+            }
+        }
+
+        const bool need_mask = n0 + BN > p.seq_kv || (n0 < gap_hi && n0 + BN > gap_lo) ||
+                               (p.causal && n0 + BN - 1 > m0 + off);
+        if (need_mask) {
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                    const int key = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+                    const bool ok = key < p.seq_kv && !(key >= gap_lo && key < gap_hi) &&
+                                    (!p.causal || key <= row + off);
+                    if (!ok) s[nt][e] = NEG_INF;
+                }
+            }
+        }
+
+        // Online softmax; each thread holds rows (lane/4) and (lane/4 + 8) of the warp's tile.
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_run[r], mx * p.scale_log2);
+            const float m_use = m_new == NEG_INF ? 0.f : m_new;
+            const float alpha = fast_exp2(m_run[r] - m_use);
+            m_run[r] = m_new;
+            float rs = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; e++) {
+                    const float pv = fast_exp2(fmaf(s[nt][e], p.scale_log2, -m_use));
+                    s[nt][e] = pv;
+                    rs += pv;
+                }
+            }
+            l_run[r] = l_run[r] * alpha + rs;
+#pragma unroll
+            for (int dt = 0; dt < DP / 8; dt++) {
+                o[dt][2 * r] *= alpha;
+                o[dt][2 * r + 1] *= alpha;
+            }
+        }
+
+        // O += P V: the S accumulators of two key n-tiles form one A fragment.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            u32 pa[4];
+            pa[0] = T::pack2(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = T::pack2(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = T::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = T::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; dp++) {
+                u32 vb[4];
+                const int r = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldmatrix_x4_trans(vb, smem_addr(sv + r * SROW + dp * 16 + 8 * (lane >> 4)));
+                T::mma(o[2 * dp], pa, vb[0], vb[1]);
+                T::mma(o[2 * dp + 1], pa, vb[2], vb[3]);
+            }
+        }
+        __syncthreads();
+        stage ^= 1;
+        t = t_next;
+    }
+
+    // Epilogue: normalise and store (or store the split's partial result).
+    const i64 rows = (i64)p.batch * p.heads * p.seq_q;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = m0 + warp * 16 + (lane >> 2) + 8 * r;
+        if (row >= p.seq_q) continue;
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        if (p.splits == 1) {
+            u16* out = (u16*)p.o + b * p.o_batch + row * p.o_row + h * p.o_head;
+#pragma unroll
+            for (int dt = 0; dt < DP / 8; dt++) {
+                const int d = dt * 8 + 2 * (lane & 3);
+                if (d < D) *(u32*)(out + d) = T::pack2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+            }
+        } else {
+            const i64 rowid = ((i64)(b * p.heads + h)) * p.seq_q + row;
+            float* po = (float*)p.partial_o + ((i64)split * rows + rowid) * D;
+#pragma unroll
+            for (int dt = 0; dt < DP / 8; dt++) {
+                const int d = dt * 8 + 2 * (lane & 3);
+                if (d < D) {
+                    po[d] = o[dt][2 * r] * inv;
+                    po[d + 1] = o[dt][2 * r + 1] * inv;
+                }
+            }
+            if ((lane & 3) == 0)
+                ((float*)p.partial_lse)[split * rows + rowid] =
+                    l > 0.f ? m_run[r] + fast_log2(l) : NEG_INF;
+        }
+    }
+}
+
+#define FWD_KERNEL(NAME, T, D, WARPS, BN)                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1) NAME(const FwdParams p) {    \
+        flash_fwd<T, D, WARPS, BN>(p);                                                          \
+    }
+
+FWD_KERNEL(flash_fwd_bf16_d64_w2, Bf16, 64, 2, 64)
+FWD_KERNEL(flash_fwd_bf16_d64_w4, Bf16, 64, 4, 64)
+FWD_KERNEL(flash_fwd_bf16_d88_w4, Bf16, 88, 4, 64)
+FWD_KERNEL(flash_fwd_bf16_d128_w4, Bf16, 128, 4, 64)
+FWD_KERNEL(flash_fwd_bf16_d128_w8, Bf16, 128, 8, 64)
+FWD_KERNEL(flash_fwd_f16_d64_w2, F16, 64, 2, 64)
+FWD_KERNEL(flash_fwd_f16_d64_w4, F16, 64, 4, 64)
+FWD_KERNEL(flash_fwd_f16_d88_w4, F16, 88, 4, 64)
+FWD_KERNEL(flash_fwd_f16_d128_w4, F16, 128, 4, 64)
+FWD_KERNEL(flash_fwd_f16_d128_w8, F16, 128, 8, 64)

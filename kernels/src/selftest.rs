@@ -1,0 +1,393 @@
+//! `gpu-selftest`: every kernel variant against the CPU reference on fresh random inputs.
+//!
+//! Inputs are drawn from a seed that changes every run (printed, so a failure can be replayed),
+//! rounded to the tensor dtype, and the reference runs in f64 on exactly those rounded values.
+//! Outputs (and paged caches) are poisoned with NaN first, so an element a kernel fails to write
+//! shows up as a NaN. A case passes when no NaN appears and `|out - ref| / |ref| <= 1e-2`
+//! (Frobenius norms).
+
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::cpu::CpuAttention;
+use crate::cuda::{CudaAttention, DecodeTables, DenseInputs, DenseOptions, DeviceCache};
+use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
+use crate::{AttentionBackend, KernelError};
+
+/// Relative error bound for 16-bit inputs with f32 accumulation.
+pub const TOLERANCE: f64 = 1e-2;
+
+/// One checked case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    /// Shape class and shape.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// `|out - ref| / |ref|`.
+    pub rel_err: f64,
+    /// Largest element error.
+    pub max_abs_err: f64,
+    /// Output elements left NaN (unwritten or broken).
+    pub nan: usize,
+    /// Paged-cache elements that differ from the keys/values they should hold (prefill cases).
+    pub cache_mismatches: usize,
+    /// Whether the case passed.
+    pub passed: bool,
+}
+
+/// A dense case: the problem plus forced tuning (to cover every compiled variant).
+struct DenseCase {
+    class: &'static str,
+    problem: DenseAttention,
+    options: DenseOptions,
+    cache_block: Option<usize>,
+}
+
+fn dense_cases() -> Vec<DenseCase> {
+    let case = |class, problem, warps, splits, cache_block| DenseCase {
+        class,
+        problem,
+        options: DenseOptions { warps, splits },
+        cache_block,
+    };
+    vec![
+        case(
+            "vit",
+            DenseAttention::new(2, 3, 901, 901, 88),
+            None,
+            Some(1),
+            None,
+        ),
+        case(
+            "vit-split",
+            DenseAttention::new(1, 2, 130, 130, 88),
+            None,
+            Some(3),
+            None,
+        ),
+        case(
+            "resampler",
+            DenseAttention::new(3, 2, 32, 933, 64),
+            Some(2),
+            Some(1),
+            None,
+        ),
+        case(
+            "resampler-split",
+            DenseAttention::new(2, 8, 32, 4505, 64),
+            Some(2),
+            None,
+            None,
+        ),
+        case(
+            "d64-w4",
+            DenseAttention::new(2, 2, 200, 77, 64),
+            Some(4),
+            Some(1),
+            None,
+        ),
+        case(
+            "prefill-lynx-gap",
+            DenseAttention::new(3, 2, 160, 160, 128)
+                .causal()
+                .with_gaps(vec![(32, 32), (32, 49), (32, 96)]),
+            Some(4),
+            None,
+            Some(16),
+        ),
+        case(
+            "prefill-w8",
+            DenseAttention::new(2, 2, 300, 300, 128)
+                .causal()
+                .with_gaps(vec![(0, 0), (0, 45)]),
+            Some(8),
+            None,
+            Some(32),
+        ),
+        case(
+            "prefill-chunk",
+            DenseAttention::new(1, 2, 48, 130, 128).causal(),
+            Some(4),
+            Some(2),
+            None,
+        ),
+        case(
+            "left-pad-d64",
+            DenseAttention::new(2, 2, 70, 70, 64)
+                .causal()
+                .with_gaps(vec![(0, 0), (0, 23)]),
+            Some(4),
+            Some(1),
+            None,
+        ),
+    ]
+}
+
+fn random_values(rng: &mut ChaCha20Rng, dtype: DType, len: usize, amplitude: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+            dtype.decode(dtype.encode((2.0 * unit - 1.0) * amplitude))
+        })
+        .collect()
+}
+
+/// `(rel_err, max_abs_err, nan count)` of `got` against `want`.
+pub fn compare(got: &[f32], want: &[f32]) -> (f64, f64, usize) {
+    let (mut diff2, mut ref2, mut max_abs, mut nan) = (0f64, 0f64, 0f64, 0usize);
+    for (&g, &w) in got.iter().zip(want) {
+        if g.is_nan() {
+            nan += 1;
+            continue;
+        }
+        let d = (g as f64 - w as f64).abs();
+        diff2 += d * d;
+        ref2 += (w as f64) * (w as f64);
+        max_abs = max_abs.max(d);
+    }
+    let rel = if ref2 > 0.0 {
+        (diff2 / ref2).sqrt()
+    } else {
+        diff2.sqrt()
+    };
+    (rel, max_abs, nan)
+}
+
+fn verdict(
+    name: String,
+    dtype: DType,
+    got: &[f32],
+    want: &[f32],
+    cache_mismatches: usize,
+) -> CaseResult {
+    let (rel_err, max_abs_err, nan) = compare(got, want);
+    CaseResult {
+        name,
+        dtype,
+        rel_err,
+        max_abs_err,
+        nan,
+        cache_mismatches,
+        passed: nan == 0
+            && rel_err <= TOLERANCE
+            && cache_mismatches == 0
+            && got.len() == want.len(),
+    }
+}
+
+fn describe(p: &DenseAttention) -> String {
+    format!(
+        "B{} H{} q{} kv{} D{}{}{}",
+        p.batch,
+        p.heads,
+        p.seq_q,
+        p.seq_kv,
+        p.head_dim,
+        if p.causal { " causal" } else { "" },
+        if p.kv_gaps.iter().any(|(lo, hi)| hi > lo) {
+            " gaps"
+        } else {
+            ""
+        }
+    )
+}
+
+fn run_dense(
+    gpu: &CudaAttention,
+    cpu: &CpuAttention,
+    case: &DenseCase,
+    dtype: DType,
+    rng: &mut ChaCha20Rng,
+) -> Result<CaseResult, KernelError> {
+    let p = &case.problem;
+    let q = random_values(rng, dtype, p.q_len(), 2.0);
+    let k = random_values(rng, dtype, p.kv_len(), 2.0);
+    let v = random_values(rng, dtype, p.kv_len(), 1.0);
+    let mut want = vec![0f32; p.q_len()];
+    cpu.dense(p, &q, &k, &v, &mut want, None)?;
+
+    let (qd, kd, vd) = (
+        gpu.upload(dtype, &q)?,
+        gpu.upload(dtype, &k)?,
+        gpu.upload(dtype, &v)?,
+    );
+    let mut out = gpu.poisoned(dtype, p.q_len())?;
+    let gaps: Vec<i32> = p
+        .kv_gaps
+        .iter()
+        .flat_map(|&(lo, hi)| [lo as i32, hi as i32])
+        .collect();
+    let gaps = if gaps.is_empty() {
+        None
+    } else {
+        Some(gpu.upload_i32(&gaps)?)
+    };
+    let strides_q = Strides::contiguous(p.seq_q, p.heads, p.head_dim);
+    let strides_kv = Strides::contiguous(p.seq_kv, p.heads, p.head_dim);
+    let inputs = DenseInputs {
+        q: &qd.data,
+        k: &kd.data,
+        v: &vd.data,
+        q_strides: strides_q,
+        k_strides: strides_kv,
+        v_strides: strides_kv,
+        gaps: gaps.as_ref(),
+    };
+    let mut cache_mismatches = 0;
+    let mut name = format!("{}: {}", case.class, describe(p));
+    match case.cache_block {
+        None => gpu.dense_launch(
+            p,
+            dtype,
+            &inputs,
+            &mut out.data,
+            strides_q,
+            None,
+            case.options,
+        )?,
+        Some(block_size) => {
+            name.push_str(&format!(" +paged cache (block {block_size})"));
+            let max_blocks = p.seq_kv.div_ceil(block_size);
+            let num_blocks = p.batch * max_blocks + 3;
+            // Blocks handed out in a scrambled order, as an allocator would after churn.
+            let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.next_u32() as usize % (i + 1));
+            }
+            let table: Vec<u32> = ids[..p.batch * max_blocks].to_vec();
+            let cache_len = num_blocks * p.heads * block_size * p.head_dim;
+            let mut kc = gpu.poisoned(dtype, cache_len)?;
+            let mut vc = gpu.poisoned(dtype, cache_len)?;
+            let table_dev = gpu.upload_i32(&table.iter().map(|&b| b as i32).collect::<Vec<_>>())?;
+            let cache = DeviceCache {
+                k: &mut kc.data,
+                v: &mut vc.data,
+                block_table: &table_dev,
+                block_size,
+                max_blocks,
+            };
+            gpu.dense_launch(
+                p,
+                dtype,
+                &inputs,
+                &mut out.data,
+                strides_q,
+                Some(cache),
+                case.options,
+            )?;
+            let (kc, vc) = (gpu.download(&kc)?, gpu.download(&vc)?);
+            let d = p.head_dim;
+            for b in 0..p.batch {
+                for j in 0..p.seq_kv {
+                    let Some(pos) = p.cache_position(b, j) else {
+                        continue;
+                    };
+                    let block = table[b * max_blocks + pos / block_size] as usize;
+                    for h in 0..p.heads {
+                        let at = ((block * p.heads + h) * block_size + pos % block_size) * d;
+                        let src = ((b * p.seq_kv + j) * p.heads + h) * d;
+                        cache_mismatches += (0..d)
+                            .filter(|&x| kc[at + x].to_bits() != k[src + x].to_bits())
+                            .count();
+                        cache_mismatches += (0..d)
+                            .filter(|&x| vc[at + x].to_bits() != v[src + x].to_bits())
+                            .count();
+                    }
+                }
+            }
+        }
+    }
+    gpu.synchronize()?;
+    let got = gpu.download(&out)?;
+    if let Some(w) = case.options.warps {
+        name.push_str(&format!(" w{w}"));
+    }
+    if let Some(s) = case.options.splits {
+        name.push_str(&format!(" splits{s}"));
+    }
+    Ok(verdict(name, dtype, &got, &want, cache_mismatches))
+}
+
+fn run_decode(
+    gpu: &CudaAttention,
+    cpu: &CpuAttention,
+    head_dim: usize,
+    splits: Option<usize>,
+    dtype: DType,
+    rng: &mut ChaCha20Rng,
+) -> Result<CaseResult, KernelError> {
+    let (heads, block_size) = (3, 16);
+    let seq_lens: Vec<u32> = vec![1, 17, 300, 64, 0, 129];
+    let batch = seq_lens.len();
+    let max_blocks = 300usize.div_ceil(block_size);
+    let num_blocks = batch * max_blocks + 5;
+    let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.next_u32() as usize % (i + 1));
+    }
+    let p = DecodeAttention {
+        batch,
+        heads,
+        head_dim,
+        block_size,
+        num_blocks,
+        max_blocks,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        seq_lens,
+        block_table: ids[..batch * max_blocks].to_vec(),
+    };
+    let q = random_values(rng, dtype, batch * heads * head_dim, 2.0);
+    let kc = random_values(rng, dtype, p.cache_len(), 2.0);
+    let vc = random_values(rng, dtype, p.cache_len(), 1.0);
+    let mut want = vec![0f32; q.len()];
+    cpu.decode(&p, &q, &kc, &vc, &mut want)?;
+    let (qd, kd, vd) = (
+        gpu.upload(dtype, &q)?,
+        gpu.upload(dtype, &kc)?,
+        gpu.upload(dtype, &vc)?,
+    );
+    let mut out = gpu.poisoned(dtype, q.len())?;
+    let lens = gpu.upload_i32(&p.seq_lens.iter().map(|&l| l as i32).collect::<Vec<_>>())?;
+    let table = gpu.upload_i32(&p.block_table.iter().map(|&b| b as i32).collect::<Vec<_>>())?;
+    let tables = DecodeTables {
+        seq_lens: &lens,
+        block_table: &table,
+    };
+    gpu.decode_launch(
+        &p,
+        dtype,
+        &qd.data,
+        &kd.data,
+        &vd.data,
+        tables,
+        &mut out.data,
+        splits,
+    )?;
+    gpu.synchronize()?;
+    let got = gpu.download(&out)?;
+    let name = format!(
+        "decode: B{batch} H{heads} D{head_dim} lens {:?} block {block_size}{}",
+        p.seq_lens,
+        splits.map(|s| format!(" splits{s}")).unwrap_or_default()
+    );
+    Ok(verdict(name, dtype, &got, &want, 0))
+}
+
+/// Runs every case for both dtypes; `seed` picks the random inputs.
+pub fn run(gpu: &CudaAttention, seed: u64) -> Result<Vec<CaseResult>, KernelError> {
+    let cpu = CpuAttention::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut results = Vec::new();
+    for dtype in [DType::Bf16, DType::F16] {
+        for case in dense_cases() {
+            results.push(run_dense(gpu, &cpu, &case, dtype, &mut rng)?);
+        }
+        for head_dim in crate::problem::HEAD_DIMS {
+            for splits in [Some(1), Some(4)] {
+                results.push(run_decode(gpu, &cpu, head_dim, splits, dtype, &mut rng)?);
+            }
+        }
+    }
+    Ok(results)
+}

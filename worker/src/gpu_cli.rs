@@ -1,0 +1,157 @@
+//! `lynx-worker gpu-selftest` and `gpu-bench`: the GPU attention kernels checked against the CPU
+//! reference and timed on Lynx's anchor shapes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use lynx_kernels::cuda::CudaAttention;
+use lynx_kernels::{bench, selftest, DType};
+
+use crate::cli::CliError;
+use crate::embedded::cache_dir;
+
+/// Which GPU.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// CUDA device ordinal.
+    #[arg(long, env = "LYNX_CUDA_DEVICE", default_value_t = 0)]
+    pub device: usize,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gpu-selftest` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct SelftestArgs {
+    /// The device and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Seed of the random inputs (default: a new one each run, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `gpu-bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The device and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Element type of the timed tensors (bf16 | f16).
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Timed calls per shape (the median is reported).
+    #[arg(long, default_value_t = 30)]
+    pub iters: usize,
+}
+
+fn open(device: &DeviceArgs) -> Result<CudaAttention, CliError> {
+    let gpu = CudaAttention::new(device.device, Some(&cache_dir().join("kernels")))
+        .map_err(|e| CliError(e.to_string()))?;
+    let info = gpu.info();
+    tracing::info!(
+        device = %info.name,
+        arch = %info.arch,
+        sms = info.sm_count,
+        nvrtc = ?info.nvrtc,
+        "GPU ready"
+    );
+    Ok(gpu)
+}
+
+fn json_line(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string(value).map_err(|e| CliError(e.to_string()))
+}
+
+/// Runs every kernel variant against the CPU reference; fails if any case fails.
+pub fn run_selftest(args: &SelftestArgs) -> Result<(), CliError> {
+    let gpu = open(&args.device)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    tracing::info!(seed, "random inputs (replay with --seed)");
+    let results = selftest::run(&gpu, seed).map_err(|e| CliError(e.to_string()))?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    if args.device.json {
+        for r in &results {
+            println!("{}", json_line(r)?);
+        }
+    } else {
+        println!(
+            "{:<70} {:>5} {:>10} {:>10} {:>5} {:>6}  ok",
+            "case", "dtype", "rel err", "max abs", "NaN", "cache"
+        );
+        for r in &results {
+            println!(
+                "{:<70} {:>5} {:>10.2e} {:>10.2e} {:>5} {:>6}  {}",
+                r.name,
+                r.dtype,
+                r.rel_err,
+                r.max_abs_err,
+                r.nan,
+                r.cache_mismatches,
+                if r.passed { "PASS" } else { "FAIL" }
+            );
+        }
+    }
+    println!(
+        "gpu-selftest: {} passed, {failed} failed (seed {seed}, tolerance {:.0e}, {})",
+        results.len() - failed,
+        selftest::TOLERANCE,
+        gpu.info().name
+    );
+    if failed > 0 {
+        return Err(CliError(format!("{failed} GPU selftest case(s) failed")));
+    }
+    Ok(())
+}
+
+/// Times the anchor shapes and prints a table (or JSON lines).
+pub fn run_bench(args: &BenchArgs) -> Result<(), CliError> {
+    let dtype: DType = args
+        .dtype
+        .parse()
+        .map_err(|e: lynx_kernels::KernelError| CliError(e.to_string()))?;
+    let gpu = open(&args.device)?;
+    let rows = bench::run(&gpu, dtype, args.iters.max(1)).map_err(|e| CliError(e.to_string()))?;
+    if args.device.json {
+        println!("{}", json_line(gpu.info())?);
+        for r in &rows {
+            println!("{}", json_line(r)?);
+        }
+    } else {
+        println!(
+            "{} ({}, {} SMs), {dtype}",
+            gpu.info().name,
+            gpu.info().arch,
+            gpu.info().sm_count
+        );
+        println!(
+            "{:<16} {:<48} {:>10} {:>10} {:>8}",
+            "id", "shape", "ms", "rate", "unit"
+        );
+        for r in &rows {
+            println!(
+                "{:<16} {:<48} {:>10.4} {:>10.1} {:>8}{}",
+                r.id,
+                r.shape,
+                r.ms,
+                r.value,
+                r.unit,
+                if r.nan > 0 {
+                    format!("  {} NaN!", r.nan)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if rows.iter().any(|r| r.nan > 0) {
+        return Err(CliError("a benchmarked kernel produced NaN".into()));
+    }
+    Ok(())
+}
