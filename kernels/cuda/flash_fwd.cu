@@ -1,9 +1,10 @@
 // Fused attention forward (flash-attention 2 style) on the tensor cores with mma.sync m16n8k16.
 //
-// One block computes BM = 16 * WARPS query rows of one (sequence, head) against a range of
+// One block computes BM = 16 * MT * WARPS query rows of one (sequence, head) against a range of
 // key/value tiles of BN rows, streamed through shared memory with cp.async (two stages). Each warp
-// owns 16 query rows: Q fragments stay in registers, S = QK^T and O += PV run on the tensor cores
-// with f32 accumulators, softmax is online in f32 (base 2, scale folded in).
+// owns MT m-tiles of 16 query rows (with MT = 1 its Q fragments stay in registers; with MT = 2
+// every K/V fragment read from shared memory feeds two m-tiles). S = QK^T and O += PV run on
+// the tensor cores with f32 accumulators; softmax is online in f32 (base 2, scale folded in).
 //
 // Masking: keys in the per-sequence gap [gap_lo, gap_hi) are never attended (Lynx's layout is
 // `[vision prefix][left pads][text]`, so the pads sit in a gap; plain left padding is a gap that
@@ -32,14 +33,21 @@ struct FwdParams {
     int reserved;
 };
 
-template <typename T, int D, int WARPS, int BN>
+template <typename T, int D, int WARPS, int MT, int BN>
 __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
     constexpr int DP = (D + 15) / 16 * 16;  // head dim padded to the mma k-step
     constexpr int SROW = DP + 8;            // smem row stride: +16 B breaks ldmatrix bank conflicts
-    constexpr int BM = 16 * WARPS;
+    constexpr int WM = 16 * MT;             // query rows per warp
+    constexpr int BM = WM * WARPS;
     constexpr int THREADS = 32 * WARPS;
     constexpr int CH = DP / 8;  // 16-byte chunks per smem row
     constexpr int CH_VALID = D / 8;
+    constexpr bool Q_IN_REGS = MT == 1;  // else Q fragments are re-read from smem per tile
+    // A head dim that is an odd multiple of 8 (EVA's 88) ends in a half k-step for QK^T (one
+    // m16n8k8) and a lone d n-tile for PV: the padding columns are never multiplied.
+    constexpr int KS_FULL = D / 16;
+    constexpr bool HALF = D % 16 != 0;
+    constexpr int NDT = D / 8;  // d n-tiles of the output
     extern __shared__ __align__(16) u16 smem[];
     u16* sq = smem;
     u16* skv = smem + BM * SROW;  // [stage][K | V][BN][SROW]
@@ -85,12 +93,23 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
             cp_async16(smem_addr(sv + r * SROW + c * 8), vg + vo, ok ? 16 : 0);
         }
     };
+    // A fragment (16 rows x 16 of d) of this warp's m-tile `mt` at k-step `ks`.
+    auto load_q = [&](u32* frag, int mt, int ks) {
+        const int r = warp * WM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        ldmatrix_x4(frag, smem_addr(sq + r * SROW + ks * 16 + 8 * (lane >> 4)));
+    };
 
-    float o[DP / 8][4];
+    float o[MT][NDT][4];
 #pragma unroll
-    for (int i = 0; i < DP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m_run[2] = {NEG_INF, NEG_INF};
-    float l_run[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < NDT; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        m_run[mt][0] = m_run[mt][1] = NEG_INF;
+        l_run[mt][0] = l_run[mt][1] = 0.f;
+    }
 
     int t = skip_gap(t_begin);
     if (t < t_end) {
@@ -105,11 +124,11 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
         cp_async_wait<0>();
         __syncthreads();
     }
-    u32 qf[DP / 16][4];
+    u32 qf[Q_IN_REGS ? DP / 16 : 1][4];
+    if constexpr (Q_IN_REGS) {
 #pragma unroll
-    for (int ks = 0; ks < DP / 16; ks++) {
-        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-        if (t < t_end) ldmatrix_x4(qf[ks], smem_addr(sq + r * SROW + ks * 16 + 8 * (lane >> 4)));
+        for (int ks = 0; ks < DP / 16; ks++)
+            if (t < t_end) load_q(qf[ks], 0, ks);
     }
 
     int stage = 0;
@@ -139,19 +158,53 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
             }
         }
 
-        // S = Q K^T for this warp's 16 rows and BN keys.
-        float s[BN / 8][4];
+        // S = Q K^T for this warp's MT x 16 rows and BN keys; each K fragment feeds MT m-tiles.
+        float s[MT][BN / 8][4];
 #pragma unroll
-        for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int np = 0; np < BN / 16; np++) {
+            for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
-            for (int ks = 0; ks < DP / 16; ks++) {
+        for (int ks = 0; ks < KS_FULL; ks++) {
+            u32 qa[MT][4];
+            if constexpr (Q_IN_REGS) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) qa[0][i] = qf[ks][i];
+            } else {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) load_q(qa[mt], mt, ks);
+            }
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
                 u32 kb[4];
                 const int r = np * 16 + (lane & 7) + 8 * (lane >> 4);
                 ldmatrix_x4(kb, smem_addr(sk + r * SROW + ks * 16 + 8 * ((lane >> 3) & 1)));
-                T::mma(s[2 * np], qf[ks], kb[0], kb[1]);
-                T::mma(s[2 * np + 1], qf[ks], kb[2], kb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    T::mma(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+                    T::mma(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+                }
+            }
+        }
+        if constexpr (HALF) {
+            u32 qa[MT][4];
+            if constexpr (Q_IN_REGS) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) qa[0][i] = qf[KS_FULL][i];
+            } else {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) load_q(qa[mt], mt, KS_FULL);
+            }
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
+                u32 kb[2];  // columns KS_FULL*16 .. +8 of keys np*16 .. +8 and np*16+8 .. +16
+                const int r = np * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldmatrix_x2(kb, smem_addr(sk + r * SROW + KS_FULL * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    T::mma_k8(s[mt][2 * np], qa[mt], kb[0]);
+                    T::mma_k8(s[mt][2 * np + 1], qa[mt], kb[1]);
+                }
             }
         }
 
@@ -159,63 +212,81 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
                                (p.causal && n0 + BN - 1 > m0 + off);
         if (need_mask) {
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                    const int key = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-                    const bool ok = key < p.seq_kv && !(key >= gap_lo && key < gap_hi) &&
-                                    (!p.causal || key <= row + off);
-                    if (!ok) s[nt][e] = NEG_INF;
-                }
-            }
+                for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = m0 + warp * WM + mt * 16 + (lane >> 2) + 8 * (e >> 1);
+                        const int key = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+                        const bool ok = key < p.seq_kv && !(key >= gap_lo && key < gap_hi) &&
+                                        (!p.causal || key <= row + off);
+                        if (!ok) s[mt][nt][e] = NEG_INF;
+                    }
         }
 
-        // Online softmax; each thread holds rows (lane/4) and (lane/4 + 8) of the warp's tile.
+        // Online softmax; a thread holds rows (lane/4) and (lane/4 + 8) of each m-tile.
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = NEG_INF;
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m_run[r], mx * p.scale_log2);
-            const float m_use = m_new == NEG_INF ? 0.f : m_new;
-            const float alpha = fast_exp2(m_run[r] - m_use);
-            m_run[r] = m_new;
-            float rs = 0.f;
+            for (int r = 0; r < 2; r++) {
+                float mx = NEG_INF;
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
+                for (int nt = 0; nt < BN / 8; nt++)
+                    mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m_run[mt][r], mx * p.scale_log2);
+                const float m_use = m_new == NEG_INF ? 0.f : m_new;
+                const float alpha = fast_exp2(m_run[mt][r] - m_use);
+                m_run[mt][r] = m_new;
+                float rs = 0.f;
 #pragma unroll
-                for (int e = 2 * r; e < 2 * r + 2; e++) {
-                    const float pv = fast_exp2(fmaf(s[nt][e], p.scale_log2, -m_use));
-                    s[nt][e] = pv;
-                    rs += pv;
+                for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                    for (int e = 2 * r; e < 2 * r + 2; e++) {
+                        const float pv = fast_exp2(fmaf(s[mt][nt][e], p.scale_log2, -m_use));
+                        s[mt][nt][e] = pv;
+                        rs += pv;
+                    }
+                }
+                l_run[mt][r] = l_run[mt][r] * alpha + rs;
+#pragma unroll
+                for (int dt = 0; dt < NDT; dt++) {
+                    o[mt][dt][2 * r] *= alpha;
+                    o[mt][dt][2 * r + 1] *= alpha;
                 }
             }
-            l_run[r] = l_run[r] * alpha + rs;
-#pragma unroll
-            for (int dt = 0; dt < DP / 8; dt++) {
-                o[dt][2 * r] *= alpha;
-                o[dt][2 * r + 1] *= alpha;
-            }
-        }
 
-        // O += P V: the S accumulators of two key n-tiles form one A fragment.
+        // O += P V: the S accumulators of two key n-tiles form one A fragment; each V fragment
+        // feeds MT m-tiles.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
-            u32 pa[4];
-            pa[0] = T::pack2(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = T::pack2(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = T::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = T::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            u32 pa[MT][4];
 #pragma unroll
-            for (int dp = 0; dp < DP / 16; dp++) {
+            for (int mt = 0; mt < MT; mt++) {
+                pa[mt][0] = T::pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = T::pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = T::pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = T::pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < KS_FULL; dp++) {
                 u32 vb[4];
                 const int r = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
                 ldmatrix_x4_trans(vb, smem_addr(sv + r * SROW + dp * 16 + 8 * (lane >> 4)));
-                T::mma(o[2 * dp], pa, vb[0], vb[1]);
-                T::mma(o[2 * dp + 1], pa, vb[2], vb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    T::mma(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+                    T::mma(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+                }
+            }
+            if constexpr (HALF) {
+                u32 vb[2];  // keys kk*16 .. +16 of the lone last d n-tile
+                const int r = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldmatrix_x2_trans(vb, smem_addr(sv + r * SROW + KS_FULL * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) T::mma(o[mt][NDT - 1], pa[mt], vb[0], vb[1]);
             }
         }
         __syncthreads();
@@ -226,50 +297,58 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
     // Epilogue: normalise and store (or store the split's partial result).
     const i64 rows = (i64)p.batch * p.heads * p.seq_q;
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int row = m0 + warp * 16 + (lane >> 2) + 8 * r;
-        if (row >= p.seq_q) continue;
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        if (p.splits == 1) {
-            u16* out = (u16*)p.o + b * p.o_batch + row * p.o_row + h * p.o_head;
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int dt = 0; dt < DP / 8; dt++) {
-                const int d = dt * 8 + 2 * (lane & 3);
-                if (d < D) *(u32*)(out + d) = T::pack2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-            }
-        } else {
-            const i64 rowid = ((i64)(b * p.heads + h)) * p.seq_q + row;
-            float* po = (float*)p.partial_o + ((i64)split * rows + rowid) * D;
+        for (int r = 0; r < 2; r++) {
+            float l = l_run[mt][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = m0 + warp * WM + mt * 16 + (lane >> 2) + 8 * r;
+            if (row >= p.seq_q) continue;
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            if (p.splits == 1) {
+                u16* out = (u16*)p.o + b * p.o_batch + row * p.o_row + h * p.o_head;
 #pragma unroll
-            for (int dt = 0; dt < DP / 8; dt++) {
-                const int d = dt * 8 + 2 * (lane & 3);
-                if (d < D) {
-                    po[d] = o[dt][2 * r] * inv;
-                    po[d + 1] = o[dt][2 * r + 1] * inv;
+                for (int dt = 0; dt < NDT; dt++) {
+                    const int d = dt * 8 + 2 * (lane & 3);
+                    *(u32*)(out + d) = T::pack2(o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
                 }
+            } else {
+                const i64 rowid = ((i64)(b * p.heads + h)) * p.seq_q + row;
+                float* po = (float*)p.partial_o + ((i64)split * rows + rowid) * D;
+#pragma unroll
+                for (int dt = 0; dt < NDT; dt++) {
+                    const int d = dt * 8 + 2 * (lane & 3);
+                    po[d] = o[mt][dt][2 * r] * inv;
+                    po[d + 1] = o[mt][dt][2 * r + 1] * inv;
+                }
+                if ((lane & 3) == 0)
+                    ((float*)p.partial_lse)[split * rows + rowid] =
+                        l > 0.f ? m_run[mt][r] + fast_log2(l) : NEG_INF;
             }
-            if ((lane & 3) == 0)
-                ((float*)p.partial_lse)[split * rows + rowid] =
-                    l > 0.f ? m_run[r] + fast_log2(l) : NEG_INF;
         }
-    }
 }
 
-#define FWD_KERNEL(NAME, T, D, WARPS, BN)                                                      \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1) NAME(const FwdParams p) {    \
-        flash_fwd<T, D, WARPS, BN>(p);                                                          \
+// One kernel per variant: name flash_fwd_<dtype>_d<D>_w<warps>_m<m-tiles>_n<BN>_b<min blocks/SM>.
+#define FWD_KERNEL(T, TN, D, WARPS, MT, BN, MINB)                                               \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB)                                \
+        flash_fwd_##TN##_d##D##_w##WARPS##_m##MT##_n##BN##_b##MINB(const FwdParams p) {           \
+        flash_fwd<T, D, WARPS, MT, BN>(p);                                                        \
     }
 
-FWD_KERNEL(flash_fwd_bf16_d64_w2, Bf16, 64, 2, 64)
-FWD_KERNEL(flash_fwd_bf16_d64_w4, Bf16, 64, 4, 64)
-FWD_KERNEL(flash_fwd_bf16_d88_w4, Bf16, 88, 4, 64)
-FWD_KERNEL(flash_fwd_bf16_d128_w4, Bf16, 128, 4, 64)
-FWD_KERNEL(flash_fwd_bf16_d128_w8, Bf16, 128, 8, 64)
-FWD_KERNEL(flash_fwd_f16_d64_w2, F16, 64, 2, 64)
-FWD_KERNEL(flash_fwd_f16_d64_w4, F16, 64, 4, 64)
-FWD_KERNEL(flash_fwd_f16_d88_w4, F16, 88, 4, 64)
-FWD_KERNEL(flash_fwd_f16_d128_w4, F16, 128, 4, 64)
-FWD_KERNEL(flash_fwd_f16_d128_w8, F16, 128, 8, 64)
+// The compiled variants (keep in sync with FWD_VARIANTS in kernels/src/source.rs).
+#define FWD_VARIANTS(T, TN)                \
+    FWD_KERNEL(T, TN, 64, 2, 1, 64, 1)     \
+    FWD_KERNEL(T, TN, 64, 4, 1, 64, 1)     \
+    FWD_KERNEL(T, TN, 88, 4, 1, 64, 1)     \
+    FWD_KERNEL(T, TN, 88, 4, 1, 64, 3)     \
+    FWD_KERNEL(T, TN, 88, 4, 1, 32, 3)     \
+    FWD_KERNEL(T, TN, 88, 4, 2, 32, 1)     \
+    FWD_KERNEL(T, TN, 88, 4, 2, 64, 1)     \
+    FWD_KERNEL(T, TN, 128, 4, 1, 64, 1)    \
+    FWD_KERNEL(T, TN, 128, 4, 1, 32, 3)    \
+    FWD_KERNEL(T, TN, 128, 8, 1, 64, 1)    \
+    FWD_KERNEL(T, TN, 128, 4, 2, 32, 1)
+
+FWD_VARIANTS(Bf16, bf16)
+FWD_VARIANTS(F16, f16)

@@ -4,6 +4,7 @@
 
 use crate::cuda::{CudaAttention, DecodeTables, DenseInputs, DenseOptions, GpuTensor};
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
+use crate::source::FWD_VARIANTS;
 use crate::KernelError;
 
 /// One timed shape.
@@ -45,44 +46,49 @@ pub struct ShapeParams {
 }
 
 /// The anchor shapes: `(id, problem)`; the ids are shared with `gpu/sdpa_bench.py`.
-pub fn dense_anchors() -> Vec<(&'static str, DenseAttention, DenseOptions)> {
-    let none = DenseOptions::default();
-    let w8 = DenseOptions {
-        warps: Some(8),
-        splits: None,
-    };
+pub fn dense_anchors() -> Vec<(&'static str, DenseAttention)> {
     vec![
-        ("vit", DenseAttention::new(40, 16, 901, 901, 88), none),
+        ("vit", DenseAttention::new(40, 16, 901, 901, 88)),
         (
             "prefill544",
             DenseAttention::new(8, 32, 544, 544, 128).causal(),
-            none,
-        ),
-        (
-            "prefill544_w8",
-            DenseAttention::new(8, 32, 544, 544, 128).causal(),
-            w8,
         ),
         (
             "prefill2080",
             DenseAttention::new(4, 32, 2080, 2080, 128).causal(),
-            none,
-        ),
-        (
-            "prefill2080_w8",
-            DenseAttention::new(4, 32, 2080, 2080, 128).causal(),
-            w8,
         ),
         (
             "prefill544_gap",
             DenseAttention::new(8, 32, 544, 544, 128)
                 .causal()
                 .with_gaps((0..8).map(|b| (32, 32 + 40 * b)).collect()),
-            none,
         ),
-        ("cross_video", DenseAttention::new(8, 8, 32, 4505, 64), none),
-        ("cross_image", DenseAttention::new(64, 8, 32, 901, 64), none),
+        ("cross_video", DenseAttention::new(8, 8, 32, 4505, 64)),
+        ("cross_image", DenseAttention::new(64, 8, 32, 901, 64)),
     ]
+}
+
+/// Every `(id, problem, options)` timed: each anchor with its default variant, and the
+/// compute-bound anchors also with every other compiled variant of their head dim (`id@label`).
+pub fn dense_runs() -> Vec<(String, DenseAttention, DenseOptions)> {
+    let mut runs = Vec::new();
+    for (id, p) in dense_anchors() {
+        runs.push((id.to_string(), p.clone(), DenseOptions::default()));
+        if p.seq_q > 32 && p.kv_gaps.is_empty() {
+            let default = CudaAttention::default_variant(&p);
+            for v in FWD_VARIANTS
+                .iter()
+                .filter(|v| v.head_dim == p.head_dim && **v != default)
+            {
+                let options = DenseOptions {
+                    variant: Some(*v),
+                    splits: None,
+                };
+                runs.push((format!("{id}@{}", v.label()), p.clone(), options));
+            }
+        }
+    }
+    runs
 }
 
 /// Decode anchors: `(id, batch, heads, kv tokens per sequence, head dim)`.
@@ -135,7 +141,7 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
     });
     drop((src, dst));
 
-    for (id, p, options) in dense_anchors() {
+    for (id, p, options) in dense_runs() {
         let memory_bound = p.seq_q <= 32;
         let sets = if memory_bound {
             sets_for(dense_bytes(&p))
@@ -193,14 +199,14 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
             p.head_dim,
             if p.causal { " causal" } else { "" }
         );
-        if let Some(w) = options.warps {
-            shape.push_str(&format!(" (w{w})"));
+        if let Some(v) = options.variant {
+            shape.push_str(&format!(" ({})", v.label()));
         }
         if !p.kv_gaps.is_empty() {
             shape.push_str(" (Lynx pad gaps)");
         }
         rows.push(BenchRow {
-            id: id.into(),
+            id,
             shape,
             unit,
             ms,

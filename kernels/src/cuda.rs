@@ -42,8 +42,8 @@ pub struct DeviceInfo {
 /// Tuning of one dense call; `None` picks the default for the shape.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DenseOptions {
-    /// Warps per block (16 query rows each): one of the compiled [`source::FWD_VARIANTS`].
-    pub warps: Option<usize>,
+    /// Kernel variant: one of the compiled [`source::FWD_VARIANTS`] for the head dim.
+    pub variant: Option<source::FwdVariant>,
     /// Splits of the key range (each merged by the combiner).
     pub splits: Option<usize>,
 }
@@ -241,12 +241,12 @@ impl CudaAttention {
                 }
             }
         }
-        for (d, w) in source::FWD_VARIANTS {
+        for v in source::FWD_VARIANTS {
             for dtype in [DType::Bf16, DType::F16] {
-                if let Some(f) = functions.get(&source::fwd_kernel(dtype, d, w)) {
+                if let Some(f) = functions.get(&v.kernel(dtype)) {
                     f.set_attribute(
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        source::fwd_shared_bytes(d, w) as i32,
+                        v.shared_bytes() as i32,
                     )
                     .map_err(driver("cuFuncSetAttribute"))?;
                 }
@@ -362,11 +362,19 @@ impl CudaAttention {
         Ok(ptr)
     }
 
-    /// The default warps for a dense problem.
-    fn default_warps(p: &DenseAttention) -> usize {
+    /// The default kernel variant for a dense problem (picked by `gpu-bench` on an H200).
+    pub fn default_variant(p: &DenseAttention) -> source::FwdVariant {
+        let pick = |warps, m_tiles, block_n, min_blocks| source::FwdVariant {
+            head_dim: p.head_dim,
+            warps,
+            m_tiles,
+            block_n,
+            min_blocks,
+        };
         match p.head_dim {
-            64 if p.seq_q <= 32 => 2,
-            _ => 4,
+            64 if p.seq_q <= 32 => pick(2, 1, 64, 1),
+            88 => pick(4, 2, 64, 1),
+            _ => pick(4, 1, 64, 1),
         }
     }
 
@@ -426,15 +434,14 @@ impl CudaAttention {
                 "problem has key gaps but no gap buffer".into(),
             ));
         }
-        let warps = options.warps.unwrap_or_else(|| Self::default_warps(p));
-        if !source::FWD_VARIANTS.contains(&(d, warps)) {
+        let variant = options.variant.unwrap_or_else(|| Self::default_variant(p));
+        if variant.head_dim != d || !source::FWD_VARIANTS.contains(&variant) {
             return Err(KernelError::Invalid(format!(
-                "no kernel for head dim {d} with {warps} warps"
+                "no kernel variant {variant:?} for head dim {d}"
             )));
         }
-        let rows_per_block = 16 * warps;
-        let q_tiles = p.seq_q.div_ceil(rows_per_block);
-        let kv_tiles = p.seq_kv.div_ceil(source::FWD_BLOCK_N);
+        let q_tiles = p.seq_q.div_ceil(variant.block_m());
+        let kv_tiles = p.seq_kv.div_ceil(variant.block_n);
         let blocks = q_tiles * p.batch * p.heads;
         let splits = match (&cache, options.splits) {
             (Some(_), _) => 1,
@@ -500,11 +507,11 @@ impl CudaAttention {
         }
         let (o, _g4) = out.device_ptr_mut(stream);
         params.o = o;
-        let f = self.function(&source::fwd_kernel(dtype, d, warps))?;
+        let f = self.function(&variant.kernel(dtype))?;
         let cfg = LaunchConfig {
             grid_dim: (q_tiles as u32, (p.batch * p.heads) as u32, splits as u32),
-            block_dim: (32 * warps as u32, 1, 1),
-            shared_mem_bytes: source::fwd_shared_bytes(d, warps) as u32,
+            block_dim: (32 * variant.warps as u32, 1, 1),
+            shared_mem_bytes: variant.shared_bytes() as u32,
         };
         let mut launch = stream.launch_builder(f);
         launch.arg(&params);

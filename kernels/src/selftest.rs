@@ -12,6 +12,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::cpu::CpuAttention;
 use crate::cuda::{CudaAttention, DecodeTables, DenseInputs, DenseOptions, DeviceCache};
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
+use crate::source::FWD_VARIANTS;
 use crate::{AttentionBackend, KernelError};
 
 /// Relative error bound for 16-bit inputs with f32 accumulation.
@@ -45,46 +46,61 @@ struct DenseCase {
 }
 
 fn dense_cases() -> Vec<DenseCase> {
-    let case = |class, problem, warps, splits, cache_block| DenseCase {
+    let case = |class, problem, splits, cache_block| DenseCase {
         class,
         problem,
-        options: DenseOptions { warps, splits },
+        options: DenseOptions {
+            variant: None,
+            splits,
+        },
         cache_block,
     };
-    vec![
+    // Every compiled variant, on a problem of its head dim with ragged tiles.
+    let mut cases: Vec<DenseCase> = FWD_VARIANTS
+        .iter()
+        .map(|&v| {
+            let problem = match v.head_dim {
+                64 => DenseAttention::new(2, 2, 200, 77, 64),
+                88 => DenseAttention::new(1, 2, 333, 333, 88),
+                _ => DenseAttention::new(2, 2, 333, 333, 128)
+                    .causal()
+                    .with_gaps(vec![(32, 100), (32, 33)]),
+            };
+            DenseCase {
+                class: "variant",
+                problem,
+                options: DenseOptions {
+                    variant: Some(v),
+                    splits: Some(1),
+                },
+                cache_block: (v.head_dim == 128).then_some(16),
+            }
+        })
+        .collect();
+    // The shape classes with the default variant.
+    cases.extend([
         case(
             "vit",
             DenseAttention::new(2, 3, 901, 901, 88),
-            None,
             Some(1),
             None,
         ),
         case(
             "vit-split",
             DenseAttention::new(1, 2, 130, 130, 88),
-            None,
             Some(3),
             None,
         ),
         case(
             "resampler",
             DenseAttention::new(3, 2, 32, 933, 64),
-            Some(2),
             Some(1),
             None,
         ),
         case(
             "resampler-split",
             DenseAttention::new(2, 8, 32, 4505, 64),
-            Some(2),
             None,
-            None,
-        ),
-        case(
-            "d64-w4",
-            DenseAttention::new(2, 2, 200, 77, 64),
-            Some(4),
-            Some(1),
             None,
         ),
         case(
@@ -92,24 +108,27 @@ fn dense_cases() -> Vec<DenseCase> {
             DenseAttention::new(3, 2, 160, 160, 128)
                 .causal()
                 .with_gaps(vec![(32, 32), (32, 49), (32, 96)]),
-            Some(4),
             None,
             Some(16),
         ),
         case(
-            "prefill-w8",
+            "prefill-left-pad",
             DenseAttention::new(2, 2, 300, 300, 128)
                 .causal()
                 .with_gaps(vec![(0, 0), (0, 45)]),
-            Some(8),
             None,
             Some(32),
         ),
         case(
             "prefill-chunk",
             DenseAttention::new(1, 2, 48, 130, 128).causal(),
-            Some(4),
             Some(2),
+            None,
+        ),
+        case(
+            "prefill-chunk",
+            DenseAttention::new(1, 2, 100, 290, 128).causal(),
+            Some(3),
             None,
         ),
         case(
@@ -117,11 +136,11 @@ fn dense_cases() -> Vec<DenseCase> {
             DenseAttention::new(2, 2, 70, 70, 64)
                 .causal()
                 .with_gaps(vec![(0, 0), (0, 23)]),
-            Some(4),
             Some(1),
             None,
         ),
-    ]
+    ]);
+    cases
 }
 
 fn random_values(rng: &mut ChaCha20Rng, dtype: DType, len: usize, amplitude: f32) -> Vec<f32> {
@@ -300,8 +319,8 @@ fn run_dense(
     }
     gpu.synchronize()?;
     let got = gpu.download(&out)?;
-    if let Some(w) = case.options.warps {
-        name.push_str(&format!(" w{w}"));
+    if let Some(v) = case.options.variant {
+        name.push_str(&format!(" {}", v.label()));
     }
     if let Some(s) = case.options.splits {
         name.push_str(&format!(" splits{s}"));

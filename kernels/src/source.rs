@@ -24,23 +24,82 @@ pub const DECODE: KernelFile = KernelFile {
     source: include_str!("../cuda/decode.cu"),
 };
 
-/// The compiled `flash_fwd` variants: (head dim, warps per block); a block computes 16 query rows
-/// per warp against 64-key tiles.
-pub const FWD_VARIANTS: [(usize, usize); 5] = [(64, 2), (64, 4), (88, 4), (128, 4), (128, 8)];
-
-/// Keys per tile of every `flash_fwd` variant.
-pub const FWD_BLOCK_N: usize = 64;
-
-/// Name of the dense attention kernel for a dtype, head dim and warp count.
-pub fn fwd_kernel(dtype: crate::DType, head_dim: usize, warps: usize) -> String {
-    format!("flash_fwd_{dtype}_d{head_dim}_w{warps}")
+/// One compiled `flash_fwd` variant: a block of `warps` warps, each owning `m_tiles` x 16 query
+/// rows, streams `block_n`-key tiles; registers are capped so that `min_blocks` blocks fit on a
+/// multiprocessor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct FwdVariant {
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Warps per block.
+    pub warps: usize,
+    /// 16-row m-tiles per warp (2: each K/V fragment read from shared memory feeds two).
+    pub m_tiles: usize,
+    /// Keys per tile.
+    pub block_n: usize,
+    /// Blocks per multiprocessor the register allocation is capped for (`__launch_bounds__`).
+    pub min_blocks: usize,
 }
 
-/// Dynamic shared memory of a `flash_fwd` variant: the Q tile plus two stages of K and V tiles,
-/// rows padded to the mma k-step plus 16 bytes.
-pub fn fwd_shared_bytes(head_dim: usize, warps: usize) -> usize {
-    let row = head_dim.div_ceil(16) * 16 + 8;
-    (16 * warps + 4 * FWD_BLOCK_N) * row * 2
+const fn variant(
+    head_dim: usize,
+    warps: usize,
+    m_tiles: usize,
+    block_n: usize,
+    min_blocks: usize,
+) -> FwdVariant {
+    FwdVariant {
+        head_dim,
+        warps,
+        m_tiles,
+        block_n,
+        min_blocks,
+    }
+}
+
+/// The compiled `flash_fwd` variants (the `FWD_VARIANTS` list of flash_fwd.cu).
+pub const FWD_VARIANTS: [FwdVariant; 11] = [
+    variant(64, 2, 1, 64, 1),
+    variant(64, 4, 1, 64, 1),
+    variant(88, 4, 1, 64, 1),
+    variant(88, 4, 1, 64, 3),
+    variant(88, 4, 1, 32, 3),
+    variant(88, 4, 2, 32, 1),
+    variant(88, 4, 2, 64, 1),
+    variant(128, 4, 1, 64, 1),
+    variant(128, 4, 1, 32, 3),
+    variant(128, 8, 1, 64, 1),
+    variant(128, 4, 2, 32, 1),
+];
+
+impl FwdVariant {
+    /// Query rows per block.
+    pub fn block_m(&self) -> usize {
+        16 * self.m_tiles * self.warps
+    }
+
+    /// Kernel name for a dtype.
+    pub fn kernel(&self, dtype: crate::DType) -> String {
+        format!(
+            "flash_fwd_{dtype}_d{}_w{}_m{}_n{}_b{}",
+            self.head_dim, self.warps, self.m_tiles, self.block_n, self.min_blocks
+        )
+    }
+
+    /// Dynamic shared memory: the Q tile plus two stages of K and V tiles, rows padded to the
+    /// mma k-step plus 16 bytes.
+    pub fn shared_bytes(&self) -> usize {
+        let row = self.head_dim.div_ceil(16) * 16 + 8;
+        (self.block_m() + 4 * self.block_n) * row * 2
+    }
+
+    /// Short label, e.g. `w4m2n32b1`.
+    pub fn label(&self) -> String {
+        format!(
+            "w{}m{}n{}b{}",
+            self.warps, self.m_tiles, self.block_n, self.min_blocks
+        )
+    }
 }
 
 /// Name of the paged decode kernel for a dtype and head dim.
@@ -62,7 +121,7 @@ pub fn fill_kernel(dtype: crate::DType) -> String {
 pub fn all_kernels() -> Vec<String> {
     let mut names = Vec::new();
     for dtype in [crate::DType::Bf16, crate::DType::F16] {
-        names.extend(FWD_VARIANTS.iter().map(|&(d, w)| fwd_kernel(dtype, d, w)));
+        names.extend(FWD_VARIANTS.iter().map(|v| v.kernel(dtype)));
         names.extend(
             crate::problem::HEAD_DIMS
                 .iter()
@@ -87,12 +146,25 @@ impl KernelFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DType;
 
     #[test]
     fn every_named_kernel_is_defined_in_a_file() {
         for name in all_kernels() {
             let defined = ALL.iter().any(|f| {
-                f.source.contains(&format!("({name},")) || f.source.contains(&format!(" {name}("))
+                let fwd = FWD_VARIANTS
+                    .iter()
+                    .find(|v| v.kernel(DType::Bf16) == name || v.kernel(DType::F16) == name);
+                match fwd {
+                    Some(v) => f.source.contains(&format!(
+                        "FWD_KERNEL(T, TN, {}, {}, {}, {}, {})",
+                        v.head_dim, v.warps, v.m_tiles, v.block_n, v.min_blocks
+                    )),
+                    None => {
+                        f.source.contains(&format!("({name},"))
+                            || f.source.contains(&format!(" {name}("))
+                    }
+                }
             });
             assert!(defined, "{name} is not defined in any kernel file");
         }
