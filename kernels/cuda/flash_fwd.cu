@@ -48,6 +48,7 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
     constexpr int KS_FULL = D / 16;
     constexpr bool HALF = D % 16 != 0;
     constexpr int NDT = D / 8;  // d n-tiles of the output
+    constexpr float RESCALE_LOG2 = 8.f;
     extern __shared__ __align__(16) u16 smem[];
     u16* sq = smem;
     u16* skv = smem + BM * SROW;  // [stage][K | V][BN][SROW]
@@ -81,23 +82,52 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
         while (t < t_end && t * BN >= gap_lo && (t + 1) * BN <= gap_hi) t++;
         return t;
     };
+    // K/V tile loads: only the D/8 chunks that hold data (padding columns are never read); rows
+    // past the sequence are zero-filled so that P = 0 never meets a NaN. When the chunks of a row
+    // divide the block's threads, each thread keeps one column and strides over rows, so an
+    // address is a base plus a compile-time step.
     auto load_kv = [&](int stage, int t) {
         u16* sk = skv + stage * 2 * BN * SROW;
         u16* sv = sk + BN * SROW;
-        for (int i = tid; i < BN * CH; i += THREADS) {
-            const int r = i / CH, c = i % CH, key = t * BN + r;
-            const bool ok = key < p.seq_kv && c < CH_VALID;
-            const i64 ko = ok ? key * p.k_row + c * 8 : 0;
-            const i64 vo = ok ? key * p.v_row + c * 8 : 0;
-            cp_async16(smem_addr(sk + r * SROW + c * 8), kg + ko, ok ? 16 : 0);
-            cp_async16(smem_addr(sv + r * SROW + c * 8), vg + vo, ok ? 16 : 0);
+        if constexpr (THREADS % CH_VALID == 0) {
+            constexpr int RSTEP = THREADS / CH_VALID;
+            const int c = tid % CH_VALID, r0 = tid / CH_VALID, key0 = t * BN + r0;
+            const u32 ks_addr = smem_addr(sk + r0 * SROW + c * 8);
+            const u32 vs_addr = smem_addr(sv + r0 * SROW + c * 8);
+            const u16* kp = kg + key0 * p.k_row + c * 8;
+            const u16* vp = vg + key0 * p.v_row + c * 8;
+#pragma unroll
+            for (int it = 0; it < BN / RSTEP; it++) {
+                const bool ok = key0 + it * RSTEP < p.seq_kv;
+                cp_async16(ks_addr + it * RSTEP * SROW * 2, ok ? kp + it * RSTEP * p.k_row : kg, ok ? 16 : 0);
+                cp_async16(vs_addr + it * RSTEP * SROW * 2, ok ? vp + it * RSTEP * p.v_row : vg, ok ? 16 : 0);
+            }
+        } else {
+            for (int i = tid; i < BN * CH_VALID; i += THREADS) {
+                const int r = i / CH_VALID, c = i % CH_VALID, key = t * BN + r;
+                const bool ok = key < p.seq_kv;
+                const i64 ko = ok ? key * p.k_row + c * 8 : 0;
+                const i64 vo = ok ? key * p.v_row + c * 8 : 0;
+                cp_async16(smem_addr(sk + r * SROW + c * 8), kg + ko, ok ? 16 : 0);
+                cp_async16(smem_addr(sv + r * SROW + c * 8), vg + vo, ok ? 16 : 0);
+            }
         }
     };
+    // ldmatrix addresses: one shared-window base per operand plus this lane's row/column offset;
+    // every fragment is then base + a compile-time offset (folded into the instruction).
+    constexpr u32 ROW_BYTES = SROW * 2;
+    const u32 smem_base = smem_addr(smem);
+    // x4 with matrices (rows 0-7, col 0), (rows 8-15, col 0), (rows 0-7, col 8), (rows 8-15, col 8):
+    // A fragments of Q and the transposed B fragments of V.
+    const u32 lane_a = ((lane & 7) + 8 * ((lane >> 3) & 1)) * ROW_BYTES + 16 * (lane >> 4);
+    // x4 with matrices (rows 0-7, col 0), (rows 0-7, col 8), (rows 8-15, col 0), (rows 8-15, col 8):
+    // B fragments of K for two n-tiles.
+    const u32 lane_b = ((lane & 7) + 8 * (lane >> 4)) * ROW_BYTES + 16 * ((lane >> 3) & 1);
+    // x2 with matrices (rows 0-7, col 0), (rows 8-15, col 0): the half k-step / lone d n-tile.
+    const u32 lane_h = ((lane & 7) + 8 * ((lane >> 3) & 1)) * ROW_BYTES;
+    const u32 q_addr = smem_base + warp * WM * ROW_BYTES + lane_a;
     // A fragment (16 rows x 16 of d) of this warp's m-tile `mt` at k-step `ks`.
-    auto load_q = [&](u32* frag, int mt, int ks) {
-        const int r = warp * WM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-        ldmatrix_x4(frag, smem_addr(sq + r * SROW + ks * 16 + 8 * (lane >> 4)));
-    };
+    auto load_q = [&](u32* frag, int mt, int ks) { ldmatrix_x4(frag, q_addr + mt * 16 * ROW_BYTES + ks * 32); };
 
     float o[MT][NDT][4];
 #pragma unroll
@@ -140,6 +170,8 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
         __syncthreads();
         const u16* sk = skv + stage * 2 * BN * SROW;
         const u16* sv = sk + BN * SROW;
+        const u32 k_base = smem_base + (BM + stage * 2 * BN) * ROW_BYTES;
+        const u32 v_base = k_base + BN * ROW_BYTES;
         const int n0 = t * BN;
 
         if (write_cache) {
@@ -177,8 +209,7 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
 #pragma unroll
             for (int np = 0; np < BN / 16; np++) {
                 u32 kb[4];
-                const int r = np * 16 + (lane & 7) + 8 * (lane >> 4);
-                ldmatrix_x4(kb, smem_addr(sk + r * SROW + ks * 16 + 8 * ((lane >> 3) & 1)));
+                ldmatrix_x4(kb, k_base + lane_b + np * 16 * ROW_BYTES + ks * 32);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     T::mma(s[mt][2 * np], qa[mt], kb[0], kb[1]);
@@ -198,8 +229,7 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
 #pragma unroll
             for (int np = 0; np < BN / 16; np++) {
                 u32 kb[2];  // columns KS_FULL*16 .. +8 of keys np*16 .. +8 and np*16+8 .. +16
-                const int r = np * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                ldmatrix_x2(kb, smem_addr(sk + r * SROW + KS_FULL * 16));
+                ldmatrix_x2(kb, k_base + lane_h + np * 16 * ROW_BYTES + KS_FULL * 32);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     T::mma_k8(s[mt][2 * np], qa[mt], kb[0]);
@@ -225,7 +255,9 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
                     }
         }
 
-        // Online softmax; a thread holds rows (lane/4) and (lane/4 + 8) of each m-tile.
+        // Online softmax; a thread holds rows (lane/4) and (lane/4 + 8) of each m-tile. The
+        // probabilities are packed to 16 bits as soon as they exist (half the registers).
+        u32 pp[MT][BN / 8][2];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -236,45 +268,48 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
                     mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // Lazy rescaling: the running max only moves (and O, l are rescaled) when some
+                // row of the warp grew by more than 2^8; until then probabilities up to 256 are
+                // summed against the stale max, exactly as the final normalisation divides.
                 const float m_new = fmaxf(m_run[mt][r], mx * p.scale_log2);
-                const float m_use = m_new == NEG_INF ? 0.f : m_new;
-                const float alpha = fast_exp2(m_run[mt][r] - m_use);
-                m_run[mt][r] = m_new;
+                if (__any_sync(0xffffffffu, m_new > m_run[mt][r] + RESCALE_LOG2)) {
+                    const float alpha = fast_exp2(m_run[mt][r] - (m_new == NEG_INF ? 0.f : m_new));
+                    m_run[mt][r] = m_new;
+                    l_run[mt][r] *= alpha;
+#pragma unroll
+                    for (int dt = 0; dt < NDT; dt++) {
+                        o[mt][dt][2 * r] *= alpha;
+                        o[mt][dt][2 * r + 1] *= alpha;
+                    }
+                }
+                const float m_use = m_run[mt][r] == NEG_INF ? 0.f : m_run[mt][r];
                 float rs = 0.f;
 #pragma unroll
                 for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-                    for (int e = 2 * r; e < 2 * r + 2; e++) {
-                        const float pv = fast_exp2(fmaf(s[mt][nt][e], p.scale_log2, -m_use));
-                        s[mt][nt][e] = pv;
-                        rs += pv;
-                    }
+                    const float p0 = fast_exp2(fmaf(s[mt][nt][2 * r], p.scale_log2, -m_use));
+                    const float p1 = fast_exp2(fmaf(s[mt][nt][2 * r + 1], p.scale_log2, -m_use));
+                    rs += p0 + p1;
+                    pp[mt][nt][r] = T::pack2(p0, p1);
                 }
-                l_run[mt][r] = l_run[mt][r] * alpha + rs;
-#pragma unroll
-                for (int dt = 0; dt < NDT; dt++) {
-                    o[mt][dt][2 * r] *= alpha;
-                    o[mt][dt][2 * r + 1] *= alpha;
-                }
+                l_run[mt][r] += rs;
             }
 
-        // O += P V: the S accumulators of two key n-tiles form one A fragment; each V fragment
+        // O += P V: the probabilities of two key n-tiles form one A fragment; each V fragment
         // feeds MT m-tiles.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             u32 pa[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                pa[mt][0] = T::pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][1] = T::pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][2] = T::pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][3] = T::pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                pa[mt][0] = pp[mt][2 * kk][0];
+                pa[mt][1] = pp[mt][2 * kk][1];
+                pa[mt][2] = pp[mt][2 * kk + 1][0];
+                pa[mt][3] = pp[mt][2 * kk + 1][1];
             }
 #pragma unroll
             for (int dp = 0; dp < KS_FULL; dp++) {
                 u32 vb[4];
-                const int r = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                ldmatrix_x4_trans(vb, smem_addr(sv + r * SROW + dp * 16 + 8 * (lane >> 4)));
+                ldmatrix_x4_trans(vb, v_base + lane_a + kk * 16 * ROW_BYTES + dp * 32);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     T::mma(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
@@ -283,8 +318,7 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
             }
             if constexpr (HALF) {
                 u32 vb[2];  // keys kk*16 .. +16 of the lone last d n-tile
-                const int r = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                ldmatrix_x2_trans(vb, smem_addr(sv + r * SROW + KS_FULL * 16));
+                ldmatrix_x2_trans(vb, v_base + lane_h + kk * 16 * ROW_BYTES + KS_FULL * 32);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) T::mma(o[mt][NDT - 1], pa[mt], vb[0], vb[1]);
             }
@@ -341,12 +375,10 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
     FWD_KERNEL(T, TN, 64, 2, 1, 64, 1)     \
     FWD_KERNEL(T, TN, 64, 4, 1, 64, 1)     \
     FWD_KERNEL(T, TN, 88, 4, 1, 64, 1)     \
-    FWD_KERNEL(T, TN, 88, 4, 1, 64, 3)     \
     FWD_KERNEL(T, TN, 88, 4, 1, 32, 3)     \
     FWD_KERNEL(T, TN, 88, 4, 2, 32, 1)     \
     FWD_KERNEL(T, TN, 88, 4, 2, 64, 1)     \
     FWD_KERNEL(T, TN, 128, 4, 1, 64, 1)    \
-    FWD_KERNEL(T, TN, 128, 4, 1, 32, 3)    \
     FWD_KERNEL(T, TN, 128, 8, 1, 64, 1)    \
     FWD_KERNEL(T, TN, 128, 4, 2, 32, 1)
 

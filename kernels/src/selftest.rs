@@ -43,6 +43,9 @@ struct DenseCase {
     problem: DenseAttention,
     options: DenseOptions,
     cache_block: Option<usize>,
+    /// Keys grow along the sequence (x1 to x5), so the running max rises by far more than the
+    /// kernel's lazy-rescale threshold: exercises the rescaling path.
+    rising_keys: bool,
 }
 
 fn dense_cases() -> Vec<DenseCase> {
@@ -54,6 +57,7 @@ fn dense_cases() -> Vec<DenseCase> {
             splits,
         },
         cache_block,
+        rising_keys: false,
     };
     // Every compiled variant, on a problem of its head dim with ragged tiles.
     let mut cases: Vec<DenseCase> = FWD_VARIANTS
@@ -74,9 +78,21 @@ fn dense_cases() -> Vec<DenseCase> {
                     splits: Some(1),
                 },
                 cache_block: (v.head_dim == 128).then_some(16),
+                rising_keys: false,
             }
         })
         .collect();
+    // Rising scores, with the default variants.
+    for problem in [
+        DenseAttention::new(1, 2, 333, 333, 88),
+        DenseAttention::new(2, 2, 400, 400, 128).causal(),
+        DenseAttention::new(2, 2, 32, 700, 64),
+    ] {
+        cases.push(DenseCase {
+            rising_keys: true,
+            ..case("rising-scores", problem, Some(1), None)
+        });
+    }
     // The shape classes with the default variant.
     cases.extend([
         case(
@@ -221,7 +237,14 @@ fn run_dense(
 ) -> Result<CaseResult, KernelError> {
     let p = &case.problem;
     let q = random_values(rng, dtype, p.q_len(), 2.0);
-    let k = random_values(rng, dtype, p.kv_len(), 2.0);
+    let mut k = random_values(rng, dtype, p.kv_len(), 2.0);
+    if case.rising_keys {
+        let row = p.heads * p.head_dim;
+        for (i, x) in k.iter_mut().enumerate() {
+            let j = (i / row) % p.seq_kv;
+            *x = dtype.decode(dtype.encode(*x * (1.0 + 4.0 * j as f32 / p.seq_kv as f32)));
+        }
+    }
     let v = random_values(rng, dtype, p.kv_len(), 1.0);
     let mut want = vec![0f32; p.q_len()];
     cpu.dense(p, &q, &k, &v, &mut want, None)?;

@@ -58,16 +58,14 @@ const fn variant(
 }
 
 /// The compiled `flash_fwd` variants (the `FWD_VARIANTS` list of flash_fwd.cu).
-pub const FWD_VARIANTS: [FwdVariant; 11] = [
+pub const FWD_VARIANTS: [FwdVariant; 9] = [
     variant(64, 2, 1, 64, 1),
     variant(64, 4, 1, 64, 1),
     variant(88, 4, 1, 64, 1),
-    variant(88, 4, 1, 64, 3),
     variant(88, 4, 1, 32, 3),
     variant(88, 4, 2, 32, 1),
     variant(88, 4, 2, 64, 1),
     variant(128, 4, 1, 64, 1),
-    variant(128, 4, 1, 32, 3),
     variant(128, 8, 1, 64, 1),
     variant(128, 4, 2, 32, 1),
 ];
