@@ -1,6 +1,6 @@
 // Decode attention (one query per sequence) over the paged KV cache, and the split combiner.
 //
-// The cache is `[num_blocks, heads, block_size, D]` per layer for K and for V; `block_table[seq]`
+// The cache is `[num_blocks, heads, block_size = 2^block_shift, D]` per layer for K and for V; `block_table[seq]`
 // lists a sequence's blocks in order and `seq_lens[seq]` its token count. One block of 4 warps
 // handles one (sequence, head) and one split of its keys (flash-decoding: grid.y splits the key
 // range when there are too few sequences to fill the GPU). Groups of LK lanes read one key row
@@ -14,7 +14,7 @@ struct DecodeParams {
     u64 o;
     i64 o_batch, o_head;
     u64 cache_k, cache_v, block_table, seq_lens, partial_o, partial_lse;
-    int batch, heads, block_size, max_blocks, splits, reserved0;
+    int batch, heads, block_shift, max_blocks, splits, reserved0;
     float scale_log2;
     int reserved1;
 };
@@ -41,12 +41,12 @@ __device__ __forceinline__ void unpack8(const V4& v, float* f) {
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, int U>
 __device__ __forceinline__ void paged_decode(const DecodeParams& p) {
     constexpr int WARPS = 4;
     constexpr int LK = D <= 64 ? 8 : 16;  // lanes per key row
     constexpr int KPW = 32 / LK;          // keys per warp per step
-    constexpr int U = 4;                  // steps in flight per group
+    // U: steps (keys) in flight per group
     constexpr int SLOTS = WARPS * KPW;
     __shared__ float sm_m[SLOTS], sm_l[SLOTS];
     __shared__ float sm_acc[SLOTS][D];
@@ -82,7 +82,7 @@ __device__ __forceinline__ void paged_decode(const DecodeParams& p) {
             const int key = base + group + u * STRIDE;
             kv[u] = vv[u] = V4{0u, 0u, 0u, 0u};
             if (key < k_end && active) {
-                const i64 off = paged_offset(table, p.max_blocks, b, key, p.block_size, p.heads, h, D) + sub * 8;
+                const i64 off = paged_offset(table, p.max_blocks, b, key, p.block_shift, p.heads, h, D) + sub * 8;
                 kv[u] = ld_stream((const u16*)p.cache_k + off);
                 vv[u] = ld_stream((const u16*)p.cache_v + off);
             }
@@ -154,15 +154,22 @@ __device__ __forceinline__ void paged_decode(const DecodeParams& p) {
     }
 }
 
-#define DECODE_KERNEL(NAME, T, D) \
-    extern "C" __global__ void __launch_bounds__(128) NAME(const DecodeParams p) { paged_decode<T, D>(p); }
+#define DECODE_KERNEL(T, TN, D, U)                                                            \
+    extern "C" __global__ void __launch_bounds__(128) paged_decode_##TN##_d##D##_u##U(const DecodeParams p) { \
+        paged_decode<T, D, U>(p);                                                                 \
+    }
 
-DECODE_KERNEL(paged_decode_bf16_d64, Bf16, 64)
-DECODE_KERNEL(paged_decode_bf16_d88, Bf16, 88)
-DECODE_KERNEL(paged_decode_bf16_d128, Bf16, 128)
-DECODE_KERNEL(paged_decode_f16_d64, F16, 64)
-DECODE_KERNEL(paged_decode_f16_d88, F16, 88)
-DECODE_KERNEL(paged_decode_f16_d128, F16, 128)
+// The compiled variants (keep in sync with DECODE_UNROLLS in kernels/src/source.rs).
+#define DECODE_VARIANTS(T, TN)  \
+    DECODE_KERNEL(T, TN, 64, 4)  \
+    DECODE_KERNEL(T, TN, 64, 8)  \
+    DECODE_KERNEL(T, TN, 88, 4)  \
+    DECODE_KERNEL(T, TN, 88, 8)  \
+    DECODE_KERNEL(T, TN, 128, 4) \
+    DECODE_KERNEL(T, TN, 128, 8)
+
+DECODE_VARIANTS(Bf16, bf16)
+DECODE_VARIANTS(F16, f16)
 
 // Merges the splits of an attention: out = sum_s o_s 2^(lse_s - max) / sum_s 2^(lse_s - max).
 // Row r = (seq * heads + head) * seq_q + i; one block of (D rounded up to 32) threads per row.

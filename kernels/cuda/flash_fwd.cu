@@ -28,7 +28,7 @@ struct FwdParams {
     u64 partial_lse;  // float [splits][batch * heads * seq_q]
     u64 cache_k, cache_v, block_table;
     int batch, heads, seq_q, seq_kv;
-    int causal, splits, cache_block_size, cache_max_blocks;
+    int causal, splits, cache_block_shift, cache_max_blocks;
     float scale_log2;
     int reserved;
 };
@@ -181,7 +181,7 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
                 if (key >= p.seq_kv || (key >= gap_lo && key < gap_hi)) continue;
                 const int pos = key < gap_lo ? key : key - gap;
                 const i64 dst = paged_offset((const int*)p.block_table, p.cache_max_blocks, b, pos,
-                                             p.cache_block_size, p.heads, h, D) +
+                                             p.cache_block_shift, p.heads, h, D) +
                                 c * 8;
                 *(u64*)((u16*)p.cache_k + dst) = *(const u64*)(sk + r * SROW + c * 8);
                 *(u64*)((u16*)p.cache_k + dst + 4) = *(const u64*)(sk + r * SROW + c * 8 + 4);

@@ -121,10 +121,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32* r, u32 addr) {
                  : "r"(addr));
 }
 
-// Where a token of a sequence lives in the paged KV cache: `[num_blocks, heads, block_size, D]`.
-__device__ __forceinline__ i64 paged_offset(const int* block_table, int max_blocks, int seq,
-                                                   int pos, int block_size, int heads, int head,
-                                                   int head_dim) {
-    int block = block_table[(i64)seq * max_blocks + pos / block_size];
-    return (((i64)block * heads + head) * block_size + pos % block_size) * (i64)head_dim;
+// Where a token of a sequence lives in the paged KV cache: `[num_blocks, heads, block_size, D]`,
+// block_size = 2^block_shift.
+__device__ __forceinline__ i64 paged_offset(const int* block_table, int max_blocks, int seq, int pos,
+                                            int block_shift, int heads, int head, int head_dim) {
+    const int block = block_table[(i64)seq * max_blocks + (pos >> block_shift)];
+    const int slot = pos & ((1 << block_shift) - 1);
+    return ((((i64)block * heads + head) << block_shift) + slot) * (i64)head_dim;
 }

@@ -2,9 +2,11 @@
 //! runs on random inputs, rotated when one set would sit in L2), plus the device-to-device copy
 //! bandwidth measured in the same run as the memory ceiling.
 
-use crate::cuda::{CudaAttention, DecodeTables, DenseInputs, DenseOptions, GpuTensor};
+use crate::cuda::{
+    CudaAttention, DecodeOptions, DecodeTables, DenseInputs, DenseOptions, GpuTensor,
+};
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
-use crate::source::FWD_VARIANTS;
+use crate::source::{DECODE_UNROLLS, FWD_VARIANTS};
 use crate::KernelError;
 
 /// One timed shape.
@@ -224,7 +226,20 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
         });
     }
 
-    for (id, batch, heads, len, head_dim) in DECODE_ANCHORS {
+    // Each anchor with the default unroll, then with every compiled one (`id@u<n>`).
+    let decode_runs = DECODE_ANCHORS.iter().flat_map(|&anchor| {
+        std::iter::once((anchor, None))
+            .chain(DECODE_UNROLLS.iter().map(move |&u| (anchor, Some(u))))
+    });
+    for ((id, batch, heads, len, head_dim), unroll) in decode_runs {
+        let options = DecodeOptions {
+            splits: None,
+            unroll,
+        };
+        let id = match unroll {
+            None => id.to_string(),
+            Some(u) => format!("{id}@u{u}"),
+        };
         let block_size = 16;
         let max_blocks = len.div_ceil(block_size);
         let num_blocks = batch * max_blocks;
@@ -272,13 +287,16 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
                 &vc.data,
                 tables,
                 &mut out.data,
-                None,
+                options,
             )
         })?;
         let ms = median(times);
         rows.push(BenchRow {
-            id: id.into(),
-            shape: format!("decode B{batch} H{heads} kv{len} D{head_dim} paged/16"),
+            id,
+            shape: format!(
+                "decode B{batch} H{heads} kv{len} D{head_dim} paged/16{}",
+                unroll.map(|u| format!(" (u{u})")).unwrap_or_default()
+            ),
             unit: "GB/s",
             ms,
             value: bytes / ms / 1e6,

@@ -237,7 +237,7 @@ pub struct DecodeAttention {
     pub heads: usize,
     /// Head dimension.
     pub head_dim: usize,
-    /// Tokens per cache block.
+    /// Tokens per cache block (a power of two).
     pub block_size: usize,
     /// Blocks in the cache.
     pub num_blocks: usize,
@@ -336,7 +336,8 @@ pub struct KvCacheWrite<'a, T> {
 impl<T> KvCacheWrite<'_, T> {
     /// Checks that every cached token of `p` has a block.
     pub fn validate(&self, p: &DenseAttention) -> Result<(), KernelError> {
-        if self.block_size == 0 || self.block_table.len() != p.batch * self.max_blocks {
+        if !self.block_size.is_power_of_two() || self.block_table.len() != p.batch * self.max_blocks
+        {
             return Err(KernelError::Invalid(
                 "block table does not match the batch".into(),
             ));

@@ -10,9 +10,11 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::cpu::CpuAttention;
-use crate::cuda::{CudaAttention, DecodeTables, DenseInputs, DenseOptions, DeviceCache};
+use crate::cuda::{
+    CudaAttention, DecodeOptions, DecodeTables, DenseInputs, DenseOptions, DeviceCache,
+};
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
-use crate::source::FWD_VARIANTS;
+use crate::source::{DECODE_UNROLLS, FWD_VARIANTS};
 use crate::{AttentionBackend, KernelError};
 
 /// Relative error bound for 16-bit inputs with f32 accumulation.
@@ -355,7 +357,7 @@ fn run_decode(
     gpu: &CudaAttention,
     cpu: &CpuAttention,
     head_dim: usize,
-    splits: Option<usize>,
+    options: DecodeOptions,
     dtype: DType,
     rng: &mut ChaCha20Rng,
 ) -> Result<CaseResult, KernelError> {
@@ -404,14 +406,15 @@ fn run_decode(
         &vd.data,
         tables,
         &mut out.data,
-        splits,
+        options,
     )?;
     gpu.synchronize()?;
     let got = gpu.download(&out)?;
     let name = format!(
-        "decode: B{batch} H{heads} D{head_dim} lens {:?} block {block_size}{}",
+        "decode: B{batch} H{heads} D{head_dim} lens {:?} block {block_size} u{} splits{}",
         p.seq_lens,
-        splits.map(|s| format!(" splits{s}")).unwrap_or_default()
+        options.unroll.unwrap_or(4),
+        options.splits.unwrap_or(0)
     );
     Ok(verdict(name, dtype, &got, &want, 0))
 }
@@ -426,8 +429,14 @@ pub fn run(gpu: &CudaAttention, seed: u64) -> Result<Vec<CaseResult>, KernelErro
             results.push(run_dense(gpu, &cpu, &case, dtype, &mut rng)?);
         }
         for head_dim in crate::problem::HEAD_DIMS {
-            for splits in [Some(1), Some(4)] {
-                results.push(run_decode(gpu, &cpu, head_dim, splits, dtype, &mut rng)?);
+            for unroll in DECODE_UNROLLS {
+                for splits in [1, 4] {
+                    let options = DecodeOptions {
+                        splits: Some(splits),
+                        unroll: Some(unroll),
+                    };
+                    results.push(run_decode(gpu, &cpu, head_dim, options, dtype, &mut rng)?);
+                }
             }
         }
     }

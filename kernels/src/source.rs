@@ -100,9 +100,12 @@ impl FwdVariant {
     }
 }
 
-/// Name of the paged decode kernel for a dtype and head dim.
-pub fn decode_kernel(dtype: crate::DType, head_dim: usize) -> String {
-    format!("paged_decode_{dtype}_d{head_dim}")
+/// Keys in flight per lane group of the compiled paged decode kernels.
+pub const DECODE_UNROLLS: [usize; 2] = [4, 8];
+
+/// Name of the paged decode kernel for a dtype, head dim and unroll.
+pub fn decode_kernel(dtype: crate::DType, head_dim: usize, unroll: usize) -> String {
+    format!("paged_decode_{dtype}_d{head_dim}_u{unroll}")
 }
 
 /// Name of the split combiner for a dtype.
@@ -120,11 +123,9 @@ pub fn all_kernels() -> Vec<String> {
     let mut names = Vec::new();
     for dtype in [crate::DType::Bf16, crate::DType::F16] {
         names.extend(FWD_VARIANTS.iter().map(|v| v.kernel(dtype)));
-        names.extend(
-            crate::problem::HEAD_DIMS
-                .iter()
-                .map(|&d| decode_kernel(dtype, d)),
-        );
+        for d in crate::problem::HEAD_DIMS {
+            names.extend(DECODE_UNROLLS.iter().map(|&u| decode_kernel(dtype, d, u)));
+        }
         names.push(combine_kernel(dtype));
         names.push(fill_kernel(dtype));
     }
@@ -146,25 +147,34 @@ mod tests {
     use super::*;
     use crate::DType;
 
+    /// The text that defines kernel `name` in its file (a macro instantiation or a signature).
+    fn definition(name: &str) -> String {
+        for dtype in [DType::Bf16, DType::F16] {
+            if let Some(v) = FWD_VARIANTS.iter().find(|v| v.kernel(dtype) == name) {
+                return format!(
+                    "FWD_KERNEL(T, TN, {}, {}, {}, {}, {})",
+                    v.head_dim, v.warps, v.m_tiles, v.block_n, v.min_blocks
+                );
+            }
+            for d in crate::problem::HEAD_DIMS {
+                for u in DECODE_UNROLLS {
+                    if decode_kernel(dtype, d, u) == name {
+                        return format!("DECODE_KERNEL(T, TN, {d}, {u})");
+                    }
+                }
+            }
+        }
+        format!(" {name}(")
+    }
+
     #[test]
     fn every_named_kernel_is_defined_in_a_file() {
         for name in all_kernels() {
-            let defined = ALL.iter().any(|f| {
-                let fwd = FWD_VARIANTS
-                    .iter()
-                    .find(|v| v.kernel(DType::Bf16) == name || v.kernel(DType::F16) == name);
-                match fwd {
-                    Some(v) => f.source.contains(&format!(
-                        "FWD_KERNEL(T, TN, {}, {}, {}, {}, {})",
-                        v.head_dim, v.warps, v.m_tiles, v.block_n, v.min_blocks
-                    )),
-                    None => {
-                        f.source.contains(&format!("({name},"))
-                            || f.source.contains(&format!(" {name}("))
-                    }
-                }
-            });
-            assert!(defined, "{name} is not defined in any kernel file");
+            let text = definition(&name);
+            assert!(
+                ALL.iter().any(|f| f.source.contains(&text)),
+                "{name} ({text}) is not defined in any kernel file"
+            );
         }
     }
 
