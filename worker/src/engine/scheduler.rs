@@ -250,6 +250,11 @@ impl<T> SchedulerState<T> {
         waiting
     }
 
+    /// Removes the waiting requests for which `gone` holds (their clients left) and returns them.
+    pub fn remove_waiting_where(&mut self, gone: impl Fn(&Entry<T>) -> bool) -> Vec<Entry<T>> {
+        self.queue.remove_where(gone)
+    }
+
     /// KV block tables of a running request's sequences (one per beam).
     pub fn block_tables(&self, id: RequestId) -> Vec<&[u32]> {
         self.running
