@@ -7,6 +7,8 @@
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
+//! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
+//! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
 //! - [`cli`]: the `lynx-worker` command line.
 
 pub mod checkpoint;
@@ -16,8 +18,11 @@ pub mod embedded;
 pub mod engine;
 pub mod generation;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;
+pub mod runner;
+pub mod serve;
 pub mod tokenizer;
 pub mod vision;

@@ -1,5 +1,7 @@
-//! The `lynx-worker` command line: `generate` (one multimodal request, or a batch of images, from
-//! the shell) and `convert` (release layout -> converted layout).
+//! The `lynx-worker` command line: `serve` (the gRPC worker), `generate` (one multimodal request,
+//! or a batch of images, from the shell) and `convert` (release layout -> converted layout).
+
+pub mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,9 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the model over gRPC (lynx.v1), with health, reflection and an HTTP listener for
+    /// /metrics, /healthz and /readyz.
+    Serve(Box<serve::ServeArgs>),
     /// Answer one instruction about images or a video (or text only).
     Generate(GenerateArgs),
     /// Convert a release-layout model dir into the converted (safetensors) layout.
@@ -264,6 +269,7 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     init_logging(cli.log_format);
     match &cli.command {
+        Command::Serve(a) => serve::serve(a),
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
     }
