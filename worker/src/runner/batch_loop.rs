@@ -46,6 +46,10 @@ pub(super) struct Engine<'m> {
     pub(super) ids: DecodeIds,
 }
 
+/// Longest sleep while requests wait: departed clients and deadlines in the queue are noticed
+/// within this time even when the scheduler waits longer for a fuller batch.
+const QUEUE_POLL: Duration = Duration::from_millis(10);
+
 /// Sends `event`; false when the client is gone. Never blocks: each request's channel holds
 /// more events than it can be sent (one delta per token plus the final one).
 pub(super) fn send(tx: &mpsc::Sender<Event>, event: Event) -> bool {
@@ -89,13 +93,13 @@ pub(super) fn run(
                 }
             } else if let Some(wait) = wake_in {
                 if open {
-                    match rx.recv_timeout(wait) {
+                    match rx.recv_timeout(wait.min(QUEUE_POLL)) {
                         Ok(s) => e.enqueue(s.0),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => open = false,
                     }
                 } else {
-                    std::thread::sleep(wait);
+                    std::thread::sleep(wait.min(QUEUE_POLL));
                 }
             }
         }
@@ -108,6 +112,8 @@ pub(super) fn run(
         }
         e.drop_departed();
         wake_in = e.schedule(Instant::now());
+        // Gauges show an admission before the request's first token is sent.
+        e.publish();
         if !e.active.is_empty() {
             e.step();
         } else if wake_in.is_none() && e.sched.waiting() > 0 {
@@ -124,7 +130,12 @@ impl Engine<'_> {
     }
 
     fn enqueue(&mut self, entry: Entry<Job>) {
+        let now = !entry.payload.wait_for_batch;
         let refused = match self.sched.enqueue(entry) {
+            Ok(()) if now => {
+                self.sched.skip_batch_delay();
+                return;
+            }
             Ok(()) => return,
             Err(Rejection::QueueFull(q)) => (
                 q.entry,
@@ -252,16 +263,16 @@ impl Engine<'_> {
                         let u = a
                             .text
                             .update(&self.m.tokenizer, &generated, &a.job.stop, false);
-                        if u.stop_at.is_some() {
-                            self.complete(a, generated, Finish::Stop);
-                            continue;
-                        }
                         if a.job.stream && !(u.tokens.is_empty() && u.text.is_empty()) {
                             let delta = Event::Delta {
                                 token_ids: u.tokens,
                                 text: u.text,
                             };
                             send(&a.job.events, delta);
+                        }
+                        if u.stop_at.is_some() {
+                            self.complete(a, generated, Finish::Stop);
+                            continue;
                         }
                     }
                     for (i, tok) in next.into_iter().enumerate() {

@@ -69,6 +69,9 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Whether token/text deltas are wanted.
     pub stream: bool,
+    /// Whether the request may wait up to the batching delay for others (false: admitted at the
+    /// next decision, e.g. the warm-up request).
+    pub wait_for_batch: bool,
     /// Scheduling priority, higher first.
     pub priority: u8,
     /// When the client stops waiting.

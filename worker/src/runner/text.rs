@@ -5,7 +5,8 @@
 //!   nothing streamed is ever taken back.
 //! - No delta contains a stop string, nor text after one: the last `longest stop - 1` bytes are
 //!   held back until more text shows they do not start a stop string.
-//! - A trailing U+FFFD (an incomplete UTF-8 sequence of byte-fallback tokens) is held back.
+//! - Trailing U+FFFDs (an incomplete UTF-8 sequence of byte-fallback tokens, which the next token
+//!   may complete) are held back.
 
 use crate::tokenizer::LynxTokenizer;
 
@@ -46,7 +47,7 @@ impl TextStream {
             while !full.is_char_boundary(end) {
                 end -= 1;
             }
-            if full[..end].ends_with('\u{FFFD}') {
+            while full[..end].ends_with('\u{FFFD}') {
                 end -= '\u{FFFD}'.len_utf8();
             }
         }

@@ -310,6 +310,7 @@ pub fn prepare(
         params,
         stop,
         stream: delivery.stream,
+        wait_for_batch: true,
         priority,
         deadline: delivery.deadline,
         received: delivery.received,

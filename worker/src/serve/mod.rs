@@ -6,6 +6,7 @@
 //! (readiness false, health NOT_SERVING, new requests UNAVAILABLE) -> every admitted request
 //! answered, or the drain timeout -> listeners closed -> `Ok(())`.
 
+pub mod decode_errors;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;
@@ -28,6 +29,7 @@ use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
+use decode_errors::DecodeErrorsAsInvalid;
 use grpc::{LynxService, Shared};
 use lifecycle::Lifecycle;
 use limits::Limits;
@@ -167,7 +169,9 @@ impl Server {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(LynxServer::new(LynxService::new(shared)))
+                .add_service(DecodeErrorsAsInvalid::new(LynxServer::new(
+                    LynxService::new(shared),
+                )))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
                     grpc_stopped.await.ok();
                 }),
@@ -242,6 +246,7 @@ async fn warm_up(model: &LoadedModel, engine: &runner::EngineHandle) -> Result<(
         params,
         stop: Vec::new(),
         stream: false,
+        wait_for_batch: false,
         priority: u8::MAX,
         deadline: None,
         received: Instant::now(),

@@ -196,3 +196,56 @@ async fn streamed_deltas_add_up_to_the_final_answer() {
         }
     }
 }
+
+/// A stop string ends generation where it first appears; the answer is cut before it, in the
+/// unary answer and in every streamed delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_cut_the_answer() {
+    use lynx_proto::v1::generate_stream_response::Event;
+    use lynx_proto::v1::FinishReason;
+    let server = TestServer::start(|_| {}).await;
+    let mut client = server.client().await;
+    let img = input("img_landscape.png");
+    let plain = request(
+        "What is in the image?",
+        &[&img],
+        None,
+        DecodingMode::Greedy,
+        40,
+    );
+    let alone = client.generate(plain.clone()).await.unwrap().into_inner();
+    let words: Vec<&str> = alone.text.split_whitespace().collect();
+    assert!(words.len() > 4, "need a few words: {:?}", alone.text);
+    let stop = words[words.len() / 2].to_owned();
+    let at = alone.text.find(&stop).unwrap();
+    let mut with_stop = plain;
+    with_stop.parameters.as_mut().unwrap().stop = vec![stop.clone()];
+
+    let cut = client
+        .generate(with_stop.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cut.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(cut.text, alone.text[..at].trim());
+    assert!(alone.token_ids.starts_with(&cut.token_ids));
+    assert!(cut.token_ids.len() < alone.token_ids.len());
+
+    let mut stream = client
+        .generate_stream(with_stop)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        match msg.event.unwrap() {
+            Event::Delta(d) => text.push_str(&d.text),
+            Event::Final(f) => assert_eq!(f.text, cut.text),
+        }
+    }
+    assert!(
+        !text.contains(&stop),
+        "streamed text {text:?} shows the stop string"
+    );
+    assert_eq!(text.trim(), cut.text);
+}

@@ -7,3 +7,6 @@ mod common;
 mod harness;
 
 mod batching;
+mod lifecycle;
+mod limits;
+mod scheduling;
