@@ -2,6 +2,7 @@
 //! and the process around [`crate::serve::Server`]: tokio runtime, SIGTERM / Ctrl-C -> drain.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -10,8 +11,9 @@ use super::{load_model, CliError, ModelArgs, StoreDtype};
 use crate::checkpoint::converted::is_converted;
 use crate::engine::SchedulerConfig;
 use crate::runner::RunnerConfig;
+use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
-use crate::serve::{ServeConfig, Server};
+use crate::serve::{ServeConfig, Server, TlsFiles};
 
 /// Which layout `--model` must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +155,35 @@ pub struct ServeArgs {
     )]
     pub max_stop_strings: u64,
 
+    /// TLS certificate chain (PEM) of the gRPC listener; with --tls-key, gRPC is served over TLS.
+    #[arg(
+        long,
+        env = "LYNX_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the gRPC listener.
+    #[arg(
+        long,
+        env = "LYNX_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// File of bearer tokens (one per line, # comments) that lynx.v1.Lynx requires in
+    /// `authorization: Bearer <token>`; health, reflection and HTTP stay open.
+    #[arg(long, env = "LYNX_AUTH_TOKENS_FILE", help_heading = "Security")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// One bearer token (in addition to the file's).
+    #[arg(
+        long,
+        env = "LYNX_AUTH_TOKEN",
+        hide_env_values = true,
+        help_heading = "Security"
+    )]
+    pub auth_token: Option<String>,
+
     /// After SIGTERM: how long admitted requests may take to finish before the worker exits.
     #[arg(
         long,
@@ -168,14 +199,27 @@ fn usize_of(v: u64) -> usize {
 }
 
 impl ServeArgs {
-    /// The server configuration these flags describe.
-    pub fn config(&self) -> ServeConfig {
+    /// The server configuration these flags describe (reads the tokens file).
+    pub fn config(&self) -> Result<ServeConfig, CliError> {
+        let mut auth_tokens = Vec::new();
+        if let Some(path) = &self.auth_tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
+            auth_tokens = Tokens::parse_file(&text);
+            if auth_tokens.is_empty() {
+                return Err(CliError(format!("{} holds no token", path.display())));
+            }
+        }
+        auth_tokens.extend(self.auth_token.iter().map(|t| t.trim().to_owned()));
+        if auth_tokens.iter().any(String::is_empty) {
+            return Err(CliError("--auth-token is empty".into()));
+        }
         let block = usize_of(self.kv_block_size).max(1);
         let budget = usize_of(self.max_batch_total_tokens);
         let batch = usize_of(self.max_batch_size).max(1);
         // Every sequence rounds up to whole blocks: one spare block per possible sequence.
         let default_blocks = budget.div_ceil(block).saturating_add(batch);
-        ServeConfig {
+        Ok(ServeConfig {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             runner: RunnerConfig {
@@ -200,7 +244,15 @@ impl ServeArgs {
                 max_stop_strings: usize_of(self.max_stop_strings),
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
-        }
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            auth_tokens,
+        })
     }
 }
 
@@ -246,7 +298,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     if args.dtype != StoreDtype::F32 {
         tracing::info!(dtype = ?args.dtype, "the CPU model computes in f32");
     }
-    let cfg = args.config();
+    let cfg = args.config()?;
     let model_args = args.model.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -266,4 +318,119 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     // Blocking tasks (a model load cut short by the signal) do not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("lynx-worker").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Serve(a) => Ok(*a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Every flag the operator passes (`operator/src/desired/deployment.rs`, `worker_args`).
+    #[test]
+    fn accepts_the_operator_arguments() {
+        let args = parse(&[
+            "serve",
+            "--model",
+            "/models",
+            "--layout",
+            "release",
+            "--dtype",
+            "bf16",
+            "--grpc-addr",
+            "0.0.0.0:50051",
+            "--http-addr",
+            "0.0.0.0:9090",
+            "--max-batch-size",
+            "8",
+            "--max-batch-delay-ms",
+            "7",
+            "--max-batch-total-tokens",
+            "4096",
+            "--max-queue",
+            "64",
+            "--max-image-bytes",
+            "1000",
+            "--max-image-pixels",
+            "2000",
+            "--max-images-per-request",
+            "3",
+            "--max-video-frames",
+            "9",
+            "--max-prompt-tokens",
+            "100",
+            "--max-new-tokens",
+            "50",
+            "--drain-timeout-seconds",
+            "12",
+            "--tls-cert",
+            "/etc/lynx/tls/tls.crt",
+            "--tls-key",
+            "/etc/lynx/tls/tls.key",
+        ])
+        .expect("the operator's arguments parse");
+        let cfg = args.config().expect("config");
+        let s = &cfg.runner.scheduler;
+        assert_eq!(
+            (
+                s.max_batch_size,
+                s.max_batch_delay,
+                s.max_batch_total_tokens,
+                s.max_queue
+            ),
+            (8, Duration::from_millis(7), 4096, 64)
+        );
+        let l = &cfg.limits;
+        assert_eq!(
+            (
+                l.max_image_bytes,
+                l.max_image_pixels,
+                l.max_images_per_request
+            ),
+            (1000, 2000, 3)
+        );
+        assert_eq!(
+            (l.max_video_frames, l.max_prompt_tokens, l.max_new_tokens),
+            (9, 100, 50)
+        );
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(12));
+        assert_eq!(args.layout, LayoutArg::Release);
+        assert_eq!(cfg.grpc_addr.port(), 50051);
+        assert!(cfg.tls.is_some());
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_limits_reject_zero() {
+        assert!(parse(&["serve", "--tls-cert", "a.crt"]).is_err());
+        assert!(parse(&["serve", "--max-batch-size", "0"]).is_err());
+        assert!(parse(&["serve", "--max-new-tokens", "0"]).is_err());
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_and_the_flag() {
+        let dir = std::env::temp_dir().join(format!("lynx-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("tokens");
+        std::fs::write(&file, "# comment\na\n\nb\n").expect("write");
+        let path = file.to_str().expect("utf-8 path");
+        let args =
+            parse(&["serve", "--auth-tokens-file", path, "--auth-token", "c"]).expect("parse");
+        assert_eq!(args.config().expect("config").auth_tokens, ["a", "b", "c"]);
+        std::fs::write(&file, "# only a comment\n").expect("write");
+        let args = parse(&["serve", "--auth-tokens-file", path]).expect("parse");
+        assert!(
+            args.config().is_err(),
+            "a tokens file without tokens is an error"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -6,6 +6,7 @@
 //! (readiness false, health NOT_SERVING, new requests UNAVAILABLE) -> every admitted request
 //! answered, or the drain timeout -> listeners closed -> `Ok(())`.
 
+pub mod auth;
 pub mod decode_errors;
 pub mod grpc;
 pub mod http;
@@ -29,6 +30,7 @@ use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
+use auth::BearerAuth;
 use decode_errors::DecodeErrorsAsInvalid;
 use grpc::{LynxService, Shared};
 use lifecycle::Lifecycle;
@@ -47,6 +49,19 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// How long admitted requests may take to finish after the shutdown signal.
     pub drain_timeout: Duration,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens accepted by `lynx.v1.Lynx` (empty: no authentication).
+    pub auth_tokens: Vec<String>,
+}
+
+/// PEM files of the server's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -72,6 +87,9 @@ pub enum ServeError {
     /// The model thread could not be started.
     #[error("cannot start the model thread: {0}")]
     Thread(std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The warm-up request failed.
     #[error("warm-up request failed: {0}")]
     Warmup(String),
@@ -126,6 +144,13 @@ impl Server {
     {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let Self { grpc, http, cfg } = self;
+        // TLS problems are start-up errors, before the model loads.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &cfg.tls {
+            builder = builder
+                .tls_config(tls_config(tls)?)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
         let metrics = Metrics::new()?;
         let lifecycle = Arc::new(Lifecycle::default());
         let (http_stop, http_stopped) = oneshot::channel::<()>();
@@ -165,18 +190,26 @@ impl Server {
             lifecycle: Arc::clone(&lifecycle),
         });
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
+        let tokens = auth::Tokens::new(cfg.auth_tokens.clone());
         let grpc_task = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(DecodeErrorsAsInvalid::new(LynxServer::new(
-                    LynxService::new(shared),
-                )))
+                .add_service(BearerAuth::new(
+                    DecodeErrorsAsInvalid::new(LynxServer::new(LynxService::new(shared))),
+                    tokens.clone(),
+                ))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
                     grpc_stopped.await.ok();
                 }),
         );
-        tracing::info!(%grpc_addr, model = %model.config.model_name, "gRPC listening; warming up");
+        tracing::info!(
+            %grpc_addr,
+            model = %model.config.model_name,
+            tls = cfg.tls.is_some(),
+            auth = tokens.enabled(),
+            "gRPC listening; warming up"
+        );
 
         warm_up(&model, &engine).await?;
         drop(engine);
@@ -224,6 +257,15 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The server TLS configuration of `files`.
+fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 /// Runs one multimodal request through the model thread (a blank image and a short prompt, two

@@ -39,6 +39,8 @@ pub fn config() -> ServeConfig {
         },
         limits: Limits::default(),
         drain_timeout: Duration::from_secs(30),
+        tls: None,
+        auth_tokens: Vec::new(),
     }
 }
 

@@ -10,3 +10,4 @@ mod batching;
 mod lifecycle;
 mod limits;
 mod scheduling;
+mod security;
