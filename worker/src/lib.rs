@@ -9,10 +9,11 @@
 //! - [`embedded`]: the generated tiny model used by default;
 //! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
 //! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
-//! - [`cli`]: the `lynx-worker` command line.
+//! - [`cli`]: the `lynx-worker` command line; [`client`]: the `lynx` client (`generate`, `bench`).
 
 pub mod checkpoint;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod engine;

@@ -246,7 +246,13 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         }
         lines
     });
-    let (grpc, http) = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let Ok((grpc, http)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+        let status = child.wait().unwrap();
+        panic!(
+            "no listen addresses; {status:?}: {:?}",
+            logs.join().unwrap()
+        );
+    };
     let t0 = Instant::now();
     while http_get(http, "/readyz").await.0 != 200 {
         assert!(t0.elapsed() < Duration::from_secs(30), "never ready");

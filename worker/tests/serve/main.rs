@@ -7,6 +7,7 @@ mod common;
 mod harness;
 
 mod batching;
+mod client;
 mod lifecycle;
 mod limits;
 mod scheduling;
