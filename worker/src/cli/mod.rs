@@ -60,6 +60,19 @@ pub struct ModelArgs {
     /// Official YAML config (release layout; default: LYNX.yaml in the model dir).
     #[arg(long, env = "LYNX_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Which generated model to use without --model: `tiny` (the default) or `small` (~150 M
+    /// parameters, for benchmarks; generated on first use).
+    #[arg(long, env = "LYNX_EMBEDDED", value_enum, default_value_t = EmbeddedArg::Tiny, conflicts_with = "model")]
+    pub embedded: EmbeddedArg,
+}
+
+/// A generated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmbeddedArg {
+    /// The embedded tiny model.
+    Tiny,
+    /// The ~150 M-parameter benchmark model.
+    Small,
 }
 
 /// `generate` arguments.
@@ -148,7 +161,11 @@ fn err(e: impl std::fmt::Display) -> CliError {
 pub fn load_model(args: &ModelArgs) -> Result<LoadedModel, CliError> {
     let dir = match &args.model {
         Some(d) => d.clone(),
-        None => ensure_preset(Preset::Tiny).map_err(err)?,
+        None => ensure_preset(match args.embedded {
+            EmbeddedArg::Tiny => Preset::Tiny,
+            EmbeddedArg::Small => Preset::Small,
+        })
+        .map_err(err)?,
     };
     LoadedModel::load(&dir, args.config.as_deref()).map_err(err)
 }
