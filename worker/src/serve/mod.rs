@@ -133,7 +133,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains. `load` runs on the blocking pool while the
-    /// HTTP listener already answers (not ready).
+    /// HTTP listener already answers (not ready); `shutdown` during the load ends `run` at once.
     pub async fn run<L>(
         self,
         load: L,
@@ -164,8 +164,18 @@ impl Server {
         });
         tracing::info!(%http_addr, "HTTP listening; loading the model");
 
-        let model = tokio::task::spawn_blocking(load)
-            .await
+        let mut shutdown = std::pin::pin!(shutdown);
+        let loaded = tokio::select! {
+            loaded = tokio::task::spawn_blocking(load) => loaded,
+            () = &mut shutdown => {
+                // Nothing admitted yet: stop at once (the load is abandoned).
+                tracing::info!("shutdown signal while loading the model");
+                http_stop.send(()).ok();
+                tokio::time::timeout(Duration::from_secs(1), http_task).await.ok();
+                return Ok(());
+            }
+        };
+        let model = loaded
             .map_err(|e| ServeError::Load(e.to_string()))?
             .map_err(ServeError::Load)?;
         let model = Arc::new(model);

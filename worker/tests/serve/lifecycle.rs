@@ -290,3 +290,36 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert!(status.success(), "exit {status:?}: {}", logs.join("\n"));
     assert!(logs.iter().any(|l| l.contains("draining")), "{logs:?}");
 }
+
+/// A shutdown while the model loads stops the worker at once (nothing was admitted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_the_model_load_stops_at_once() {
+    let server = lynx_worker::serve::Server::bind(crate::harness::config())
+        .await
+        .unwrap();
+    let http = server.http_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let slow_load = || {
+        std::thread::sleep(Duration::from_secs(3));
+        Err("never loaded".to_owned())
+    };
+    let task = tokio::spawn(server.run(slow_load, async {
+        stopped.await.ok();
+    }));
+    let t0 = Instant::now();
+    while http_get(http, "/healthz").await.0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "no liveness while loading"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        http_get(http, "/readyz").await,
+        (503, "loading\n".to_owned())
+    );
+    stop.send(()).unwrap();
+    let t0 = Instant::now();
+    task.await.unwrap().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2), "waited for the load");
+}
