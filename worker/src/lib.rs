@@ -7,19 +7,25 @@
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
-//! - [`cli`]: the `lynx-worker` command line; [`gpu_cli`]: its GPU kernel selftest and bench
-//!   (kernels in the `lynx-kernels` crate).
+//! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
+//! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
+//! - [`cli`]: the `lynx-worker` command line; [`client`]: the `lynx` client (`generate`, `bench`);
+//!   [`gpu_cli`]: the GPU kernel selftest and bench (kernels in the `lynx-kernels` crate).
 
 pub mod checkpoint;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod generation;
 pub mod gpu_cli;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;
+pub mod runner;
+pub mod serve;
 pub mod tokenizer;
 pub mod vision;

@@ -145,6 +145,13 @@ impl<T> WaitQueue<T> {
         Some(self.entries.remove(i))
     }
 
+    /// Removes every entry for which `gone` holds (clients that left while waiting).
+    pub fn remove_where(&mut self, gone: impl Fn(&Entry<T>) -> bool) -> Vec<Entry<T>> {
+        let (removed, keep): (Vec<_>, Vec<_>) = self.entries.drain(..).partition(|e| gone(e));
+        self.entries = keep;
+        removed
+    }
+
     /// Arrival of the entry that has waited longest.
     pub fn oldest_arrival(&self) -> Option<Instant> {
         self.entries.iter().map(|e| e.arrived).min()

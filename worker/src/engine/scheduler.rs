@@ -117,6 +117,7 @@ pub struct SchedulerState<T> {
     running: HashMap<RequestId, Running>,
     running_tokens: usize,
     next_seq: SeqId,
+    skip_delay: bool,
 }
 
 impl<T> SchedulerState<T> {
@@ -128,6 +129,7 @@ impl<T> SchedulerState<T> {
             running: HashMap::new(),
             running_tokens: 0,
             next_seq: 0,
+            skip_delay: false,
             cfg,
         }
     }
@@ -160,6 +162,12 @@ impl<T> SchedulerState<T> {
         Ok(())
     }
 
+    /// The next decision admits what waits without the dynamic-batching delay (for a request
+    /// that must not wait for company, such as the warm-up request).
+    pub fn skip_batch_delay(&mut self) {
+        self.skip_delay = true;
+    }
+
     /// Decides which waiting requests join the running batch at `now`.
     pub fn next_batch(&mut self, now: Instant) -> Decision<T> {
         let expired = self.queue.remove_expired(now);
@@ -172,7 +180,8 @@ impl<T> SchedulerState<T> {
         if self.queue.is_empty() {
             return decision(Vec::new(), Reason::QueueEmpty, None);
         }
-        if self.running.is_empty() && self.queue.len() < self.cfg.max_batch_size {
+        if self.running.is_empty() && self.queue.len() < self.cfg.max_batch_size && !self.skip_delay
+        {
             let waited = self
                 .queue
                 .oldest_arrival()
@@ -223,6 +232,7 @@ impl<T> SchedulerState<T> {
         let reason = if admitted.is_empty() {
             blocked
         } else {
+            self.skip_delay = false;
             Reason::Admitted
         };
         decision(admitted, reason, None)
@@ -248,6 +258,11 @@ impl<T> SchedulerState<T> {
             self.finish(id);
         }
         waiting
+    }
+
+    /// Removes the waiting requests for which `gone` holds (their clients left) and returns them.
+    pub fn remove_waiting_where(&mut self, gone: impl Fn(&Entry<T>) -> bool) -> Vec<Entry<T>> {
+        self.queue.remove_where(gone)
     }
 
     /// KV block tables of a running request's sequences (one per beam).

@@ -247,3 +247,33 @@ fn cancel_removes_waiting_and_running_requests() {
     assert_eq!((s.waiting(), s.running_requests()), (0, 3));
     assert_eq!(s.running_tokens(), 150);
 }
+
+#[test]
+fn waiting_requests_whose_clients_left_are_removed_in_order() {
+    let t0 = Instant::now();
+    let mut s = SchedulerState::new(cfg());
+    for id in 1..=4 {
+        s.enqueue(entry(id, 1, t0, cost(50, 1))).ok();
+    }
+    let gone: Vec<RequestId> = s
+        .remove_waiting_where(|e| e.id % 2 == 0)
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(gone, vec![2, 4]);
+    assert_eq!(s.waiting(), 2);
+    assert_eq!(ids(&s.next_batch(t0 + Duration::from_secs(1))), vec![1, 3]);
+}
+
+#[test]
+fn skipping_the_batch_delay_admits_at_once_for_one_decision() {
+    let t0 = Instant::now();
+    let mut s = SchedulerState::new(cfg());
+    s.enqueue(entry(1, 1, t0, cost(100, 1))).ok();
+    s.skip_batch_delay();
+    assert_eq!(ids(&s.next_batch(t0)), vec![1]);
+    s.finish(1);
+    s.enqueue(entry(2, 1, t0, cost(100, 1))).ok();
+    let d = s.next_batch(t0 + Duration::from_millis(1));
+    assert_eq!(d.reason, Reason::WaitingForBatch, "the delay applies again");
+}

@@ -1,5 +1,7 @@
-//! The `lynx-worker` command line: `generate` (one multimodal request, or a batch of images, from
-//! the shell) and `convert` (release layout -> converted layout).
+//! The `lynx-worker` command line: `serve` (the gRPC worker), `generate` (one multimodal request,
+//! or a batch of images, from the shell) and `convert` (release layout -> converted layout).
+
+pub mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,9 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the model over gRPC (lynx.v1), with health, reflection and an HTTP listener for
+    /// /metrics, /healthz and /readyz.
+    Serve(Box<serve::ServeArgs>),
     /// Answer one instruction about images or a video (or text only).
     Generate(GenerateArgs),
     /// Convert a release-layout model dir into the converted (safetensors) layout.
@@ -59,6 +64,19 @@ pub struct ModelArgs {
     /// Official YAML config (release layout; default: LYNX.yaml in the model dir).
     #[arg(long, env = "LYNX_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Which generated model to use without --model: `tiny` (the default) or `small` (~150 M
+    /// parameters, for benchmarks; generated on first use).
+    #[arg(long, env = "LYNX_EMBEDDED", value_enum, default_value_t = EmbeddedArg::Tiny, conflicts_with = "model")]
+    pub embedded: EmbeddedArg,
+}
+
+/// A generated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmbeddedArg {
+    /// The embedded tiny model.
+    Tiny,
+    /// The ~150 M-parameter benchmark model.
+    Small,
 }
 
 /// `generate` arguments.
@@ -147,7 +165,11 @@ fn err(e: impl std::fmt::Display) -> CliError {
 pub fn load_model(args: &ModelArgs) -> Result<LoadedModel, CliError> {
     let dir = match &args.model {
         Some(d) => d.clone(),
-        None => ensure_preset(Preset::Tiny).map_err(err)?,
+        None => ensure_preset(match args.embedded {
+            EmbeddedArg::Tiny => Preset::Tiny,
+            EmbeddedArg::Small => Preset::Small,
+        })
+        .map_err(err)?,
     };
     LoadedModel::load(&dir, args.config.as_deref()).map_err(err)
 }
@@ -268,6 +290,7 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     init_logging(cli.log_format);
     match &cli.command {
+        Command::Serve(a) => serve::serve(a),
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
         Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),

@@ -1,0 +1,14 @@
+//! `lynx` entry point: the client of a running worker.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = lynx_worker::client::ClientCli::parse();
+    match lynx_worker::client::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Admission of a scheduler batch: one vision-encoder run over every image and video of the
+//! admitted requests that the encoder cache does not hold, then one prefill per group of requests
+//! with the same vision-prefix length and rows per request, joined to the running session.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use candle_core::{Result, Tensor};
+
+use super::batch_loop::{Active, Engine};
+use super::text::TextStream;
+use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
+use crate::engine::Entry;
+use crate::generation::RequestDecoder;
+use crate::model::{LlmSession, VisionBatch};
+use crate::prompt::left_pad;
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl<'m> Engine<'m> {
+    /// Starts `entries` (just admitted by the scheduler) and joins them to the running batch.
+    pub(super) fn admit(&mut self, entries: Vec<Entry<Job>>, now: Instant) {
+        for e in &entries {
+            let queued = now.saturating_duration_since(e.payload.received);
+            self.metrics.queue_duration.observe(queued.as_secs_f64());
+            self.metrics
+                .prompt_tokens
+                .inc_by(e.cost.prompt_tokens as u64);
+            self.metrics
+                .vision_tokens
+                .inc_by(e.cost.vision_tokens as u64);
+        }
+        let t_vision = Instant::now();
+        let encoded = match self.encode_vision(&entries) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                tracing::error!(error = %err, "vision encoder failed");
+                for e in entries {
+                    let why = RequestError::Internal(format!("vision encoder: {err}"));
+                    self.fail(e.id, &e.payload.events, why);
+                }
+                return;
+            }
+        };
+        let vision_ms = ms(t_vision);
+        let mut groups: BTreeMap<(usize, usize), Vec<Entry<Job>>> = BTreeMap::new();
+        for e in entries {
+            let key = (e.payload.vision.len(), e.payload.params.rows_per_request());
+            groups.entry(key).or_default().push(e);
+        }
+        for ((_, rows), group) in groups {
+            let t_prefill = Instant::now();
+            let started = self.prefill(&group, &encoded, rows);
+            let prefill_ms = ms(t_prefill);
+            let (session, first) = match started {
+                Ok(s) => s,
+                Err(err) => {
+                    for e in group {
+                        let why = RequestError::Internal(format!("prefill: {err}"));
+                        self.fail(e.id, &e.payload.events, why);
+                    }
+                    continue;
+                }
+            };
+            let joined = match self.session.as_mut() {
+                None => {
+                    self.session = Some(session);
+                    Ok(())
+                }
+                Some(running) => running.join(session),
+            };
+            if let Err(err) = joined {
+                for e in group {
+                    let why = RequestError::Internal(format!("join: {err}"));
+                    self.fail(e.id, &e.payload.events, why);
+                }
+                self.fail_all(&err.to_string());
+                continue;
+            }
+            self.logits.extend(first);
+            let decode_started = Instant::now();
+            for e in group {
+                let queue_ms = now
+                    .saturating_duration_since(e.payload.received)
+                    .as_secs_f64()
+                    * 1e3;
+                let decoder = match RequestDecoder::new(&e.payload.params, self.ids) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        // Validated before submission; unreachable in practice. The rows stay
+                        // in the session, so the whole batch must be restarted.
+                        self.fail(e.id, &e.payload.events, RequestError::InvalidArgument(msg));
+                        self.fail_all("a request with invalid parameters reached the model");
+                        return;
+                    }
+                };
+                self.active.push(Active {
+                    id: e.id,
+                    rows,
+                    vision_tokens: e.cost.vision_tokens,
+                    decoder,
+                    text: TextStream::default(),
+                    timings: StageTimings {
+                        queue_ms,
+                        vision_ms,
+                        prefill_ms,
+                        decode_ms: 0.0,
+                    },
+                    decode_started,
+                    last_token: None,
+                    job: e.payload,
+                });
+            }
+        }
+    }
+
+    /// Encodings `[1, latents, hidden]` of every vision input of `entries`, from the cache or from
+    /// one encoder run per kind (images, videos) over all the missing ones.
+    fn encode_vision(&mut self, entries: &[Entry<Job>]) -> Result<HashMap<ContentKey, Tensor>> {
+        let mut out: HashMap<ContentKey, Tensor> = HashMap::new();
+        let mut images: Vec<(ContentKey, &Vec<f32>)> = Vec::new();
+        let mut videos: Vec<(ContentKey, &Vec<Vec<f32>>)> = Vec::new();
+        for item in entries.iter().flat_map(|e| &e.payload.vision) {
+            let pending = images.iter().any(|(k, _)| *k == item.key)
+                || videos.iter().any(|(k, _)| *k == item.key);
+            if out.contains_key(&item.key) || pending {
+                self.metrics.encoder_cache_hits.inc();
+                continue;
+            }
+            match self.cache.get(&item.key) {
+                Some(t) => {
+                    self.metrics.encoder_cache_hits.inc();
+                    out.insert(item.key, t);
+                }
+                None => {
+                    self.metrics.encoder_cache_misses.inc();
+                    match &item.pixels {
+                        Pixels::Image(px) => images.push((item.key, px)),
+                        Pixels::Video(frames) => videos.push((item.key, frames)),
+                    }
+                }
+            }
+        }
+        if images.is_empty() && videos.is_empty() {
+            return Ok(out);
+        }
+        let started = Instant::now();
+        let res = self.m.config.vision.image_res as usize;
+        let device = self.m.model.device();
+        let mut encoded: Vec<(ContentKey, Tensor)> = Vec::new();
+        if !images.is_empty() {
+            let data: Vec<f32> = images
+                .iter()
+                .flat_map(|(_, px)| px.iter().copied())
+                .collect();
+            let t = Tensor::from_vec(data, (images.len(), 3, res, res), device)?;
+            let enc = self.m.model.encode_vision(&VisionBatch::Images(t))?;
+            for (i, (key, _)) in images.iter().enumerate() {
+                encoded.push((*key, enc.narrow(0, i, 1)?.copy()?));
+            }
+        }
+        if !videos.is_empty() {
+            let frames = self.m.config.num_frames;
+            let data: Vec<f32> = videos
+                .iter()
+                .flat_map(|(_, fs)| fs.iter().flat_map(|f| f.iter().copied()))
+                .collect();
+            let t = Tensor::from_vec(data, (videos.len(), frames, 3, res, res), device)?;
+            let enc = self.m.model.encode_vision(&VisionBatch::Videos(t))?;
+            for (i, (key, _)) in videos.iter().enumerate() {
+                encoded.push((*key, enc.narrow(0, i, 1)?.copy()?));
+            }
+        }
+        self.metrics
+            .vision_encode
+            .observe(started.elapsed().as_secs_f64());
+        for (key, t) in encoded {
+            let bytes = t.elem_count() * t.dtype().size_in_bytes();
+            self.cache.insert(key, t.clone(), bytes);
+            out.insert(key, t);
+        }
+        Ok(out)
+    }
+
+    /// Prefills one group (same prefix length, same rows per request) as one left-padded batch.
+    fn prefill(
+        &self,
+        group: &[Entry<Job>],
+        encoded: &HashMap<ContentKey, Tensor>,
+        rows: usize,
+    ) -> Result<(LlmSession<'m>, Vec<Vec<f32>>)> {
+        let m = self.m;
+        let mut prefixes = Vec::with_capacity(group.len());
+        for e in group {
+            let parts = e
+                .payload
+                .vision
+                .iter()
+                .map(|v| {
+                    encoded.get(&v.key).ok_or_else(|| {
+                        candle_core::Error::Msg("vision encoding missing".to_owned())
+                    })
+                })
+                .collect::<Result<Vec<&Tensor>>>()?;
+            if !parts.is_empty() {
+                prefixes.push(Tensor::cat(&parts, 1)?);
+            }
+        }
+        let vision = if prefixes.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&prefixes, 0)?)
+        };
+        let prompts: Vec<Vec<u32>> = group.iter().map(|e| e.payload.prompt_ids.clone()).collect();
+        let padded = left_pad(&prompts, m.config.tokens.pad);
+        let shape = (padded.batch, padded.width);
+        let device = m.model.device();
+        let ids = Tensor::from_vec(padded.ids, shape, device)?;
+        let atts = Tensor::from_vec(padded.mask, shape, device)?;
+        let prefill = m.model.prefill_inputs(vision.as_ref(), &ids, &atts)?;
+        m.model.start_session(&prefill, rows)
+    }
+}

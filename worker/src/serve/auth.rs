@@ -1,0 +1,145 @@
+//! Optional bearer-token authentication of `lynx.v1.Lynx`: without the header
+//! `authorization: Bearer <token>` naming one of the configured tokens, UNAUTHENTICATED. Health,
+//! reflection and the HTTP listener stay open (probes and scrapers carry no credentials).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::codegen::Service;
+use tonic::server::NamedService;
+use tonic::Status;
+
+/// The accepted tokens.
+#[derive(Clone, Default)]
+pub struct Tokens(Arc<Vec<Vec<u8>>>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.0.len())
+    }
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// `tokens` (empty: authentication off).
+    pub fn new(tokens: impl IntoIterator<Item = String>) -> Self {
+        Self(Arc::new(
+            tokens.into_iter().map(String::into_bytes).collect(),
+        ))
+    }
+
+    /// Tokens of a tokens file: one per line, blank lines and `#` comments ignored.
+    pub fn parse_file(text: &str) -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether authentication is on.
+    pub fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Checks the `authorization` header of a request.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Status> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        // Compare with every token so that the time does not tell which one matched.
+        let matched = self.0.iter().fold(false, |any, t| {
+            any | constant_time_eq(t, presented.trim().as_bytes())
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("invalid bearer token"))
+        }
+    }
+}
+
+/// Wraps a gRPC service with the token check.
+#[derive(Debug, Clone)]
+pub struct BearerAuth<S> {
+    inner: S,
+    tokens: Tokens,
+}
+
+impl<S> BearerAuth<S> {
+    /// `inner`, answering only requests that carry one of `tokens`.
+    pub fn new(inner: S, tokens: Tokens) -> Self {
+        Self { inner, tokens }
+    }
+}
+
+impl<S: NamedService> NamedService for BearerAuth<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<Request<Body>> for BearerAuth<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match self.tokens.check(req.headers()) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", auth.parse().expect("ascii"));
+        h
+    }
+
+    #[test]
+    fn only_configured_bearer_tokens_pass() {
+        let t = Tokens::new(Tokens::parse_file("# team a\nsecret-1\n\n  secret-2  \n"));
+        assert!(t.check(&headers("Bearer secret-1")).is_ok());
+        assert!(t.check(&headers("Bearer secret-2")).is_ok());
+        for bad in [
+            "Bearer secret-3",
+            "Bearer secret-1x",
+            "secret-1",
+            "Basic c2VjcmV0LTE=",
+        ] {
+            let e = t.check(&headers(bad)).map_err(|s| s.code());
+            assert_eq!(e, Err(tonic::Code::Unauthenticated), "{bad}");
+        }
+        assert_eq!(
+            t.check(&HeaderMap::new()).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert!(Tokens::default().check(&HeaderMap::new()).is_ok(), "off");
+    }
+}

@@ -1,0 +1,97 @@
+//! Request errors as gRPC statuses (the one place that maps them), status-code metric labels,
+//! and the accounting of every generation request (in-flight count, status, duration).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Code, Status};
+
+use crate::metrics::Metrics;
+use crate::runner::RequestError;
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
+        let code = match &e {
+            RequestError::InvalidArgument(_) => Code::InvalidArgument,
+            RequestError::QueueFull { .. } => Code::ResourceExhausted,
+            RequestError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            RequestError::Unavailable(_) => Code::Unavailable,
+            RequestError::Cancelled => Code::Cancelled,
+            RequestError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// The canonical gRPC name of `code` (`OK`, `INVALID_ARGUMENT`, ...): the `code` label.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Accounts for one generation request from arrival to its status.
+///
+/// # Guarantees
+/// - The request counts as in flight (for the drain) until the guard is dropped.
+/// - Exactly one status is recorded per request: the first [`RequestGuard::record`], or
+///   `CANCELLED` when the guard is dropped without one (the client left).
+#[derive(Debug)]
+pub struct RequestGuard {
+    metrics: Metrics,
+    in_flight: Arc<AtomicUsize>,
+    received: Instant,
+    recorded: bool,
+}
+
+impl RequestGuard {
+    /// Starts accounting for a request that arrived at `received`.
+    pub fn new(metrics: Metrics, in_flight: Arc<AtomicUsize>, received: Instant) -> Self {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            metrics,
+            in_flight,
+            received,
+            recorded: false,
+        }
+    }
+
+    /// Records the request's status (only the first call counts).
+    pub fn record(&mut self, code: Code) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        self.metrics
+            .requests
+            .with_label_values(&[code_label(code)])
+            .inc();
+        self.metrics
+            .request_duration
+            .observe(self.received.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.record(Code::Cancelled);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,235 @@
+//! An in-process worker on loopback ports with the fixture model, a gRPC client, an HTTP/1.1
+//! getter and a Prometheus text parser.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lynx_proto::v1::lynx_client::LynxClient;
+use lynx_proto::v1::{self, DecodingMode, DecodingParameters, GenerateRequest};
+use lynx_worker::engine::SchedulerConfig;
+use lynx_worker::loader::LoadedModel;
+use lynx_worker::runner::RunnerConfig;
+use lynx_worker::serve::limits::Limits;
+use lynx_worker::serve::{ServeConfig, ServeError, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::common;
+
+/// Defaults for tests: loopback, port 0, a short batching delay.
+pub fn config() -> ServeConfig {
+    ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        runner: RunnerConfig {
+            scheduler: SchedulerConfig {
+                max_batch_size: 64,
+                max_batch_delay: Duration::from_millis(5),
+                max_batch_total_tokens: 1 << 20,
+                max_queue: 256,
+                kv_block_size: 16,
+                kv_blocks: 1 << 16,
+                ageing: Duration::from_secs(600),
+            },
+            encoder_cache_bytes: 64 << 20,
+        },
+        limits: Limits::default(),
+        drain_timeout: Duration::from_secs(30),
+        tls: None,
+        auth_tokens: Vec::new(),
+    }
+}
+
+/// A running in-process worker.
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a worker on the fixture model with `tune`d defaults and waits until it is ready.
+    pub async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut cfg = config();
+        tune(&mut cfg);
+        let server = Server::bind(cfg).await.unwrap();
+        let (grpc, http) = (server.grpc_addr(), server.http_addr());
+        assert!(grpc.ip().is_loopback() && http.ip().is_loopback());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let load = || LoadedModel::load(&common::model_dir(), None).map_err(|e| e.to_string());
+        let task = tokio::spawn(server.run(load, async {
+            stopped.await.ok();
+        }));
+        let s = Self {
+            grpc,
+            http,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let t0 = Instant::now();
+        while http_get(s.http, "/readyz").await.0 != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(60), "worker never ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        s
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> LynxClient<Channel> {
+        LynxClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    /// Sends the shutdown signal (starts the drain).
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.signal_shutdown();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the worker stops")
+            .unwrap()
+    }
+
+    /// The parsed `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.http, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Polls `/metrics` until `ok` holds (5 s at most).
+    pub async fn wait_metrics(&self, what: &str, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+        let t0 = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if ok(&m) {
+                return m;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "timed out waiting for {what}: {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.signal_shutdown();
+    }
+}
+
+/// `GET path` over HTTP/1.1: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Samples of a Prometheus text exposition, keyed by `name{labels}` as printed.
+#[derive(Debug)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    /// Parses every sample line; a malformed line fails the test.
+    pub fn parse(text: &str) -> Self {
+        let mut samples = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+            samples.insert(key.to_owned(), value);
+        }
+        Self(samples)
+    }
+
+    /// A sample's value; a missing sample fails the test.
+    pub fn get(&self, key: &str) -> f64 {
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in /metrics"))
+    }
+
+    /// A sample's value, 0 when absent (label values not seen yet).
+    pub fn get_or_zero(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+}
+
+/// An input file of the fixture.
+pub fn input(name: &str) -> Vec<u8> {
+    std::fs::read(common::tiny().join("inputs").join(name)).unwrap()
+}
+
+/// The encoded frames of a fixture video (the official JSON list of base64 frames).
+pub fn video_frames(name: &str) -> Vec<Vec<u8>> {
+    lynx_worker::vision::parse_video_json(&input(name)).unwrap()
+}
+
+/// A request with `images` (or a video) and decoding `mode` for `max_new` tokens.
+pub fn request(
+    instruction: &str,
+    images: &[&[u8]],
+    video: Option<Vec<Vec<u8>>>,
+    mode: DecodingMode,
+    max_new: u32,
+) -> GenerateRequest {
+    GenerateRequest {
+        images: images
+            .iter()
+            .map(|d| v1::Image { data: d.to_vec() })
+            .collect(),
+        video: video.map(|frames| v1::Video { frames }),
+        instruction: instruction.to_owned(),
+        parameters: Some(DecodingParameters {
+            mode: mode as i32,
+            max_new_tokens: Some(max_new),
+            ..Default::default()
+        }),
+        priority: 0,
+        client_request_id: String::new(),
+    }
+}
+
+/// The request with a gRPC deadline.
+pub fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}

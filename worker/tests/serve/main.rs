@@ -1,0 +1,14 @@
+//! End-to-end tests of `lynx-worker serve`: a real server in-process on loopback ports with the
+//! fixture model, driven by a tonic client and plain HTTP.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+#[path = "../common.rs"]
+mod common;
+mod harness;
+
+mod batching;
+mod client;
+mod lifecycle;
+mod limits;
+mod scheduling;
+mod security;
