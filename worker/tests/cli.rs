@@ -332,3 +332,36 @@ fn errors_are_one_clear_line() {
         "image_res",
     );
 }
+
+/// `demo`: the server on loopback ports, one streamed multimodal request through the `lynx`
+/// client, the request counted in `/metrics`, a clean drain.
+#[test]
+fn demo_serves_one_multimodal_request_end_to_end() {
+    let cache = tempfile::tempdir().unwrap();
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/example.png");
+    let out = worker(cache.path())
+        .args([
+            "demo",
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "Describe it.",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("worker ready: model lynx-tiny-random"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("vision tokens in"),
+        "no final usage line: {stderr}"
+    );
+    assert!(
+        stderr.contains("lynx_requests_total{code=\"OK\"} 1"),
+        "{stderr}"
+    );
+    assert!(!out.stdout.is_empty(), "no streamed answer");
+}

@@ -1,6 +1,8 @@
-//! The `lynx-worker` command line: `serve` (the gRPC worker), `generate` (one multimodal request,
+//! The `lynx-worker` command line: `serve` (the gRPC worker), `demo` (serve + one client request),
+//! `generate` (one multimodal request,
 //! or a batch of images, from the shell) and `convert` (release layout -> converted layout).
 
+pub mod demo;
 pub mod serve;
 
 use std::io::Write;
@@ -45,6 +47,9 @@ pub enum Command {
     /// Serve the model over gRPC (lynx.v1), with health, reflection and an HTTP listener for
     /// /metrics, /healthz and /readyz.
     Serve(Box<serve::ServeArgs>),
+    /// Start `serve` on loopback ports, send it one multimodal request with the `lynx` client,
+    /// print the answer and the request counters, then drain and exit.
+    Demo(demo::DemoArgs),
     /// Answer one instruction about images or a video (or text only).
     Generate(GenerateArgs),
     /// Convert a release-layout model dir into the converted (safetensors) layout.
@@ -291,6 +296,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     init_logging(cli.log_format);
     match &cli.command {
         Command::Serve(a) => serve::serve(a),
+        Command::Demo(a) => demo::demo(a),
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
         Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),
