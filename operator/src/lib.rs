@@ -7,6 +7,8 @@
 //! - [`discovery`]: which optional APIs (KEDA, metrics APIs, Prometheus operator) are served.
 //! - [`reconcile`]: the apply layer (server-side apply, pruning, status, events, backoff).
 //! - [`metrics`]: the Prometheus metrics of the reconcile loop.
+//! - [`run`]: the `lynx-operator run` process (controller, leader election, HTTP endpoints).
+//! - [`telemetry`]: JSON or pretty tracing logs.
 
 pub mod crd;
 pub mod desired;
@@ -14,6 +16,8 @@ pub mod discovery;
 mod error;
 pub mod metrics;
 pub mod reconcile;
+pub mod run;
+pub mod telemetry;
 pub mod validate;
 
 pub use error::Error;
