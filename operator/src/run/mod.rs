@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::crd::LynxDeployment;
-use crate::desired::ClusterCapabilities;
+use crate::desired::{labels, ClusterCapabilities};
 use crate::discovery;
 use crate::metrics::{Metrics, MetricsError};
 use crate::reconcile::{self, Context};
@@ -178,7 +178,9 @@ async fn run_controller(
     stop: watch::Receiver<bool>,
     leader: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let config = || watcher::Config::default();
+    // Children carry the managed-by label: watch only those, not every Deployment of the cluster.
+    let managed = format!("{}={}", labels::MANAGED_BY, labels::OPERATOR);
+    let config = || watcher::Config::default().labels(&managed);
     let lynx = Api::<LynxDeployment>::all(client.clone());
     // A change of the served APIs re-reconciles every LynxDeployment.
     let rediscovered = futures::stream::unfold(caps, |mut caps| async move {
@@ -197,7 +199,7 @@ async fn run_controller(
             }
         }
     };
-    Controller::new(lynx, config().any_semantic())
+    Controller::new(lynx, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client.clone()), config())
         .owns(Api::<Service>::all(client.clone()), config())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), config())
