@@ -70,6 +70,8 @@ impl Context {
 ///   written from the worker Deployment the API server returned; requeued after [`RESYNC`].
 /// - Invalid spec (the CEL rules, e.g. an object stored before the CRD was updated): nothing is
 ///   applied or deleted; the status says `InvalidSpec`; waits for the next change.
+/// - A failed apply: the status says `ApplyFailed` with the error (best effort), and the error is
+///   returned for [`error_policy`] to retry.
 /// - Each reconcile is counted in `lynx_operator_reconciliations_total` with its outcome.
 ///
 /// # Errors
@@ -109,14 +111,27 @@ async fn reconcile_inner(ld: &LynxDeployment, ctx: &Context) -> Result<(Outcome,
     let desired = match desired::desired(ld, &caps) {
         Ok(desired) => desired,
         Err(DesiredError::Invalid(invalid)) => {
-            let status = status::invalid_spec(ld, &invalid.to_string(), Timestamp::now());
+            let message = invalid.to_string();
+            let status = status::degraded(ld, "InvalidSpec", &message, Timestamp::now());
             finish(ld, ctx, &namespace, status, None).await?;
             return Ok((Outcome::InvalidSpec, Action::await_change()));
         }
         Err(identity) => return Err(Error::Identity(identity)),
     };
     let uid = ld.uid().unwrap_or_default();
-    let applied = apply::apply_children(&ctx.client, &namespace, &uid, &desired, &caps).await?;
+    let applied = match apply::apply_children(&ctx.client, &namespace, &uid, &desired, &caps).await
+    {
+        Ok(applied) => applied,
+        Err(err) => {
+            // Best effort: say why in the status; the reconcile error is what gets retried.
+            let message = err.to_string();
+            let status = status::degraded(ld, "ApplyFailed", &message, Timestamp::now());
+            if let Err(status_err) = finish(ld, ctx, &namespace, status, None).await {
+                warn!(error = %status_err, "cannot write the ApplyFailed status");
+            }
+            return Err(err);
+        }
+    };
     let status = status::from_deployment(
         ld,
         &applied.deployment,

@@ -148,13 +148,19 @@ pub fn from_deployment(
     }
 }
 
-/// The status of `ld` when its spec is invalid: the children are left as they are, Ready is False
-/// and Degraded is True with reason `InvalidSpec` and the rule's message.
-pub fn invalid_spec(ld: &LynxDeployment, message: &str, now: Timestamp) -> LynxDeploymentStatus {
+/// The status of `ld` when no child could be applied: the children are left as they are, Ready
+/// is False and Degraded is True with `reason` (`InvalidSpec`, `ApplyFailed`) and `message`; the
+/// other conditions and counts stay as last observed.
+pub fn degraded(
+    ld: &LynxDeployment,
+    reason: &'static str,
+    message: &str,
+    now: Timestamp,
+) -> LynxDeploymentStatus {
     let previous = ld.status.clone().unwrap_or_default();
     let observed = vec![
-        Observed::new(condition::READY, false, "InvalidSpec", message.to_owned()),
-        Observed::new(condition::DEGRADED, true, "InvalidSpec", message.to_owned()),
+        Observed::new(condition::READY, false, reason, message.to_owned()),
+        Observed::new(condition::DEGRADED, true, reason, message.to_owned()),
     ];
     let mut conditions = conditions(ld, observed, now);
     // Keep the other conditions (ModelLoaded, autoscaling) as last observed.

@@ -439,6 +439,14 @@ async fn an_api_error_fails_the_reconcile_and_retries_with_growing_backoff() {
                 .expect("PATCH", &format!("{DEPLOYMENT}/lynx-minimal"))
                 .await
                 .fail(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+            // The operator tries to say why in the status (the API server fails that too).
+            let status = server
+                .expect("PATCH", &format!("{LYNX}/lynx-minimal/status"))
+                .await;
+            let written = status_of(&status.body);
+            assert_eq!(condition(&written, "Degraded"), ("True", "ApplyFailed"));
+            assert_eq!(condition(&written, "Ready"), ("False", "ApplyFailed"));
+            status.fail(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
             server
         });
         let error = reconcile(Arc::clone(&ld), Arc::clone(&ctx))
