@@ -37,6 +37,17 @@ fn committed_crd_matches_the_generated_one() {
 }
 
 #[test]
+fn the_chart_carries_the_same_crd() {
+    let generated = crate::crd_yaml().expect("CRD renders");
+    let path = "charts/lynx-operator/crds/lynxdeployments.serving.lynx.dev.yaml";
+    let committed = std::fs::read_to_string(repo_file(path)).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "{path} is stale; regenerate it with `cargo run -p lynx-operator -- crd > {path}`"
+    );
+}
+
+#[test]
 fn crd_names_scope_and_version() {
     let crd = crd_json();
     assert_eq!(crd["metadata"]["name"], "lynxdeployments.serving.lynx.dev");

@@ -190,4 +190,4 @@ impl<'a> Context<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

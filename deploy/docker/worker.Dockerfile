@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# lynx-worker image. Build from the repository root:
+#   docker build -f deploy/docker/worker.Dockerfile -t ghcr.io/lynx-serve/lynx-worker:0.1.0 .
+# The GPU path loads libcuda (the driver) and NVRTC at run time: the CUDA runtime base image brings
+# NVRTC, and the NVIDIA container toolkit mounts the node's driver libraries into the container
+# (NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES below, or the device plugin's GPU request).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p lynx-worker --bin lynx-worker \
+ && install -D target/release/lynx-worker /out/lynx-worker
+
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+COPY --from=build /out/lynx-worker /usr/local/bin/lynx-worker
+# The same non-root uid/gid the operator's pod security context sets.
+USER 65532:65532
+EXPOSE 50051 9090
+ENTRYPOINT ["/usr/local/bin/lynx-worker"]
+CMD ["serve", "--help"]

@@ -1,0 +1,191 @@
+//! Server-side apply of the desired children and pruning of the ones no longer desired.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, Preconditions,
+};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::events::Pruned;
+use crate::desired::{ClusterCapabilities, Desired};
+use crate::discovery::{KEDA_GROUP, KEDA_VERSION, MONITORING_GROUP, MONITORING_VERSION};
+use crate::Error;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "lynx-operator";
+
+/// What applying the children observed.
+#[derive(Debug)]
+pub struct Applied {
+    /// The worker Deployment as the API server returned it (with its status).
+    pub deployment: Deployment,
+    /// Children deleted because they are no longer desired.
+    pub pruned: Vec<Pruned>,
+}
+
+/// Applies every desired child of the LynxDeployment with uid `owner_uid` and prunes the rest.
+///
+/// # Guarantees
+/// - Writes with server-side apply under [`FIELD_MANAGER`], forcing ownership of the fields the
+///   operator sets (a `kubectl edit` of them is undone; other fields are left alone).
+/// - Deletes a child that is not desired only when it is controlled by `owner_uid`, with a uid
+///   precondition, so an object of the same name created by someone else is never touched.
+/// - Kinds whose API is not served (`caps`) are neither applied nor pruned.
+/// - Order: Deployment, Service, PDB, HPA, ScaledObject, PodMonitor.
+///
+/// # Errors
+/// The first failed API request; the children before it stay applied.
+pub async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    owner_uid: &str,
+    desired: &Desired,
+    caps: &ClusterCapabilities,
+) -> Result<Applied, Error> {
+    let name = desired.deployment.name_any();
+    let deployment = apply(
+        &Api::namespaced(client.clone(), namespace),
+        &desired.deployment,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), namespace),
+        &desired.service,
+    )
+    .await?;
+    let mut pruned = Vec::new();
+    let owner = Owner {
+        name: &name,
+        uid: owner_uid,
+    };
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    apply_or_prune(&pdbs, &owner, desired.pdb.as_ref(), &mut pruned).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    apply_or_prune(&hpas, &owner, desired.hpa.as_ref(), &mut pruned).await?;
+    if caps.keda {
+        let gvk = GroupVersionKind::gvk(KEDA_GROUP, KEDA_VERSION, "ScaledObject");
+        let api = dynamic(client, namespace, &gvk, "scaledobjects");
+        let object = desired.scaled_object.as_ref();
+        apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await?;
+    }
+    if caps.prometheus_operator {
+        let gvk = GroupVersionKind::gvk(MONITORING_GROUP, MONITORING_VERSION, "PodMonitor");
+        let api = dynamic(client, namespace, &gvk, "podmonitors");
+        let object = desired.pod_monitor.as_ref();
+        apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await?;
+    }
+    Ok(Applied { deployment, pruned })
+}
+
+/// Server-side apply of one typed child; returns the object the API server stored.
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await?)
+}
+
+fn dynamic(
+    client: &Client,
+    namespace: &str,
+    gvk: &GroupVersionKind,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(gvk, plural);
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// The LynxDeployment whose optional children are applied or pruned (they share its name).
+struct Owner<'a> {
+    name: &'a str,
+    uid: &'a str,
+}
+
+async fn apply_or_prune<K>(
+    api: &Api<K>,
+    owner: &Owner<'_>,
+    desired: Option<&K>,
+    pruned: &mut Vec<Pruned>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    match desired {
+        Some(object) => {
+            apply(api, object).await?;
+        }
+        None => {
+            if prune(api, owner).await? {
+                pruned.push(Pruned {
+                    kind: K::kind(&()).into_owned(),
+                    name: owner.name.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_or_prune_json(
+    api: &Api<DynamicObject>,
+    owner: &Owner<'_>,
+    gvk: &GroupVersionKind,
+    desired: Option<&serde_json::Value>,
+    pruned: &mut Vec<Pruned>,
+) -> Result<(), Error> {
+    match desired {
+        Some(value) => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(owner.name, &params, &Patch::Apply(value)).await?;
+        }
+        None => {
+            if prune(api, owner).await? {
+                pruned.push(Pruned {
+                    kind: gvk.kind.clone(),
+                    name: owner.name.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the object named like the owner when it exists and the owner controls it; `true` when
+/// it was deleted.
+async fn prune<K>(api: &Api<K>, owner: &Owner<'_>) -> Result<bool, Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let Some(existing) = api.get_opt(owner.name).await? else {
+        return Ok(false);
+    };
+    let controlled = existing
+        .owner_references()
+        .iter()
+        .any(|reference| reference.controller == Some(true) && reference.uid == owner.uid);
+    if !controlled {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(owner.name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}

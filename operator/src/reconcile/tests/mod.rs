@@ -1,0 +1,6 @@
+//! Reconcile tests against a mocked API server (tower-test): each test scripts the requests the
+//! operator must make, in order, and the API server's answers.
+
+mod api_server;
+mod scenarios;
+mod status;
