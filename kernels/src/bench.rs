@@ -158,32 +158,14 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
                 gpu.random(dtype, p.kv_len(), next_seed())?,
             ));
         }
-        let gaps: Vec<i32> = p
-            .kv_gaps
-            .iter()
-            .flat_map(|&(lo, hi)| [lo as i32, hi as i32])
-            .collect();
-        let gaps = if gaps.is_empty() {
-            None
-        } else {
-            Some(gpu.upload_i32(&gaps)?)
-        };
+        let gaps = gpu.upload_gaps(&p)?;
         let mut out = gpu.poisoned(dtype, p.q_len())?;
         let sq = Strides::contiguous(p.seq_q, p.heads, p.head_dim);
-        let skv = Strides::contiguous(p.seq_kv, p.heads, p.head_dim);
         let mut turn = 0usize;
         let times = gpu.time_ms(3, iters, || {
             let (q, k, v) = &inputs[turn % sets];
             turn += 1;
-            let args = DenseInputs {
-                q: &q.data,
-                k: &k.data,
-                v: &v.data,
-                q_strides: sq,
-                k_strides: skv,
-                v_strides: skv,
-                gaps: gaps.as_ref(),
-            };
+            let args = DenseInputs::contiguous(&p, &q.data, &k.data, &v.data, gaps.as_ref());
             gpu.dense_launch(&p, dtype, &args, &mut out.data, sq, None, options)
         })?;
         let ms = median(times);

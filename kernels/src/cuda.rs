@@ -76,6 +76,28 @@ pub struct DenseInputs<'a> {
     pub gaps: Option<&'a CudaSlice<i32>>,
 }
 
+impl<'a> DenseInputs<'a> {
+    /// Contiguous `[batch, seq, heads, head_dim]` queries, keys and values of `p`.
+    pub fn contiguous(
+        p: &DenseAttention,
+        q: &'a CudaSlice<u16>,
+        k: &'a CudaSlice<u16>,
+        v: &'a CudaSlice<u16>,
+        gaps: Option<&'a CudaSlice<i32>>,
+    ) -> Self {
+        let kv = Strides::contiguous(p.seq_kv, p.heads, p.head_dim);
+        DenseInputs {
+            q,
+            k,
+            v,
+            q_strides: Strides::contiguous(p.seq_q, p.heads, p.head_dim),
+            k_strides: kv,
+            v_strides: kv,
+            gaps,
+        }
+    }
+}
+
 /// A device paged cache that a dense call fills.
 #[derive(Debug)]
 pub struct DeviceCache<'a> {
@@ -316,6 +338,19 @@ impl CudaAttention {
     /// Copies integers to the device.
     pub fn upload_i32(&self, values: &[i32]) -> Result<CudaSlice<i32>, KernelError> {
         self.stream.clone_htod(values).map_err(driver("upload"))
+    }
+
+    /// Uploads the problem's key gaps as `[batch][2]` (`None` when it has none).
+    pub fn upload_gaps(&self, p: &DenseAttention) -> Result<Option<CudaSlice<i32>>, KernelError> {
+        if p.kv_gaps.is_empty() {
+            return Ok(None);
+        }
+        let flat: Vec<i32> = p
+            .kv_gaps
+            .iter()
+            .flat_map(|&(lo, hi)| [lo as i32, hi as i32])
+            .collect();
+        self.upload_i32(&flat).map(Some)
     }
 
     /// A tensor of `len` NaNs (to prove that a kernel writes every element it should).
@@ -792,27 +827,9 @@ impl AttentionBackend for CudaAttention {
                 "q, k, v and out must share a dtype".into(),
             ));
         }
-        let gaps: Vec<i32> = p
-            .kv_gaps
-            .iter()
-            .flat_map(|&(lo, hi)| [lo as i32, hi as i32])
-            .collect();
-        let gaps = if gaps.is_empty() {
-            None
-        } else {
-            Some(self.upload_i32(&gaps)?)
-        };
+        let gaps = self.upload_gaps(p)?;
         let strides_q = Strides::contiguous(p.seq_q, p.heads, p.head_dim);
-        let strides_kv = Strides::contiguous(p.seq_kv, p.heads, p.head_dim);
-        let inputs = DenseInputs {
-            q: &q.data,
-            k: &k.data,
-            v: &v.data,
-            q_strides: strides_q,
-            k_strides: strides_kv,
-            v_strides: strides_kv,
-            gaps: gaps.as_ref(),
-        };
+        let inputs = DenseInputs::contiguous(p, &q.data, &k.data, &v.data, gaps.as_ref());
         let table;
         let device_cache = match cache {
             Some(c) => {

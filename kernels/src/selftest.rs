@@ -257,27 +257,9 @@ fn run_dense(
         gpu.upload(dtype, &v)?,
     );
     let mut out = gpu.poisoned(dtype, p.q_len())?;
-    let gaps: Vec<i32> = p
-        .kv_gaps
-        .iter()
-        .flat_map(|&(lo, hi)| [lo as i32, hi as i32])
-        .collect();
-    let gaps = if gaps.is_empty() {
-        None
-    } else {
-        Some(gpu.upload_i32(&gaps)?)
-    };
+    let gaps = gpu.upload_gaps(p)?;
     let strides_q = Strides::contiguous(p.seq_q, p.heads, p.head_dim);
-    let strides_kv = Strides::contiguous(p.seq_kv, p.heads, p.head_dim);
-    let inputs = DenseInputs {
-        q: &qd.data,
-        k: &kd.data,
-        v: &vd.data,
-        q_strides: strides_q,
-        k_strides: strides_kv,
-        v_strides: strides_kv,
-        gaps: gaps.as_ref(),
-    };
+    let inputs = DenseInputs::contiguous(p, &qd.data, &kd.data, &vd.data, gaps.as_ref());
     let mut cache_mismatches = 0;
     let mut name = format!("{}: {}", case.class, describe(p));
     match case.cache_block {
