@@ -76,6 +76,23 @@ fn condition<'a>(status: &'a LynxDeploymentStatus, type_: &str) -> (&'a str, &'a
     (c.status.as_str(), c.reason.as_str())
 }
 
+/// The minimal sample's tail of a reconcile: the Service apply (echoed), then the pruning look-ups
+/// of the PDB and the HPA, which do not exist.
+async fn expect_service_and_no_optional_children(server: &mut ApiServer, name: &str) {
+    server
+        .expect("PATCH", &format!("{SERVICE}/{name}"))
+        .await
+        .echo();
+    server
+        .expect("GET", &format!("{PDB}/{name}"))
+        .await
+        .not_found();
+    server
+        .expect("GET", &format!("{HPA}/{name}"))
+        .await
+        .not_found();
+}
+
 /// Answers the status patch with the object carrying the patched status; returns that status.
 async fn expect_status(server: &mut ApiServer, ld: &LynxDeployment) -> LynxDeploymentStatus {
     let name = ld.metadata.name.clone().unwrap_or_default();
@@ -164,18 +181,7 @@ async fn an_image_change_patches_the_deployment() {
             let container = &deployment.body["spec"]["template"]["spec"]["containers"][0];
             assert_eq!(container["image"], "ghcr.io/lynx-serve/lynx-worker:0.2.0");
             deployment.echo();
-            server
-                .expect("PATCH", &format!("{SERVICE}/lynx-minimal"))
-                .await
-                .echo();
-            server
-                .expect("GET", &format!("{PDB}/lynx-minimal"))
-                .await
-                .not_found();
-            server
-                .expect("GET", &format!("{HPA}/lynx-minimal"))
-                .await
-                .not_found();
+            expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!(status.observed_generation, Some(2));
             server
@@ -204,18 +210,7 @@ async fn replicas_set_through_the_scale_subresource_reach_the_deployment_and_the
             assert_eq!(deployment.body["spec"]["replicas"], 3);
             let body = deployment_with_status(&deployment.body, 3, 3);
             deployment.ok(&body);
-            server
-                .expect("PATCH", &format!("{SERVICE}/lynx-minimal"))
-                .await
-                .echo();
-            server
-                .expect("GET", &format!("{PDB}/lynx-minimal"))
-                .await
-                .not_found();
-            server
-                .expect("GET", &format!("{HPA}/lynx-minimal"))
-                .await
-                .not_found();
+            expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!((status.replicas, status.ready_replicas), (3, 3));
             assert_eq!(
@@ -397,18 +392,7 @@ async fn a_stuck_rollout_marks_the_lynx_deployment_degraded() {
                 "message": "ReplicaSet has timed out progressing.",
             }]);
             deployment.ok(&body);
-            server
-                .expect("PATCH", &format!("{SERVICE}/lynx-minimal"))
-                .await
-                .echo();
-            server
-                .expect("GET", &format!("{PDB}/lynx-minimal"))
-                .await
-                .not_found();
-            server
-                .expect("GET", &format!("{HPA}/lynx-minimal"))
-                .await
-                .not_found();
+            expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!(
                 condition(&status, "Degraded"),
