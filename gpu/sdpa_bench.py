@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Times the shapes of `lynx-worker gpu-bench --json` through PyTorch SDPA (cuDNN and flash
-backends) in the same session, and prints one table: ours vs the peers.
+backends) in the same session, and prints one table: ours vs the peers. Projection rows are
+compared with PyTorch's unfused (frame add +) LayerNorm + linear and the linear alone.
 
 Usage: sdpa_bench.py OURS.jsonl REPORT.md [--iters N]
 Rates use the same conventions as ours: TFLOP/s = 4*B*H*Sq*Skv*D (halved when causal) / time;
@@ -76,6 +77,31 @@ def copy_rate(iters):
     return 2.0 * (2 << 30) / ms / 1e6
 
 
+def projection_peers(row, iters):
+    """PyTorch on the same projection: (frame add +) LayerNorm + linear unfused, and the linear
+    alone (cuBLAS), in TFLOP/s."""
+    p = row["projection"]
+    rows, k, n, frames, tpf = p["rows"], p["k_dim"], p["n_dim"], p["frames"], p["tokens_per_frame"]
+    f = torch.nn.functional
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    x = torch.rand(rows, k, **bf) * 2 - 1
+    w = (torch.rand(n, k, **bf) * 2 - 1) / k**0.5
+    g, b = torch.ones(k, **bf), torch.zeros(k, **bf)
+    fpos = torch.rand(frames, k, **bf) if frames else None
+
+    def unfused(x, w):
+        h = x
+        if fpos is not None:
+            h = (x.view(-1, frames, tpf, k) + fpos.view(1, frames, 1, k)).view(rows, k)
+        return f.linear(f.layer_norm(h, (k,), g, b, 1e-5), w)
+
+    flops = 2.0 * rows * k * n
+    with torch.no_grad():
+        t_unfused = median_ms(unfused, [(x, w)], iters)
+        t_linear = median_ms(lambda x, w: f.linear(x, w), [(x, w)], iters)
+    return flops / t_unfused / 1e9, flops / t_linear / 1e9
+
+
 def fmt(x):
     return "n/a" if x is None else f"{x:.1f}"
 
@@ -93,6 +119,11 @@ def main():
         "| id | shape | unit | ours | cuDNN | flash | ours / flash | ours / best peer |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    proj_table = [
+        "",
+        "| id | shape | ours TFLOP/s | torch LN+linear unfused | torch linear alone (cuBLAS) | ours / unfused | ours / linear |",
+        "|---|---|---|---|---|---|---|",
+    ]
     copy_ours = None
     peers = {}  # variants of one shape share the peer timings
     for row in rows:
@@ -100,6 +131,13 @@ def main():
             copy_ours = row["value"]
             torch_copy = copy_rate(iters)
             table.append(f"| copy | {row['shape']} | GB/s | {fmt(row['value'])} | torch copy_: {fmt(torch_copy)} | | | |")
+            continue
+        if row.get("projection"):
+            unfused, linear = projection_peers(row, iters)
+            proj_table.append(
+                f"| {row['id']} | {row['shape']} | {fmt(row['value'])} | {fmt(unfused)} | {fmt(linear)} "
+                f"| {row['value'] / unfused:.2f} | {row['value'] / linear:.2f} |"
+            )
             continue
         key = tuple(sorted(row["problem"].items()))
         if key not in peers:
@@ -115,6 +153,8 @@ def main():
     if decode and copy_ours:
         table.append("")
         table.append(f"Decode B64 bandwidth = {100 * decode['value'] / copy_ours:.0f}% of the copy bandwidth measured in the same run.")
+    if len(proj_table) > 3:
+        table.extend(proj_table)
     text = "\n".join(table)
     print(text)
     with open(report_path, "w") as f:

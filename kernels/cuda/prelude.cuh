@@ -129,3 +129,22 @@ __device__ __forceinline__ i64 paged_offset(const int* block_table, int max_bloc
     const int slot = pos & ((1 << block_shift) - 1);
     return ((((i64)block * heads + head) << block_shift) + slot) * (i64)head_dim;
 }
+
+// Sum over the 32 lanes of a warp (every lane gets the total).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block of up to 1024 threads; `red` is 32 floats of shared memory. Every thread
+// gets the total; `red` may be reused after the call.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? red[lane] : 0.f;
+    return warp_sum(t);
+}

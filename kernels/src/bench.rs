@@ -1,4 +1,4 @@
-//! `gpu-bench`: the anchor attention shapes of Lynx, timed with CUDA events (median of many
+//! `gpu-bench`: the anchor attention and projection shapes of Lynx, timed with CUDA events (median of many
 //! runs on random inputs, rotated when one set would sit in L2), plus the device-to-device copy
 //! bandwidth measured in the same run as the memory ceiling.
 
@@ -6,6 +6,7 @@ use crate::cuda::{
     CudaAttention, DecodeOptions, DecodeTables, DenseInputs, DenseOptions, GpuTensor,
 };
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
+use crate::projection::{FoldedProjection, ProjectionWeights, VisionProjection};
 use crate::source::{DECODE_UNROLLS, FWD_VARIANTS};
 use crate::KernelError;
 
@@ -24,8 +25,107 @@ pub struct BenchRow {
     pub value: f64,
     /// Output elements that came back NaN on a checked run (must be 0).
     pub nan: usize,
-    /// The problem, for peers to rebuild it (absent for the copy).
+    /// The attention problem, for peers to rebuild it (absent for other rows).
     pub problem: Option<ShapeParams>,
+    /// The projection problem (projection rows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection: Option<ProjectionShape>,
+}
+
+/// The dimensions of a timed vision-token projection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionShape {
+    /// Vision tokens.
+    pub rows: usize,
+    /// Vision width.
+    pub k_dim: usize,
+    /// GEMM output width (K and V).
+    pub n_dim: usize,
+    /// Frames per video (0: images).
+    pub frames: usize,
+    /// Tokens per frame.
+    pub tokens_per_frame: usize,
+}
+
+/// The projection anchors: `(id, problem)` at Lynx's real widths (EVA 1408 -> 2 x 8 x 64).
+pub fn projection_anchors() -> Vec<(&'static str, VisionProjection)> {
+    let shape = |rows, frames| VisionProjection {
+        rows,
+        k_dim: 1408,
+        inner: 512,
+        frames,
+        tokens_per_frame: 901,
+        eps: 1e-5,
+    };
+    vec![
+        ("proj-img8", shape(8 * 901, 0)),
+        ("proj-vid40", shape(40 * 901, 5)),
+    ]
+}
+
+/// Times the fused projection on random tokens and weights.
+fn projection_rows(
+    gpu: &CudaAttention,
+    dtype: DType,
+    iters: usize,
+) -> Result<Vec<BenchRow>, KernelError> {
+    let mut rows = Vec::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut gen = |n: usize, scale: f32, offset: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                offset + scale * (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+            })
+            .collect()
+    };
+    for (id, p) in projection_anchors() {
+        let (k, n) = (p.k_dim, p.n_dim());
+        let w = gen(n * k, 1.0 / (k as f32).sqrt(), 0.0);
+        let (gamma, beta) = (gen(k, 0.2, 1.0), gen(k, 0.1, 0.0));
+        let embed = gen(p.frames.max(1) * k, 0.5, 0.0);
+        let weights = ProjectionWeights {
+            w: &w,
+            gamma: &gamma,
+            beta: &beta,
+            frame_embed: (p.frames > 0).then_some(&embed[..]),
+        };
+        let dev =
+            gpu.upload_projection(&p, &FoldedProjection::fold(&p, &weights, dtype)?, dtype)?;
+        let x = gpu.random(dtype, p.rows * k, 7)?;
+        let mut ok = gpu.poisoned(dtype, p.rows * p.inner)?;
+        let mut ov = gpu.poisoned(dtype, p.rows * p.inner)?;
+        let ms = median(gpu.time_ms(3, iters, || {
+            gpu.projection_launch(&p, &dev, &x.data, k, &mut ok.data, &mut ov.data)
+        })?);
+        rows.push(BenchRow {
+            id: id.into(),
+            shape: format!(
+                "LN+to_kv {} tokens {k}->{n}{}",
+                p.rows,
+                if p.frames > 0 {
+                    format!(" ({} frames, frame embedding)", p.frames)
+                } else {
+                    String::new()
+                }
+            ),
+            unit: "TFLOP/s",
+            ms,
+            value: p.flops() / ms / 1e9,
+            nan: count_nan(gpu, &ok)? + count_nan(gpu, &ov)?,
+            problem: None,
+            projection: Some(ProjectionShape {
+                rows: p.rows,
+                k_dim: k,
+                n_dim: n,
+                frames: p.frames,
+                tokens_per_frame: p.tokens_per_frame,
+            }),
+        });
+    }
+    Ok(rows)
 }
 
 /// The dimensions of a timed attention problem.
@@ -140,8 +240,10 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
         value: 2.0 * copy_bytes as f64 / ms / 1e6,
         nan: 0,
         problem: None,
+        projection: None,
     });
     drop((src, dst));
+    rows.extend(projection_rows(gpu, dtype, iters)?);
 
     for (id, p, options) in dense_runs() {
         let memory_bound = p.seq_q <= 32;
@@ -205,6 +307,7 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
                 causal: p.causal,
                 decode: false,
             }),
+            projection: None,
         });
     }
 
@@ -292,6 +395,7 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
                 causal: false,
                 decode: true,
             }),
+            projection: None,
         });
     }
     Ok(rows)

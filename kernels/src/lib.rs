@@ -12,6 +12,9 @@
 //!   [`AttentionBackend`] interface as the GPU path.
 //! - [`cuda`]: the GPU implementation.
 //! - [`nvrtc`]: run-time compilation, the on-disk cache and the ptxas resource report.
+//! - [`projection`]: the resampler's fused vision-token projection (problem, the host-side
+//!   folding of LayerNorm and the frame embedding, f64 reference).
+//! - [`ops`]: host references of the small kernels (norms, activations, RoPE, selection).
 //! - [`source`]: the kernel sources and the kernel names each file defines.
 //! - [`selftest`] and [`bench`]: `lynx-worker gpu-selftest` and `gpu-bench`.
 
@@ -20,7 +23,9 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 pub mod nvrtc;
+pub mod ops;
 pub mod problem;
+pub mod projection;
 pub mod selftest;
 pub mod source;
 

@@ -24,6 +24,49 @@ pub const DECODE: KernelFile = KernelFile {
     source: include_str!("../cuda/decode.cu"),
 };
 
+/// The fused vision-token projection of the resampler (frame embedding + LayerNorm + `to_kv`
+/// GEMM + K/V head split).
+pub const PROJECTION: KernelFile = KernelFile {
+    name: "projection.cu",
+    source: include_str!("../cuda/projection.cu"),
+};
+
+/// The small kernels of the forward (norms, activations, RoPE, adds, gather, selection).
+pub const OPS: KernelFile = KernelFile {
+    name: "ops.cu",
+    source: include_str!("../cuda/ops.cu"),
+};
+
+/// Dynamic shared memory of the projection kernel: four stages of the A and B tiles and the
+/// frame-embedding slice, `(128 + 128 + 16)` rows of `32 + 8` elements each.
+pub const PROJECTION_SHARED_BYTES: usize = 4 * (128 + 128 + 16) * 40 * 2;
+
+/// Most frames per video the projection kernel folds the frame embedding for.
+pub const PROJECTION_MAX_FRAMES: usize = 16;
+
+/// Name of the projection kernel for a dtype.
+pub fn projection_kernel(dtype: crate::DType) -> String {
+    format!("vision_projection_{dtype}")
+}
+
+/// The per-dtype small kernels of ops.cu (`{name}_{dtype}`).
+pub const OPS_PER_DTYPE: [&str; 6] = [
+    "layernorm",
+    "rmsnorm",
+    "bias_gelu",
+    "silu_mul",
+    "rope",
+    "add_scaled",
+];
+
+/// The dtype-independent kernels of ops.cu.
+pub const OPS_UNTYPED: [&str; 3] = ["embed_gather_u16", "argmax_f32", "topk_logprobs_f32"];
+
+/// Name of a per-dtype small kernel.
+pub fn op_kernel(op: &str, dtype: crate::DType) -> String {
+    format!("{op}_{dtype}")
+}
+
 /// One compiled `flash_fwd` variant: a block of `warps` warps, each owning `m_tiles` x 16 query
 /// rows, streams `block_n`-key tiles; registers are capped so that `min_blocks` blocks fit on a
 /// multiprocessor.
@@ -128,12 +171,15 @@ pub fn all_kernels() -> Vec<String> {
         }
         names.push(combine_kernel(dtype));
         names.push(fill_kernel(dtype));
+        names.push(projection_kernel(dtype));
+        names.extend(OPS_PER_DTYPE.iter().map(|op| op_kernel(op, dtype)));
     }
+    names.extend(OPS_UNTYPED.iter().map(|s| s.to_string()));
     names
 }
 
 /// Every kernel file.
-pub const ALL: [KernelFile; 2] = [FLASH_FWD, DECODE];
+pub const ALL: [KernelFile; 4] = [FLASH_FWD, DECODE, PROJECTION, OPS];
 
 impl KernelFile {
     /// The self-contained source handed to NVRTC (the prelude include resolved).
@@ -161,6 +207,13 @@ mod tests {
                     if decode_kernel(dtype, d, u) == name {
                         return format!("DECODE_KERNEL(T, TN, {d}, {u})");
                     }
+                }
+            }
+        }
+        for dtype in [DType::Bf16, DType::F16] {
+            for op in OPS_PER_DTYPE {
+                if op_kernel(op, dtype) == name {
+                    return format!("void {op}_##TN(");
                 }
             }
         }

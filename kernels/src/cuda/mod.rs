@@ -5,7 +5,12 @@
 mod backend;
 mod decode;
 mod dense;
+mod ops;
 mod params;
+mod projection;
+
+pub use ops::DevicePositions;
+pub use projection::DeviceProjection;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -200,6 +205,15 @@ impl CudaAttention {
                 }
             }
         }
+        for dtype in [DType::Bf16, DType::F16] {
+            if let Some(f) = functions.get(&source::projection_kernel(dtype)) {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    source::PROJECTION_SHARED_BYTES as i32,
+                )
+                .map_err(driver("cuFuncSetAttribute"))?;
+            }
+        }
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("device attribute"))? as usize;
@@ -255,6 +269,27 @@ impl CudaAttention {
     /// Copies integers to the device.
     pub fn upload_i32(&self, values: &[i32]) -> Result<CudaSlice<i32>, KernelError> {
         self.stream.clone_htod(values).map_err(driver("upload"))
+    }
+
+    /// Copies f32 values to the device.
+    pub fn upload_f32(&self, values: &[f32]) -> Result<CudaSlice<f32>, KernelError> {
+        self.stream.clone_htod(values).map_err(driver("upload"))
+    }
+
+    /// `len` zeroed device values of `T` (f32, i32, u16).
+    pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        self.stream.alloc_zeros::<T>(len).map_err(driver("alloc"))
+    }
+
+    /// Copies device values of `T` back to the host.
+    pub fn download_raw<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        data: &CudaSlice<T>,
+    ) -> Result<Vec<T>, KernelError> {
+        self.stream.clone_dtoh(data).map_err(driver("download"))
     }
 
     /// Uploads the problem's key gaps as `[batch][2]` (`None` when it has none).

@@ -90,3 +90,28 @@ unsafe impl DeviceRepr for FwdParams {}
 unsafe impl DeviceRepr for DecodeParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for CombineParams {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ProjParams {
+    pub(super) x: u64,
+    pub(super) w: u64,
+    pub(super) c1: u64,
+    pub(super) c2: u64,
+    pub(super) frame_embed: u64,
+    pub(super) frame_proj: u64,
+    pub(super) out_k: u64,
+    pub(super) out_v: u64,
+    pub(super) x_row: i64,
+    pub(super) rows: i32,
+    pub(super) k_dim: i32,
+    pub(super) n_dim: i32,
+    pub(super) inner: i32,
+    pub(super) frames: i32,
+    pub(super) tokens_per_frame: i32,
+    pub(super) eps: f32,
+    pub(super) reserved: i32,
+}
+
+// SAFETY: as above.
+unsafe impl DeviceRepr for ProjParams {}

@@ -1,4 +1,5 @@
-//! `gpu-selftest`: every kernel variant against the CPU reference on fresh random inputs.
+//! `gpu-selftest`: every kernel variant against the CPU reference on fresh random inputs
+//! (attention here, the projection and the small kernels in `layers`).
 //!
 //! Inputs are drawn from a seed that changes every run (printed, so a failure can be replayed),
 //! rounded to the tensor dtype, and the reference runs in f64 on exactly those rounded values.
@@ -16,6 +17,8 @@ use crate::cuda::{
 use crate::problem::{DType, DecodeAttention, DenseAttention, Strides};
 use crate::source::{DECODE_UNROLLS, FWD_VARIANTS};
 use crate::{AttentionBackend, KernelError};
+
+mod layers;
 
 /// Relative error bound for 16-bit inputs with f32 accumulation.
 pub const TOLERANCE: f64 = 1e-2;
@@ -35,6 +38,9 @@ pub struct CaseResult {
     pub nan: usize,
     /// Paged-cache elements that differ from the keys/values they should hold (prefill cases).
     pub cache_mismatches: usize,
+    /// Selected indices (token ids) that differ from the reference's (selection cases).
+    #[serde(default)]
+    pub index_mismatches: usize,
     /// Whether the case passed.
     pub passed: bool,
 }
@@ -206,6 +212,7 @@ fn verdict(
         max_abs_err,
         nan,
         cache_mismatches,
+        index_mismatches: 0,
         passed: nan == 0
             && rel_err <= TOLERANCE
             && cache_mismatches == 0
@@ -421,6 +428,7 @@ pub fn run(gpu: &CudaAttention, seed: u64) -> Result<Vec<CaseResult>, KernelErro
                 }
             }
         }
+        results.extend(layers::run(gpu, dtype, &mut rng)?);
     }
     Ok(results)
 }
