@@ -1,16 +1,20 @@
-// The small kernels of the Lynx forward: norms, activations, RoPE, residual adds, the embedding
-// gather and greedy / top-k selection over the logits. Arithmetic is f32; each kernel rounds to
-// the storage type where the PyTorch modules it mirrors do (HF LLaMA's RMSNorm and SiLU-gate
-// round their intermediate results to the model dtype).
+// The small kernels of the Lynx forward: norms, activations, RoPE, residual and broadcast adds,
+// row copies (embedding gather, concatenation, beam reordering), paged KV writes, a generic
+// attention for head dims and types without a tensor-core kernel, weight initialisation and
+// greedy / top-k selection over the logits. Arithmetic is f32; each kernel rounds to the storage
+// type where the PyTorch modules it mirrors do (HF LLaMA's RMSNorm and SiLU-gate round their
+// intermediate results to the model dtype). Every per-type kernel exists for bf16, f16 and f32.
 #include "prelude.cuh"
+
+#define GRID_STRIDE(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 // LayerNorm over rows of `cols`: two passes (mean, then the centred variance), one block per row.
 template <typename T>
-__device__ __forceinline__ void layernorm(const u16* x, const u16* gamma, const u16* beta, u16* out, int cols,
-                                          float eps) {
+__device__ __forceinline__ void layernorm(const typename T::S* x, const typename T::S* gamma,
+                                          const typename T::S* beta, typename T::S* out, int cols, float eps) {
     __shared__ float red[32];
-    const u16* xr = x + (i64)blockIdx.x * cols;
-    u16* yr = out + (i64)blockIdx.x * cols;
+    const typename T::S* xr = x + (i64)blockIdx.x * cols;
+    typename T::S* yr = out + (i64)blockIdx.x * cols;
     float s = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) s += T::to_float(xr[c]);
     const float mean = block_sum(s, red) / cols;
@@ -26,10 +30,11 @@ __device__ __forceinline__ void layernorm(const u16* x, const u16* gamma, const 
 
 // LLaMA RMSNorm as HF computes it: y = weight * round(x * rsqrt(mean(x^2) + eps)).
 template <typename T>
-__device__ __forceinline__ void rmsnorm(const u16* x, const u16* weight, u16* out, int cols, float eps) {
+__device__ __forceinline__ void rmsnorm(const typename T::S* x, const typename T::S* weight, typename T::S* out,
+                                        int cols, float eps) {
     __shared__ float red[32];
-    const u16* xr = x + (i64)blockIdx.x * cols;
-    u16* yr = out + (i64)blockIdx.x * cols;
+    const typename T::S* xr = x + (i64)blockIdx.x * cols;
+    typename T::S* yr = out + (i64)blockIdx.x * cols;
     float s = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         const float v = T::to_float(xr[c]);
@@ -44,24 +49,32 @@ __device__ __forceinline__ void rmsnorm(const u16* x, const u16* weight, u16* ou
 
 // Exact (erf) GELU in place, with an optional per-column bias added first (`cols` columns).
 template <typename T>
-__device__ __forceinline__ void bias_gelu(u16* x, const u16* bias, u64 n, int cols) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+__device__ __forceinline__ void bias_gelu(typename T::S* x, const typename T::S* bias, u64 n, int cols) {
+    GRID_STRIDE(i, n) {
         float v = T::to_float(x[i]);
         if (bias) v = T::to_float(T::from_float(v + T::to_float(bias[i % cols])));
         x[i] = T::from_float(0.5f * v * (1.f + erff(v * 0.70710678118654752f)));
     }
 }
 
+// SiLU in place (the adapters' activation).
+template <typename T>
+__device__ __forceinline__ void silu(typename T::S* x, u64 n) {
+    GRID_STRIDE(i, n) {
+        const float v = T::to_float(x[i]);
+        x[i] = T::from_float(v / (1.f + expf(-v)));
+    }
+}
+
 // LLaMA's gated MLP activation: out[r][i] = round(silu(gu[r][i])) * gu[r][inter + i], where gu is
 // the fused gate|up projection [rows][2 * inter].
 template <typename T>
-__device__ __forceinline__ void silu_mul(const u16* gu, u16* out, u64 rows, int inter) {
-    const u64 n = rows * inter;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+__device__ __forceinline__ void silu_mul(const typename T::S* gu, typename T::S* out, u64 rows, int inter) {
+    GRID_STRIDE(i, rows * inter) {
         const u64 r = i / inter, c = i % inter;
         const float g = T::to_float(gu[r * 2 * inter + c]);
         const float u = T::to_float(gu[r * 2 * inter + inter + c]);
-        const float act = T::to_float(T::from_float(g / (1.f + __expf(-g))));
+        const float act = T::to_float(T::from_float(g / (1.f + expf(-g))));
         out[i] = T::from_float(act * u);
     }
 }
@@ -70,14 +83,14 @@ __device__ __forceinline__ void silu_mul(const u16* gu, u16* out, u64 rows, int 
 // at x + token * row_stride; cos/sin come from a host-built f32 table [max_pos][head_dim / 2]
 // (HF rounds cos/sin to the model dtype: so does this kernel). One block per token.
 template <typename T>
-__device__ __forceinline__ void rope(u16* x, i64 row_stride, const int* positions, const float* cos_t,
+__device__ __forceinline__ void rope(typename T::S* x, i64 row_stride, const int* positions, const float* cos_t,
                                      const float* sin_t, int heads, int head_dim) {
     const int half = head_dim / 2;
     const int pos = positions[blockIdx.x];
-    u16* row = x + (i64)blockIdx.x * row_stride;
+    typename T::S* row = x + (i64)blockIdx.x * row_stride;
     for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
         const int h = i / half, d = i % half;
-        u16* v = row + h * head_dim;
+        typename T::S* v = row + h * head_dim;
         const float c = T::to_float(T::from_float(cos_t[(i64)pos * half + d]));
         const float s = T::to_float(T::from_float(sin_t[(i64)pos * half + d]));
         const float a = T::to_float(v[d]), b = T::to_float(v[d + half]);
@@ -86,28 +99,137 @@ __device__ __forceinline__ void rope(u16* x, i64 row_stride, const int* position
     }
 }
 
-// out = a + scale * b (residuals; the adapters' scaled add).
+// out = a + scale * b (residuals; the adapters' scaled add). `out` may be `a`.
 template <typename T>
-__device__ __forceinline__ void add_scaled(const u16* a, const u16* b, u16* out, u64 n, float scale) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = T::from_float(T::to_float(a[i]) + scale * T::to_float(b[i]));
+__device__ __forceinline__ void add_scaled(const typename T::S* a, const typename T::S* b, typename T::S* out, u64 n,
+                                           float scale) {
+    GRID_STRIDE(i, n) out[i] = T::from_float(T::to_float(a[i]) + scale * T::to_float(b[i]));
 }
 
-// out[t] = table[ids[t]] (rows of `cols`); an id outside [0, vocab) yields a zero row and sets
-// *bad (checked by the host). One block per token.
-__device__ __forceinline__ void embed_gather(const u16* table, const int* ids, u16* out, int cols, int vocab,
-                                             int* bad) {
-    const int id = ids[blockIdx.x];
-    const bool ok = id >= 0 && id < vocab;
-    if (!ok && threadIdx.x == 0) atomicExch(bad, 1);
-    const u16* src = table + (i64)(ok ? id : 0) * cols;
-    u16* dst = out + (i64)blockIdx.x * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = ok ? src[c] : (u16)0;
+// Broadcast add of a small table: x[r][c] += t[(r / div) % period][c] (a bias: div = period = 1;
+// position embeddings: period = tokens; frame embeddings: div = tokens per frame, period = frames).
+template <typename T>
+__device__ __forceinline__ void add_rows(typename T::S* x, const typename T::S* t, u64 rows, int cols, int div,
+                                         int period) {
+    GRID_STRIDE(i, rows * cols) {
+        const u64 r = i / cols, c = i % cols;
+        const u64 tr = (r / div) % period;
+        x[i] = T::from_float(T::to_float(x[i]) + T::to_float(t[tr * cols + c]));
+    }
 }
 
-extern "C" __global__ void embed_gather_u16(const u16* table, const int* ids, u16* out, int cols, int vocab,
-                                            int* bad) {
-    embed_gather(table, ids, out, cols, vocab, bad);
+// Pseudo-random initialisation: offset + scale * u, u uniform in [-1, 1) (splitmix64 of the
+// index and seed, so weights of any size are made on the device without a host copy).
+template <typename T>
+__device__ __forceinline__ void fill_affine(typename T::S* out, u64 n, u64 seed, float scale, float offset) {
+    GRID_STRIDE(i, n) {
+        u64 z = i + seed * 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        out[i] = T::from_float(offset + scale * ((float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f));
+    }
+}
+
+// Row copies: dst[dst_rows[i]] = src[src_rows[i]] for i < n (a null index means i), rows of `cols`
+// elements. Embedding gather, prefix + text concatenation, last-token selection, beam reordering
+// of cache blocks. One block per row.
+template <typename S>
+__device__ __forceinline__ void copy_rows(const S* src, const int* src_rows, S* dst, const int* dst_rows, i64 cols) {
+    const int i = blockIdx.x;
+    const S* s = src + (i64)(src_rows ? src_rows[i] : i) * cols;
+    S* d = dst + (i64)(dst_rows ? dst_rows[i] : i) * cols;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
+}
+
+// Writes the K or V rows of n tokens into a paged cache [num_blocks][heads][2^block_shift][head_dim]
+// at flat slots (block * block_size + offset). src rows: [n][heads][head_dim], row stride
+// src_row. One block per token.
+template <typename S>
+__device__ __forceinline__ void kv_write(const S* src, i64 src_row, const int* slots, S* cache, int heads,
+                                         int head_dim, int block_shift) {
+    const int t = blockIdx.x;
+    const int slot = slots[t];
+    const i64 block = slot >> block_shift, off = slot & ((1 << block_shift) - 1);
+    for (int i = threadIdx.x; i < heads * head_dim; i += blockDim.x) {
+        const int h = i / head_dim, d = i % head_dim;
+        cache[(((block * heads + h) << block_shift) + off) * head_dim + d] = src[t * src_row + i];
+    }
+}
+
+// Generic attention, one warp per (sequence, query, head) row, keys one at a time with an online
+// softmax in f32: for f32 mode and head dims without a tensor-core kernel (any even D <= 128).
+// Keys come from dense [B][Skv][H][D] tensors (with Lynx's gap and the causal rule) or, when
+// `block_table` is set, from a paged cache holding seq_lens[b] tokens of sequence b.
+struct GenericAttnParams {
+    u64 q, k, v, o;  // q, o: [B][Sq][H][D]
+    u64 kv_gap;      // const int [B][2] or 0
+    u64 block_table; // const int [B][max_blocks] or 0 (dense)
+    u64 seq_lens;    // const int [B] (paged)
+    int batch, heads, seq_q, seq_kv;
+    int head_dim, causal, block_shift, max_blocks;
+    float scale;
+    int reserved;
+};
+
+template <typename T>
+__device__ __forceinline__ void attn_generic(const GenericAttnParams& p) {
+    typedef typename T::S S;
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (i64)p.batch * p.seq_q * p.heads) return;
+    const int h = row % p.heads, i = (row / p.heads) % p.seq_q, b = row / ((i64)p.heads * p.seq_q);
+    const int D = p.head_dim;
+    const S* q = (const S*)p.q + row * D;
+    float qv[4], acc[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        const int d = lane + 32 * c;
+        qv[c] = d < D ? T::to_float(q[d]) * p.scale : 0.f;
+        acc[c] = 0.f;
+    }
+    int lo = 0, hi = 0, n_keys = p.seq_kv;
+    if (p.block_table) {
+        n_keys = ((const int*)p.seq_lens)[b];
+    } else if (p.kv_gap) {
+        lo = ((const int*)p.kv_gap)[2 * b];
+        hi = ((const int*)p.kv_gap)[2 * b + 1];
+    }
+    if (!p.block_table && p.causal) n_keys = min(n_keys, i + p.seq_kv - p.seq_q + 1);
+    float m = NEG_INF, l = 0.f;
+    for (int j = 0; j < n_keys; j++) {
+        if (j >= lo && j < hi) continue;
+        i64 at;
+        if (p.block_table)
+            at = paged_offset((const int*)p.block_table, p.max_blocks, b, j, p.block_shift, p.heads, h, D);
+        else
+            at = (((i64)b * p.seq_kv + j) * p.heads + h) * D;
+        const S* k = (const S*)p.k + at;
+        const S* v = (const S*)p.v + at;
+        float s = 0.f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int d = lane + 32 * c;
+            if (d < D) s += qv[c] * T::to_float(k[d]);
+        }
+        s = warp_sum(s);
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new), w = expf(s - m_new);
+        l = l * corr + w;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int d = lane + 32 * c;
+            acc[c] = acc[c] * corr + (d < D ? w * T::to_float(v[d]) : 0.f);
+        }
+        m = m_new;
+    }
+    S* o = (S*)p.o + row * D;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        const int d = lane + 32 * c;
+        if (d < D) o[d] = T::from_float(acc[c] * inv);
+    }
 }
 
 // Selection over f32 logits [rows][cols], one block per row. Greedy: the first index of the
@@ -146,9 +268,9 @@ extern "C" __global__ void argmax_f32(const float* logits, int cols, int* out) {
     if (threadIdx.x == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
 }
 
-// The k largest log-probabilities of each row (k <= 64), in descending order with their indices,
-// plus the row's log-sum-exp: beam search and top-k / top-p sampling need no more than this on
-// the host. k passes of a block arg-max, each excluding the indices already taken.
+// The k largest log-probabilities of each row (k <= 64; NaN logits ignored), in descending order
+// with their indices: beam search and top-k / top-p sampling need no more than this on the host.
+// k passes of a block arg-max, each excluding the indices already taken.
 extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int k, float* out_vals,
                                              int* out_idx) {
     __shared__ float rv[32];
@@ -165,7 +287,7 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
     float s = 0.f;
     if (mx != NEG_INF)
         for (int c = threadIdx.x; c < cols; c += blockDim.x)
-            if (row[c] == row[c]) s += __expf(row[c] - mx);  // NaN logits are ignored
+            if (row[c] == row[c]) s += __expf(row[c] - mx);
     const float lse = mx + __logf(block_sum(s, red));
     for (int j = 0; j < k; j++) {
         float v = NEG_INF;
@@ -185,27 +307,48 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
     }
 }
 
-#define OPS_KERNELS(T, TN)                                                                                   \
-    extern "C" __global__ void layernorm_##TN(const u16* x, const u16* g, const u16* b, u16* out, int cols,  \
-                                              float eps) {                                                   \
-        layernorm<T>(x, g, b, out, cols, eps);                                                               \
-    }                                                                                                        \
-    extern "C" __global__ void rmsnorm_##TN(const u16* x, const u16* w, u16* out, int cols, float eps) {     \
-        rmsnorm<T>(x, w, out, cols, eps);                                                                    \
-    }                                                                                                        \
-    extern "C" __global__ void bias_gelu_##TN(u16* x, const u16* bias, u64 n, int cols) {                    \
-        bias_gelu<T>(x, bias, n, cols);                                                                      \
-    }                                                                                                        \
-    extern "C" __global__ void silu_mul_##TN(const u16* gu, u16* out, u64 rows, int inter) {                 \
-        silu_mul<T>(gu, out, rows, inter);                                                                   \
-    }                                                                                                        \
-    extern "C" __global__ void rope_##TN(u16* x, i64 row_stride, const int* pos, const float* c,             \
-                                         const float* s, int heads, int head_dim) {                          \
-        rope<T>(x, row_stride, pos, c, s, heads, head_dim);                                                  \
-    }                                                                                                        \
-    extern "C" __global__ void add_scaled_##TN(const u16* a, const u16* b, u16* out, u64 n, float scale) {   \
-        add_scaled<T>(a, b, out, n, scale);                                                                  \
-    }
+#define OPS_KERNELS(T, TN)                                                                                     \
+    typedef T::S S_##TN;                                                                                       \
+    extern "C" __global__ void layernorm_##TN(const S_##TN* x, const S_##TN* g, const S_##TN* b, S_##TN* out,  \
+                                              int cols, float eps) {                                           \
+        layernorm<T>(x, g, b, out, cols, eps);                                                                 \
+    }                                                                                                          \
+    extern "C" __global__ void rmsnorm_##TN(const S_##TN* x, const S_##TN* w, S_##TN* out, int cols,           \
+                                            float eps) {                                                       \
+        rmsnorm<T>(x, w, out, cols, eps);                                                                      \
+    }                                                                                                          \
+    extern "C" __global__ void bias_gelu_##TN(S_##TN* x, const S_##TN* bias, u64 n, int cols) {                \
+        bias_gelu<T>(x, bias, n, cols);                                                                        \
+    }                                                                                                          \
+    extern "C" __global__ void silu_##TN(S_##TN* x, u64 n) { silu<T>(x, n); }                                  \
+    extern "C" __global__ void silu_mul_##TN(const S_##TN* gu, S_##TN* out, u64 rows, int inter) {             \
+        silu_mul<T>(gu, out, rows, inter);                                                                     \
+    }                                                                                                          \
+    extern "C" __global__ void rope_##TN(S_##TN* x, i64 row_stride, const int* pos, const float* c,            \
+                                         const float* s, int heads, int head_dim) {                            \
+        rope<T>(x, row_stride, pos, c, s, heads, head_dim);                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void add_scaled_##TN(const S_##TN* a, const S_##TN* b, S_##TN* out, u64 n,           \
+                                               float scale) {                                                  \
+        add_scaled<T>(a, b, out, n, scale);                                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void add_rows_##TN(S_##TN* x, const S_##TN* t, u64 rows, int cols, int div,          \
+                                             int period) {                                                     \
+        add_rows<T>(x, t, rows, cols, div, period);                                                            \
+    }                                                                                                          \
+    extern "C" __global__ void fill_affine_##TN(S_##TN* out, u64 n, u64 seed, float scale, float offset) {     \
+        fill_affine<T>(out, n, seed, scale, offset);                                                           \
+    }                                                                                                          \
+    extern "C" __global__ void copy_rows_##TN(const S_##TN* src, const int* sr, S_##TN* dst, const int* dr,    \
+                                              i64 cols) {                                                      \
+        copy_rows<S_##TN>(src, sr, dst, dr, cols);                                                             \
+    }                                                                                                          \
+    extern "C" __global__ void kv_write_##TN(const S_##TN* src, i64 src_row, const int* slots, S_##TN* cache,  \
+                                             int heads, int head_dim, int block_shift) {                       \
+        kv_write<S_##TN>(src, src_row, slots, cache, heads, head_dim, block_shift);                            \
+    }                                                                                                          \
+    extern "C" __global__ void attn_generic_##TN(const GenericAttnParams p) { attn_generic<T>(p); }
 
 OPS_KERNELS(Bf16, bf16)
 OPS_KERNELS(F16, f16)
+OPS_KERNELS(F32, f32)

@@ -11,6 +11,7 @@ typedef unsigned long long u64;
 
 // Element types: storage is 16 bits; arithmetic is f32.
 struct Bf16 {
+    typedef u16 S;  // storage
     static __device__ __forceinline__ float to_float(u16 x) { return __uint_as_float(((u32)x) << 16); }
     static __device__ __forceinline__ u16 from_float(float x) {
         u16 r;
@@ -42,6 +43,7 @@ struct Bf16 {
 };
 
 struct F16 {
+    typedef u16 S;
     static __device__ __forceinline__ float to_float(u16 x) {
         float r;
         asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(x));
@@ -71,6 +73,13 @@ struct F16 {
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(b0));
     }
+};
+
+// f32 storage (the exact mode of the small kernels and the generic attention).
+struct F32 {
+    typedef float S;
+    static __device__ __forceinline__ float to_float(float x) { return x; }
+    static __device__ __forceinline__ float from_float(float x) { return x; }
 };
 
 // 2^x on the special-function unit (2^-inf = +0).

@@ -30,7 +30,7 @@ pub mod selftest;
 pub mod source;
 
 pub use error::KernelError;
-pub use problem::{DType, DecodeAttention, DenseAttention, KvCacheWrite, Strides};
+pub use problem::{DType, DecodeAttention, DenseAttention, KvCacheWrite, Precision, Strides};
 
 /// One attention implementation (CPU reference or GPU) behind the interface the model calls.
 ///

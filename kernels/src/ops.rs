@@ -2,14 +2,18 @@
 //! roundings to the storage type, on values already rounded to it. The RoPE table the GPU reads
 //! is built here too.
 
-use crate::problem::DType;
+use crate::problem::Precision;
 
-fn round(dtype: DType, x: f64) -> f32 {
-    dtype.decode(dtype.encode(x as f32))
+/// `x` rounded to `precision` (f32: the nearest f32).
+pub fn round(precision: Precision, x: f64) -> f32 {
+    match precision.half() {
+        Some(d) => d.decode(d.encode(x as f32)),
+        None => x as f32,
+    }
 }
 
 /// LayerNorm of each `cols`-wide row.
-pub fn layernorm(dtype: DType, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+pub fn layernorm(dtype: Precision, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
     let cols = gamma.len();
     x.chunks_exact(cols)
         .flat_map(|row| {
@@ -27,7 +31,7 @@ pub fn layernorm(dtype: DType, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32)
 }
 
 /// HF LLaMA RMSNorm: `weight * round(x * rsqrt(mean(x^2) + eps))`.
-pub fn rmsnorm(dtype: DType, x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+pub fn rmsnorm(dtype: Precision, x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let cols = weight.len();
     x.chunks_exact(cols)
         .flat_map(|row| {
@@ -42,7 +46,7 @@ pub fn rmsnorm(dtype: DType, x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, after an optional per-column bias.
-pub fn bias_gelu(dtype: DType, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub fn bias_gelu(dtype: Precision, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     x.iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -58,8 +62,15 @@ pub fn bias_gelu(dtype: DType, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         .collect()
 }
 
+/// SiLU, `x / (1 + e^-x)`.
+pub fn silu(dtype: Precision, x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .map(|&v| round(dtype, v as f64 / (1.0 + (-(v as f64)).exp())))
+        .collect()
+}
+
 /// `round(silu(gate)) * up` over the fused `[rows][2 * inter]` gate|up projection.
-pub fn silu_mul(dtype: DType, gu: &[f32], inter: usize) -> Vec<f32> {
+pub fn silu_mul(dtype: Precision, gu: &[f32], inter: usize) -> Vec<f32> {
     gu.chunks_exact(2 * inter)
         .flat_map(|row| {
             let (gate, up) = row.split_at(inter);
@@ -98,7 +109,7 @@ pub fn rope_table(max_pos: usize, head_dim: usize, theta: f32) -> (Vec<f32>, Vec
 
 /// Rotate-half RoPE of `[tokens][heads][head_dim]` at `positions`, cos/sin rounded to the type.
 pub fn rope(
-    dtype: DType,
+    dtype: Precision,
     x: &[f32],
     positions: &[usize],
     table: &(Vec<f32>, Vec<f32>),
@@ -123,7 +134,7 @@ pub fn rope(
 }
 
 /// `a + scale * b`.
-pub fn add_scaled(dtype: DType, a: &[f32], b: &[f32], scale: f32) -> Vec<f32> {
+pub fn add_scaled(dtype: Precision, a: &[f32], b: &[f32], scale: f32) -> Vec<f32> {
     a.iter()
         .zip(b)
         .map(|(&x, &y)| round(dtype, x as f64 + scale as f64 * y as f64))
@@ -186,8 +197,8 @@ mod tests {
     fn rope_at_position_zero_is_identity_and_norms_are_kept() {
         let table = rope_table(8, 4, 10_000.0);
         let x = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(rope(DType::Bf16, &x, &[0], &table, 1, 4), x.to_vec());
-        let y = rope(DType::Bf16, &x, &[5], &table, 1, 4);
+        assert_eq!(rope(Precision::Bf16, &x, &[0], &table, 1, 4), x.to_vec());
+        let y = rope(Precision::Bf16, &x, &[5], &table, 1, 4);
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
         assert!((norm(&y) - norm(&x)).abs() / norm(&x) < 2e-2);
         assert_ne!(y, x.to_vec());

@@ -8,6 +8,20 @@ use crate::KernelError;
 /// Head dimensions the kernels are built for (EVA ViT-g: 88, resampler: 64, LLaMA: 128).
 pub const HEAD_DIMS: [usize; 3] = [64, 88, 128];
 
+/// Largest head dimension of any attention path.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// Head dims the generic paths take: even, up to [`MAX_HEAD_DIM`] (the tensor-core kernels take
+/// [`HEAD_DIMS`] only and say so).
+fn check_head_dim(d: usize) -> Result<(), KernelError> {
+    if d == 0 || d > MAX_HEAD_DIM || !d.is_multiple_of(2) {
+        return Err(KernelError::Invalid(format!(
+            "head dim {d} not supported (even, at most {MAX_HEAD_DIM})"
+        )));
+    }
+    Ok(())
+}
+
 /// 16-bit element type of GPU tensors (accumulation and softmax are always f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum DType {
@@ -62,6 +76,73 @@ impl FromStr for DType {
     }
 }
 
+/// Element type of the forward's GPU tensors: the two 16-bit types (tensor-core kernels) or f32
+/// (the exact mode: small kernels, generic attention, f32 GEMMs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Precision {
+    /// bfloat16 storage.
+    Bf16,
+    /// IEEE half storage.
+    F16,
+    /// f32 storage.
+    F32,
+}
+
+impl Precision {
+    /// Kernel-name suffix and command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+            Precision::F32 => "f32",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    /// The 16-bit type, if this is one.
+    pub fn half(self) -> Option<DType> {
+        match self {
+            Precision::Bf16 => Some(DType::Bf16),
+            Precision::F16 => Some(DType::F16),
+            Precision::F32 => None,
+        }
+    }
+}
+
+impl From<DType> for Precision {
+    fn from(d: DType) -> Self {
+        match d {
+            DType::Bf16 => Precision::Bf16,
+            DType::F16 => Precision::F16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            other => other.parse::<DType>().map(Precision::from).map_err(|_| {
+                KernelError::Invalid(format!("unknown precision {other:?} (bf16|f16|f32)"))
+            }),
+        }
+    }
+}
+
 /// Element strides of a tensor addressed as `[batch, seq, heads, head_dim]`, the head dim
 /// contiguous. Any permutation of the first three axes fits (e.g. a packed QKV projection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +179,7 @@ pub struct DenseAttention {
     pub seq_q: usize,
     /// Key/value tokens per sequence.
     pub seq_kv: usize,
-    /// Head dimension (one of [`HEAD_DIMS`]).
+    /// Head dimension (even, at most [`MAX_HEAD_DIM`]; the tensor-core kernels take [`HEAD_DIMS`]).
     pub head_dim: usize,
     /// Query `i` sees keys `j <= i + seq_kv - seq_q` only.
     pub causal: bool,
@@ -143,12 +224,7 @@ impl DenseAttention {
                 "empty attention problem {self:?}"
             )));
         }
-        if !HEAD_DIMS.contains(&self.head_dim) {
-            return Err(KernelError::Invalid(format!(
-                "head dim {} not supported (supported: {HEAD_DIMS:?})",
-                self.head_dim
-            )));
-        }
+        check_head_dim(self.head_dim)?;
         if !self.scale.is_finite() || self.scale <= 0.0 {
             return Err(KernelError::Invalid(format!(
                 "scale must be positive, got {}",
@@ -259,12 +335,7 @@ impl DecodeAttention {
                 "empty decode problem {self:?}"
             )));
         }
-        if !HEAD_DIMS.contains(&self.head_dim) {
-            return Err(KernelError::Invalid(format!(
-                "head dim {} not supported",
-                self.head_dim
-            )));
-        }
+        check_head_dim(self.head_dim)?;
         if self.seq_lens.len() != self.batch
             || self.block_table.len() != self.batch * self.max_blocks
         {

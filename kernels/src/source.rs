@@ -49,22 +49,28 @@ pub fn projection_kernel(dtype: crate::DType) -> String {
     format!("vision_projection_{dtype}")
 }
 
-/// The per-dtype small kernels of ops.cu (`{name}_{dtype}`).
-pub const OPS_PER_DTYPE: [&str; 6] = [
+/// The per-precision small kernels of ops.cu (`{name}_{bf16|f16|f32}`).
+pub const OPS_PER_PRECISION: [&str; 12] = [
     "layernorm",
     "rmsnorm",
     "bias_gelu",
+    "silu",
     "silu_mul",
     "rope",
     "add_scaled",
+    "add_rows",
+    "fill_affine",
+    "copy_rows",
+    "kv_write",
+    "attn_generic",
 ];
 
-/// The dtype-independent kernels of ops.cu.
-pub const OPS_UNTYPED: [&str; 3] = ["embed_gather_u16", "argmax_f32", "topk_logprobs_f32"];
+/// The precision-independent kernels of ops.cu.
+pub const OPS_UNTYPED: [&str; 2] = ["argmax_f32", "topk_logprobs_f32"];
 
-/// Name of a per-dtype small kernel.
-pub fn op_kernel(op: &str, dtype: crate::DType) -> String {
-    format!("{op}_{dtype}")
+/// Name of a per-precision small kernel.
+pub fn op_kernel(op: &str, precision: crate::Precision) -> String {
+    format!("{op}_{precision}")
 }
 
 /// One compiled `flash_fwd` variant: a block of `warps` warps, each owning `m_tiles` x 16 query
@@ -172,7 +178,13 @@ pub fn all_kernels() -> Vec<String> {
         names.push(combine_kernel(dtype));
         names.push(fill_kernel(dtype));
         names.push(projection_kernel(dtype));
-        names.extend(OPS_PER_DTYPE.iter().map(|op| op_kernel(op, dtype)));
+    }
+    for precision in [
+        crate::Precision::Bf16,
+        crate::Precision::F16,
+        crate::Precision::F32,
+    ] {
+        names.extend(OPS_PER_PRECISION.iter().map(|op| op_kernel(op, precision)));
     }
     names.extend(OPS_UNTYPED.iter().map(|s| s.to_string()));
     names
@@ -210,9 +222,13 @@ mod tests {
                 }
             }
         }
-        for dtype in [DType::Bf16, DType::F16] {
-            for op in OPS_PER_DTYPE {
-                if op_kernel(op, dtype) == name {
+        for precision in [
+            crate::Precision::Bf16,
+            crate::Precision::F16,
+            crate::Precision::F32,
+        ] {
+            for op in OPS_PER_PRECISION {
+                if op_kernel(op, precision) == name {
                     return format!("void {op}_##TN(");
                 }
             }

@@ -89,7 +89,8 @@ pub fn run_selftest(args: &SelftestArgs) -> Result<(), CliError> {
             println!(
                 "{:<70} {:>5} {:>10.2e} {:>10.2e} {:>5} {:>6}  {}",
                 r.name,
-                r.dtype,
+                r.precision
+                    .map_or_else(|| r.dtype.to_string(), |p| p.to_string()),
                 r.rel_err,
                 r.max_abs_err,
                 r.nan,

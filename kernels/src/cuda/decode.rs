@@ -23,6 +23,12 @@ impl CudaAttention {
         options: DecodeOptions,
     ) -> Result<(), KernelError> {
         p.validate()?;
+        if !crate::problem::HEAD_DIMS.contains(&p.head_dim) {
+            return Err(KernelError::Invalid(format!(
+                "no paged decode kernel for head dim {}",
+                p.head_dim
+            )));
+        }
         let (d, rows) = (p.head_dim, p.batch * p.heads);
         let want = rows * d;
         if q.len() < want || out.len() < want {

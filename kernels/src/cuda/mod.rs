@@ -9,7 +9,7 @@ mod ops;
 mod params;
 mod projection;
 
-pub use ops::DevicePositions;
+pub use ops::{DevicePositions, Elem};
 pub use projection::DeviceProjection;
 
 use std::collections::HashMap;

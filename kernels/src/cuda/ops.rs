@@ -1,18 +1,53 @@
-//! Launches of the small kernels (ops.cu). Every launcher checks buffer extents against the
-//! shape it is given; values that index memory (token ids, RoPE positions) are validated on the
-//! host when they are uploaded.
+//! Launches of the small kernels (ops.cu). Each launcher checks buffer extents against the shape
+//! it is given and that the buffer's element size matches the precision; values that index
+//! memory (token ids, RoPE positions, rows, cache slots) are validated on the host when they are
+//! uploaded ([`CudaAttention::upload_indices`]).
 #![allow(unsafe_code)] // kernel launches.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
+use super::params::GenericAttnParams;
 use super::{driver, CudaAttention};
-use crate::problem::DType;
+use crate::problem::{DenseAttention, Precision};
 use crate::{source, KernelError};
 
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
 
-/// RoPE positions or token ids on the device, checked against their bound at upload.
+/// A device element type: `u16` (bf16/f16 bits) or `f32`.
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin + 'static {
+    /// Bytes per element.
+    const BYTES: usize;
+    /// `x` stored at `precision` (rounded to nearest even).
+    fn store(x: f32, precision: Precision) -> Self;
+    /// The value stored at `precision`.
+    fn load(self, precision: Precision) -> f32;
+}
+
+impl Elem for u16 {
+    const BYTES: usize = 2;
+    fn store(x: f32, precision: Precision) -> Self {
+        precision.half().map_or(0, |d| d.encode(x))
+    }
+    fn load(self, precision: Precision) -> f32 {
+        precision.half().map_or(f32::NAN, |d| d.decode(self))
+    }
+}
+
+impl Elem for f32 {
+    const BYTES: usize = 4;
+    fn store(x: f32, _: Precision) -> Self {
+        x
+    }
+    fn load(self, _: Precision) -> f32 {
+        self
+    }
+}
+
+/// Indices on the device (positions, token ids, rows, cache slots), each checked against the
+/// bound of what it indexes when uploaded.
 #[derive(Debug)]
 pub struct DevicePositions {
     data: CudaSlice<i32>,
@@ -29,6 +64,16 @@ impl DevicePositions {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+
+    /// The exclusive upper bound every entry was checked against.
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
+    /// The device buffer.
+    pub fn data(&self) -> &CudaSlice<i32> {
+        &self.data
+    }
 }
 
 fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
@@ -40,13 +85,23 @@ fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
     Ok(())
 }
 
-fn rows_cfg(rows: usize) -> Result<LaunchConfig, KernelError> {
+fn elem<S: Elem>(precision: Precision) -> Result<(), KernelError> {
+    if S::BYTES != precision.elem_bytes() {
+        return Err(KernelError::Invalid(format!(
+            "{precision} kernel called on {}-byte elements",
+            S::BYTES
+        )));
+    }
+    Ok(())
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig, KernelError> {
     if rows == 0 || rows > i32::MAX as usize {
         return Err(KernelError::Invalid(format!("{rows} rows")));
     }
     Ok(LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     })
 }
@@ -60,8 +115,35 @@ fn flat_cfg(n: usize) -> LaunchConfig {
 }
 
 impl CudaAttention {
-    /// Uploads values that index a table of `bound` rows (positions, token ids); any value
-    /// `>= bound` is an error here, before it can reach a kernel.
+    /// Copies host values to the device stored at `precision`.
+    pub fn upload_as<S: Elem>(
+        &self,
+        precision: Precision,
+        values: &[f32],
+    ) -> Result<CudaSlice<S>, KernelError> {
+        elem::<S>(precision)?;
+        let stored: Vec<S> = values.iter().map(|&x| S::store(x, precision)).collect();
+        self.stream.clone_htod(&stored).map_err(driver("upload"))
+    }
+
+    /// Copies device values stored at `precision` back to the host as f32.
+    pub fn download_as<S: Elem>(
+        &self,
+        precision: Precision,
+        data: &CudaSlice<S>,
+    ) -> Result<Vec<f32>, KernelError> {
+        elem::<S>(precision)?;
+        let raw = self.stream.clone_dtoh(data).map_err(driver("download"))?;
+        Ok(raw.into_iter().map(|x| x.load(precision)).collect())
+    }
+
+    /// `len` device elements whose contents are unspecified until written.
+    pub fn alloc_as<S: Elem>(&self, len: usize) -> Result<CudaSlice<S>, KernelError> {
+        self.stream.alloc_zeros::<S>(len).map_err(driver("alloc"))
+    }
+
+    /// Uploads values that index something of `bound` entries; any value `>= bound` is an error
+    /// here, before it can reach a kernel.
     pub fn upload_indices(
         &self,
         values: &[u32],
@@ -69,8 +151,11 @@ impl CudaAttention {
     ) -> Result<DevicePositions, KernelError> {
         if let Some(bad) = values.iter().find(|&&v| v as usize >= bound) {
             return Err(KernelError::Invalid(format!(
-                "index {bad} outside a table of {bound} rows"
+                "index {bad} outside 0..{bound}"
             )));
+        }
+        if bound > i32::MAX as usize + 1 {
+            return Err(KernelError::Invalid(format!("index bound {bound}")));
         }
         let ints: Vec<i32> = values.iter().map(|&v| v as i32).collect();
         Ok(DevicePositions {
@@ -81,22 +166,23 @@ impl CudaAttention {
 
     /// LayerNorm of `rows` rows of `cols` (`gamma`, `beta`: `[cols]`).
     #[allow(clippy::too_many_arguments)]
-    pub fn layernorm(
+    pub fn layernorm<S: Elem>(
         &self,
-        dtype: DType,
-        x: &CudaSlice<u16>,
-        gamma: &CudaSlice<u16>,
-        beta: &CudaSlice<u16>,
-        out: &mut CudaSlice<u16>,
+        precision: Precision,
+        x: &CudaSlice<S>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
         rows: usize,
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         need("layernorm input", x.len(), rows * cols)?;
         need("layernorm output", out.len(), rows * cols)?;
         need("layernorm weight", gamma.len().min(beta.len()), cols)?;
-        let cfg = rows_cfg(rows)?;
-        let f = self.function(&source::op_kernel("layernorm", dtype))?;
+        let cfg = rows_cfg(rows, ROW_THREADS)?;
+        let f = self.function(&source::op_kernel("layernorm", precision))?;
         let (cols, mut launch) = (cols as i32, self.stream.launch_builder(f));
         launch
             .arg(x)
@@ -112,21 +198,22 @@ impl CudaAttention {
 
     /// RMSNorm of `rows` rows of `cols` (`weight`: `[cols]`).
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm(
+    pub fn rmsnorm<S: Elem>(
         &self,
-        dtype: DType,
-        x: &CudaSlice<u16>,
-        weight: &CudaSlice<u16>,
-        out: &mut CudaSlice<u16>,
+        precision: Precision,
+        x: &CudaSlice<S>,
+        weight: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
         rows: usize,
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         need("rmsnorm input", x.len(), rows * cols)?;
         need("rmsnorm output", out.len(), rows * cols)?;
         need("rmsnorm weight", weight.len(), cols)?;
-        let cfg = rows_cfg(rows)?;
-        let f = self.function(&source::op_kernel("rmsnorm", dtype))?;
+        let cfg = rows_cfg(rows, ROW_THREADS)?;
+        let f = self.function(&source::op_kernel("rmsnorm", precision))?;
         let (cols, mut launch) = (cols as i32, self.stream.launch_builder(f));
         launch.arg(x).arg(weight).arg(out).arg(&cols).arg(&eps);
         // SAFETY: (x, weight, out, cols, eps) as in ops.cu; extents checked above.
@@ -135,14 +222,15 @@ impl CudaAttention {
     }
 
     /// Exact GELU in place over `n` elements, after adding `bias` (`[cols]`) when given.
-    pub fn bias_gelu(
+    pub fn bias_gelu<S: Elem>(
         &self,
-        dtype: DType,
-        x: &mut CudaSlice<u16>,
-        bias: Option<&CudaSlice<u16>>,
+        precision: Precision,
+        x: &mut CudaSlice<S>,
+        bias: Option<&CudaSlice<S>>,
         n: usize,
         cols: usize,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         need("gelu input", x.len(), n)?;
         if cols == 0 || !n.is_multiple_of(cols) {
             return Err(KernelError::Invalid(format!(
@@ -155,7 +243,7 @@ impl CudaAttention {
         let stream = &self.stream;
         let bias_ptr = bias.map(|b| b.device_ptr(stream));
         let (xp, _g) = x.device_ptr_mut(stream);
-        let f = self.function(&source::op_kernel("bias_gelu", dtype))?;
+        let f = self.function(&source::op_kernel("bias_gelu", precision))?;
         let (n64, cols, bp) = (n as u64, cols as i32, bias_ptr.as_ref().map_or(0, |b| b.0));
         let mut launch = stream.launch_builder(f);
         launch.arg(&xp).arg(&bp).arg(&n64).arg(&cols);
@@ -164,18 +252,37 @@ impl CudaAttention {
         Ok(())
     }
 
-    /// `out = round(silu(gate)) * up` from the fused `[rows][2 * inter]` gate|up projection.
-    pub fn silu_mul(
+    /// SiLU in place over `n` elements.
+    pub fn silu<S: Elem>(
         &self,
-        dtype: DType,
-        gate_up: &CudaSlice<u16>,
-        out: &mut CudaSlice<u16>,
+        precision: Precision,
+        x: &mut CudaSlice<S>,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        need("silu input", x.len(), n)?;
+        let f = self.function(&source::op_kernel("silu", precision))?;
+        let n64 = n as u64;
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(x).arg(&n64);
+        // SAFETY: (x, n) as in ops.cu; extent checked above.
+        unsafe { launch.launch(flat_cfg(n)) }.map_err(driver("silu launch"))?;
+        Ok(())
+    }
+
+    /// `out = round(silu(gate)) * up` from the fused `[rows][2 * inter]` gate|up projection.
+    pub fn silu_mul<S: Elem>(
+        &self,
+        precision: Precision,
+        gate_up: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
         rows: usize,
         inter: usize,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         need("gate|up", gate_up.len(), rows * 2 * inter)?;
         need("silu output", out.len(), rows * inter)?;
-        let f = self.function(&source::op_kernel("silu_mul", dtype))?;
+        let f = self.function(&source::op_kernel("silu_mul", precision))?;
         let (r, i) = (rows as u64, inter as i32);
         let mut launch = self.stream.launch_builder(f);
         launch.arg(gate_up).arg(out).arg(&r).arg(&i);
@@ -185,13 +292,13 @@ impl CudaAttention {
     }
 
     /// Rotate-half RoPE in place: token `t`'s `heads` heads of `head_dim` start at
-    /// `x[t * row_stride]`; `cos`/`sin` are a [`crate::ops::rope_table`] of
-    /// `positions`' bound rows.
+    /// `x[t * row_stride]`; `cos`/`sin` are a [`crate::ops::rope_table`] with as many rows as
+    /// `positions`' bound.
     #[allow(clippy::too_many_arguments)]
-    pub fn rope(
+    pub fn rope<S: Elem>(
         &self,
-        dtype: DType,
-        x: &mut CudaSlice<u16>,
+        precision: Precision,
+        x: &mut CudaSlice<S>,
         row_stride: usize,
         positions: &DevicePositions,
         cos: &CudaSlice<f32>,
@@ -199,6 +306,7 @@ impl CudaAttention {
         heads: usize,
         head_dim: usize,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         let tokens = positions.len();
         if !head_dim.is_multiple_of(2) || row_stride < heads * head_dim {
             return Err(KernelError::Invalid(format!(
@@ -215,11 +323,8 @@ impl CudaAttention {
             cos.len().min(sin.len()),
             positions.bound * head_dim / 2,
         )?;
-        let cfg = LaunchConfig {
-            block_dim: (128, 1, 1),
-            ..rows_cfg(tokens)?
-        };
-        let f = self.function(&source::op_kernel("rope", dtype))?;
+        let cfg = rows_cfg(tokens, 128)?;
+        let f = self.function(&source::op_kernel("rope", precision))?;
         let (stride, h, d) = (row_stride as i64, heads as i32, head_dim as i32);
         let mut launch = self.stream.launch_builder(f);
         launch
@@ -236,52 +341,302 @@ impl CudaAttention {
         Ok(())
     }
 
-    /// `out = a + scale * b` over `n` elements.
-    pub fn add_scaled(
+    /// `acc += scale * b` over `n` elements (in place).
+    pub fn accumulate<S: Elem>(
         &self,
-        dtype: DType,
-        a: &CudaSlice<u16>,
-        b: &CudaSlice<u16>,
-        out: &mut CudaSlice<u16>,
+        precision: Precision,
+        acc: &mut CudaSlice<S>,
+        b: &CudaSlice<S>,
         n: usize,
         scale: f32,
     ) -> Result<(), KernelError> {
-        need("add input", a.len().min(b.len()), n)?;
-        need("add output", out.len(), n)?;
-        let f = self.function(&source::op_kernel("add_scaled", dtype))?;
+        elem::<S>(precision)?;
+        need("accumulator", acc.len(), n)?;
+        need("addend", b.len(), n)?;
+        let f = self.function(&source::op_kernel("add_scaled", precision))?;
+        let stream = &self.stream;
+        let (ap, _g) = acc.device_ptr_mut(stream);
         let n64 = n as u64;
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(a).arg(b).arg(out).arg(&n64).arg(&scale);
-        // SAFETY: (a, b, out, n, scale) as in ops.cu; extents checked above.
+        let mut launch = stream.launch_builder(f);
+        launch.arg(&ap).arg(b).arg(&ap).arg(&n64).arg(&scale);
+        // SAFETY: (a, b, out = a, n, scale) as in ops.cu (element-wise, so out may alias a);
+        // extents checked above.
         unsafe { launch.launch(flat_cfg(n)) }.map_err(driver("add_scaled launch"))?;
         Ok(())
     }
 
-    /// `out[t] = table[ids[t]]`, rows of `cols` (16-bit elements of any type).
-    pub fn embed_gather(
+    /// `x[r] += table[(r / div) % period]` for `rows` rows of `cols`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rows<S: Elem>(
         &self,
-        table: &CudaSlice<u16>,
-        ids: &DevicePositions,
-        out: &mut CudaSlice<u16>,
+        precision: Precision,
+        x: &mut CudaSlice<S>,
+        table: &CudaSlice<S>,
+        rows: usize,
         cols: usize,
+        div: usize,
+        period: usize,
     ) -> Result<(), KernelError> {
-        need("embedding table", table.len(), ids.bound * cols)?;
-        need("gather output", out.len(), ids.len() * cols)?;
-        let cfg = rows_cfg(ids.len())?;
-        let mut flag = self.stream.alloc_zeros::<i32>(1).map_err(driver("alloc"))?;
-        let f = self.function("embed_gather_u16")?;
-        let (c, vocab) = (cols as i32, ids.bound as i32);
+        elem::<S>(precision)?;
+        if div == 0 || period == 0 {
+            return Err(KernelError::Invalid("add_rows: zero div or period".into()));
+        }
+        need("add_rows input", x.len(), rows * cols)?;
+        need("add_rows table", table.len(), period * cols)?;
+        let f = self.function(&source::op_kernel("add_rows", precision))?;
+        let (r, c, d, p) = (rows as u64, cols as i32, div as i32, period as i32);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(x).arg(table).arg(&r).arg(&c).arg(&d).arg(&p);
+        // SAFETY: (x, t, rows, cols, div, period) as in ops.cu; extents checked above.
+        unsafe { launch.launch(flat_cfg(rows * cols)) }.map_err(driver("add_rows launch"))?;
+        Ok(())
+    }
+
+    /// `offset + scale * u`, `u` uniform in [-1, 1), into all of `out` (weight initialisation).
+    pub fn fill_affine<S: Elem>(
+        &self,
+        precision: Precision,
+        out: &mut CudaSlice<S>,
+        seed: u64,
+        scale: f32,
+        offset: f32,
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        let n = out.len();
+        let f = self.function(&source::op_kernel("fill_affine", precision))?;
+        let n64 = n as u64;
         let mut launch = self.stream.launch_builder(f);
         launch
-            .arg(table)
-            .arg(&ids.data)
             .arg(out)
-            .arg(&c)
-            .arg(&vocab)
-            .arg(&mut flag);
-        // SAFETY: (table, ids, out, cols, vocab, flag) as in ops.cu; ids < vocab (checked at
-        // upload), extents checked above.
-        unsafe { launch.launch(cfg) }.map_err(driver("embed_gather launch"))?;
+            .arg(&n64)
+            .arg(&seed)
+            .arg(&scale)
+            .arg(&offset);
+        // SAFETY: (out, n, seed, scale, offset) as in ops.cu; n is out's length.
+        unsafe { launch.launch(flat_cfg(n)) }.map_err(driver("fill_affine launch"))?;
+        Ok(())
+    }
+
+    /// `dst[dst_rows[i]] = src[src_rows[i]]` for `n` rows of `cols` (`None`: `i`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_rows<S: Elem>(
+        &self,
+        precision: Precision,
+        src: &CudaSlice<S>,
+        src_rows: Option<&DevicePositions>,
+        dst: &mut CudaSlice<S>,
+        dst_rows: Option<&DevicePositions>,
+        n: usize,
+        cols: usize,
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        let extent = |rows: Option<&DevicePositions>| -> Result<usize, KernelError> {
+            match rows {
+                Some(r) if r.len() < n => Err(KernelError::Invalid(format!(
+                    "{} row indices for {n} rows",
+                    r.len()
+                ))),
+                Some(r) => Ok(r.bound),
+                None => Ok(n),
+            }
+        };
+        need("copy source", src.len(), extent(src_rows)? * cols)?;
+        need("copy destination", dst.len(), extent(dst_rows)? * cols)?;
+        let cfg = rows_cfg(n, ROW_THREADS)?;
+        let stream = &self.stream;
+        let sp = src_rows.map(|r| r.data.device_ptr(stream));
+        let dp = dst_rows.map(|r| r.data.device_ptr(stream));
+        let (s_idx, d_idx) = (
+            sp.as_ref().map_or(0, |p| p.0),
+            dp.as_ref().map_or(0, |p| p.0),
+        );
+        let f = self.function(&source::op_kernel("copy_rows", precision))?;
+        let c = cols as i64;
+        let mut launch = stream.launch_builder(f);
+        launch.arg(src).arg(&s_idx).arg(dst).arg(&d_idx).arg(&c);
+        // SAFETY: (src, src_rows or null, dst, dst_rows or null, cols) as in ops.cu; every index
+        // is below its buffer's rows (checked at upload and above).
+        unsafe { launch.launch(cfg) }.map_err(driver("copy_rows launch"))?;
+        Ok(())
+    }
+
+    /// Writes `slots.len()` token rows of `src` (`[n][heads * head_dim]`, row stride `src_row`)
+    /// into a paged cache `[num_blocks][heads][block_size][head_dim]` at flat slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_write<S: Elem>(
+        &self,
+        precision: Precision,
+        src: &CudaSlice<S>,
+        src_row: usize,
+        slots: &DevicePositions,
+        cache: &mut CudaSlice<S>,
+        heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        if !block_size.is_power_of_two() || src_row < heads * head_dim {
+            return Err(KernelError::Invalid(format!(
+                "kv_write: block size {block_size}, row stride {src_row}"
+            )));
+        }
+        let n = slots.len();
+        need(
+            "kv source",
+            src.len(),
+            (n.max(1) - 1) * src_row + heads * head_dim,
+        )?;
+        need("kv cache", cache.len(), slots.bound * heads * head_dim)?;
+        let cfg = rows_cfg(n, 128)?;
+        let f = self.function(&source::op_kernel("kv_write", precision))?;
+        let (row, h, d, shift) = (
+            src_row as i64,
+            heads as i32,
+            head_dim as i32,
+            block_size.trailing_zeros() as i32,
+        );
+        let mut launch = self.stream.launch_builder(f);
+        launch
+            .arg(src)
+            .arg(&row)
+            .arg(&slots.data)
+            .arg(cache)
+            .arg(&h)
+            .arg(&d)
+            .arg(&shift);
+        // SAFETY: (src, src_row, slots, cache, heads, head_dim, block_shift) as in ops.cu; slots
+        // are below the cache's slots (bound checked against the cache size above).
+        unsafe { launch.launch(cfg) }.map_err(driver("kv_write launch"))?;
+        Ok(())
+    }
+
+    /// Generic attention (any even head dim up to 128, any precision): dense `[B][S][H][D]`
+    /// queries, keys and values with `p`'s gaps and causal rule.
+    pub fn attention_generic<S: Elem>(
+        &self,
+        precision: Precision,
+        p: &DenseAttention,
+        q: &CudaSlice<S>,
+        k: &CudaSlice<S>,
+        v: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
+    ) -> Result<(), KernelError> {
+        p.validate()?;
+        elem::<S>(precision)?;
+        need("q", q.len(), p.q_len())?;
+        need("k", k.len(), p.kv_len())?;
+        need("v", v.len(), p.kv_len())?;
+        need("out", out.len(), p.q_len())?;
+        let gaps = self.upload_gaps(p)?;
+        let stream = &self.stream;
+        let gp = gaps.as_ref().map(|g| g.device_ptr(stream));
+        let params = GenericAttnParams {
+            kv_gap: gp.as_ref().map_or(0, |g| g.0),
+            batch: p.batch as i32,
+            heads: p.heads as i32,
+            seq_q: p.seq_q as i32,
+            seq_kv: p.seq_kv as i32,
+            head_dim: p.head_dim as i32,
+            causal: p.causal as i32,
+            scale: p.scale,
+            ..Default::default()
+        };
+        self.launch_generic(precision, params, q, k, v, out, p.batch * p.seq_q * p.heads)
+    }
+
+    /// Generic decode (any even head dim up to 128, any precision): one query per sequence,
+    /// `[B][H][D]`, over a paged cache holding `seq_lens[b]` tokens of sequence `b`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_generic<S: Elem>(
+        &self,
+        precision: Precision,
+        p: &crate::DecodeAttention,
+        q: &CudaSlice<S>,
+        k_cache: &CudaSlice<S>,
+        v_cache: &CudaSlice<S>,
+        tables: super::DecodeTables<'_>,
+        out: &mut CudaSlice<S>,
+    ) -> Result<(), KernelError> {
+        p.validate()?;
+        elem::<S>(precision)?;
+        need("q", q.len(), p.batch * p.heads * p.head_dim)?;
+        need("out", out.len(), p.batch * p.heads * p.head_dim)?;
+        need("k cache", k_cache.len(), p.cache_len())?;
+        need("v cache", v_cache.len(), p.cache_len())?;
+        need("seq lens", tables.seq_lens.len(), p.batch)?;
+        need(
+            "block table",
+            tables.block_table.len(),
+            p.batch * p.max_blocks,
+        )?;
+        if !p.block_size.is_power_of_two() {
+            return Err(KernelError::Invalid(format!(
+                "cache block size {} is not a power of two",
+                p.block_size
+            )));
+        }
+        let stream = &self.stream;
+        let (bt, _g1) = tables.block_table.device_ptr(stream);
+        let (sl, _g2) = tables.seq_lens.device_ptr(stream);
+        let params = GenericAttnParams {
+            block_table: bt,
+            seq_lens: sl,
+            batch: p.batch as i32,
+            heads: p.heads as i32,
+            seq_q: 1,
+            seq_kv: 0,
+            head_dim: p.head_dim as i32,
+            block_shift: p.block_size.trailing_zeros() as i32,
+            max_blocks: p.max_blocks as i32,
+            scale: p.scale,
+            ..Default::default()
+        };
+        self.launch_generic(
+            precision,
+            params,
+            q,
+            k_cache,
+            v_cache,
+            out,
+            p.batch * p.heads,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_generic<S: Elem>(
+        &self,
+        precision: Precision,
+        mut params: GenericAttnParams,
+        q: &CudaSlice<S>,
+        k: &CudaSlice<S>,
+        v: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
+        rows: usize,
+    ) -> Result<(), KernelError> {
+        let stream = &self.stream;
+        let (qp, _g1) = q.device_ptr(stream);
+        let (kp, _g2) = k.device_ptr(stream);
+        let (vp, _g3) = v.device_ptr(stream);
+        let (op, _g4) = out.device_ptr_mut(stream);
+        params.q = qp;
+        params.k = kp;
+        params.v = vp;
+        params.o = op;
+        let blocks = rows.div_ceil(4);
+        if blocks > i32::MAX as usize {
+            return Err(KernelError::Invalid("attention too large".into()));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.function(&source::op_kernel("attn_generic", precision))?;
+        let mut launch = stream.launch_builder(f);
+        launch.arg(&params);
+        // SAFETY: `GenericAttnParams` mirrors the CUDA struct; the callers checked every extent
+        // (dense tensors or the paged cache and its tables) against the problem.
+        unsafe { launch.launch(cfg) }.map_err(driver("attn_generic launch"))?;
         Ok(())
     }
 
@@ -295,7 +650,7 @@ impl CudaAttention {
     ) -> Result<(), KernelError> {
         need("logits", logits.len(), rows * cols)?;
         need("argmax output", out.len(), rows)?;
-        let cfg = rows_cfg(rows)?;
+        let cfg = rows_cfg(rows, ROW_THREADS)?;
         let f = self.function("argmax_f32")?;
         let c = cols as i32;
         let mut launch = self.stream.launch_builder(f);
@@ -321,7 +676,7 @@ impl CudaAttention {
         need("logits", logits.len(), rows * cols)?;
         need("top-k values", values.len(), rows * k)?;
         need("top-k indices", indices.len(), rows * k)?;
-        let cfg = rows_cfg(rows)?;
+        let cfg = rows_cfg(rows, ROW_THREADS)?;
         let f = self.function("topk_logprobs_f32")?;
         let (c, kk) = (cols as i32, k as i32);
         let mut launch = self.stream.launch_builder(f);

@@ -115,3 +115,28 @@ pub(super) struct ProjParams {
 
 // SAFETY: as above.
 unsafe impl DeviceRepr for ProjParams {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct GenericAttnParams {
+    pub(super) q: u64,
+    pub(super) k: u64,
+    pub(super) v: u64,
+    pub(super) o: u64,
+    pub(super) kv_gap: u64,
+    pub(super) block_table: u64,
+    pub(super) seq_lens: u64,
+    pub(super) batch: i32,
+    pub(super) heads: i32,
+    pub(super) seq_q: i32,
+    pub(super) seq_kv: i32,
+    pub(super) head_dim: i32,
+    pub(super) causal: i32,
+    pub(super) block_shift: i32,
+    pub(super) max_blocks: i32,
+    pub(super) scale: f32,
+    pub(super) reserved: i32,
+}
+
+// SAFETY: as above.
+unsafe impl DeviceRepr for GenericAttnParams {}

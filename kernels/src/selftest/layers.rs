@@ -4,10 +4,14 @@
 use rand_chacha::rand_core::Rng;
 use rand_chacha::ChaCha20Rng;
 
+use cudarc::driver::CudaSlice;
+
 use super::{random_values, verdict, CaseResult};
-use crate::cuda::CudaAttention;
-use crate::problem::DType;
+use crate::cpu::CpuAttention;
+use crate::cuda::{CudaAttention, DecodeTables, Elem};
+use crate::problem::{DType, DecodeAttention, DenseAttention, Precision};
 use crate::projection::{self, FoldedProjection, ProjectionWeights, VisionProjection};
+use crate::AttentionBackend;
 use crate::{ops, KernelError};
 
 /// Values uniform in `offset ± amplitude`, rounded to `dtype`.
@@ -90,86 +94,83 @@ fn projection_cases() -> Vec<VisionProjection> {
     ]
 }
 
-fn elementwise(name: &str, dtype: DType, got: &[f32], want: &[f32]) -> CaseResult {
-    verdict(format!("op: {name}"), dtype, got, want, 0)
+fn elementwise(name: &str, precision: Precision, got: &[f32], want: &[f32]) -> CaseResult {
+    let mut case = verdict(format!("op: {name}"), DType::Bf16, got, want, 0);
+    case.precision = Some(precision);
+    case
 }
 
-fn op_cases(
+/// Values uniform in `±amplitude`, rounded to `precision`.
+fn values(rng: &mut ChaCha20Rng, precision: Precision, len: usize, amplitude: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+            ops::round(precision, ((2.0 * unit - 1.0) * amplitude) as f64)
+        })
+        .collect()
+}
+
+fn op_cases<S: Elem>(
     gpu: &CudaAttention,
-    dtype: DType,
+    pr: Precision,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<CaseResult>, KernelError> {
     let mut out = Vec::new();
-    let up = |v: &[f32]| gpu.upload(dtype, v);
+    let up = |v: &[f32]| gpu.upload_as::<S>(pr, v);
+    let down = |v: &CudaSlice<S>| gpu.download_as::<S>(pr, v);
+    let poisoned = |n: usize| up(&vec![f32::NAN; n]);
+    let shift = |v: Vec<f32>, offset: f32| -> Vec<f32> {
+        v.into_iter()
+            .map(|x| ops::round(pr, (x + offset) as f64))
+            .collect()
+    };
 
     let (rows, cols) = (5, 1408);
-    let x = shifted(rng, dtype, rows * cols, 3.0, 0.7);
-    let g = shifted(rng, dtype, cols, 0.5, 1.0);
-    let b = random_values(rng, dtype, cols, 0.5);
-    let mut y = gpu.poisoned(dtype, rows * cols)?;
-    let (xd, gd, bd) = (up(&x)?, up(&g)?, up(&b)?);
-    gpu.layernorm(
-        dtype,
-        &xd.data,
-        &gd.data,
-        &bd.data,
-        &mut y.data,
-        rows,
-        cols,
-        1e-6,
-    )?;
-    let want = ops::layernorm(dtype, &x, &g, &b, 1e-6);
-    out.push(elementwise(
-        "layernorm 5x1408",
-        dtype,
-        &gpu.download(&y)?,
-        &want,
-    ));
+    let x = shift(values(rng, pr, rows * cols, 3.0), 0.7);
+    let g = shift(values(rng, pr, cols, 0.5), 1.0);
+    let b = values(rng, pr, cols, 0.5);
+    let mut y = poisoned(rows * cols)?;
+    gpu.layernorm(pr, &up(&x)?, &up(&g)?, &up(&b)?, &mut y, rows, cols, 1e-6)?;
+    let want = ops::layernorm(pr, &x, &g, &b, 1e-6);
+    out.push(elementwise("layernorm 5x1408", pr, &down(&y)?, &want));
 
     let (rows, cols) = (3, 4096);
-    let x = random_values(rng, dtype, rows * cols, 4.0);
-    let w = shifted(rng, dtype, cols, 0.5, 1.0);
-    let mut y = gpu.poisoned(dtype, rows * cols)?;
-    let (xd, wd) = (up(&x)?, up(&w)?);
-    gpu.rmsnorm(dtype, &xd.data, &wd.data, &mut y.data, rows, cols, 1e-6)?;
-    let want = ops::rmsnorm(dtype, &x, &w, 1e-6);
-    out.push(elementwise(
-        "rmsnorm 3x4096",
-        dtype,
-        &gpu.download(&y)?,
-        &want,
-    ));
+    let x = values(rng, pr, rows * cols, 4.0);
+    let w = shift(values(rng, pr, cols, 0.5), 1.0);
+    let mut y = poisoned(rows * cols)?;
+    gpu.rmsnorm(pr, &up(&x)?, &up(&w)?, &mut y, rows, cols, 1e-6)?;
+    let want = ops::rmsnorm(pr, &x, &w, 1e-6);
+    out.push(elementwise("rmsnorm 3x4096", pr, &down(&y)?, &want));
 
     let (rows, cols) = (4, 1000);
-    let x = random_values(rng, dtype, rows * cols, 4.0);
-    let bias = random_values(rng, dtype, cols, 1.0);
+    let x = values(rng, pr, rows * cols, 4.0);
+    let bias = values(rng, pr, cols, 1.0);
     let mut xd = up(&x)?;
-    let bd = up(&bias)?;
-    gpu.bias_gelu(dtype, &mut xd.data, Some(&bd.data), rows * cols, cols)?;
-    let want = ops::bias_gelu(dtype, &x, Some(&bias));
+    gpu.bias_gelu(pr, &mut xd, Some(&up(&bias)?), rows * cols, cols)?;
+    let want = ops::bias_gelu(pr, &x, Some(&bias));
+    out.push(elementwise("bias+gelu 4x1000", pr, &down(&xd)?, &want));
+
+    let x = values(rng, pr, 3000, 6.0);
+    let mut xd = up(&x)?;
+    gpu.silu(pr, &mut xd, x.len())?;
     out.push(elementwise(
-        "bias+gelu 4x1000",
-        dtype,
-        &gpu.download(&xd)?,
-        &want,
+        "silu 3000",
+        pr,
+        &down(&xd)?,
+        &ops::silu(pr, &x),
     ));
 
     let (rows, inter) = (3, 1000);
-    let gu = random_values(rng, dtype, rows * 2 * inter, 5.0);
-    let mut y = gpu.poisoned(dtype, rows * inter)?;
-    gpu.silu_mul(dtype, &up(&gu)?.data, &mut y.data, rows, inter)?;
-    let want = ops::silu_mul(dtype, &gu, inter);
-    out.push(elementwise(
-        "silu*up 3x1000",
-        dtype,
-        &gpu.download(&y)?,
-        &want,
-    ));
+    let gu = values(rng, pr, rows * 2 * inter, 5.0);
+    let mut y = poisoned(rows * inter)?;
+    gpu.silu_mul(pr, &up(&gu)?, &mut y, rows, inter)?;
+    let want = ops::silu_mul(pr, &gu, inter);
+    out.push(elementwise("silu*up 3x1000", pr, &down(&y)?, &want));
 
     // RoPE on the q part of a packed [tokens][q | k | v] row, at scattered positions.
     let (tokens, heads, hd, max_pos) = (7, 4, 128, 2048);
     let stride = 3 * heads * hd;
-    let x = random_values(rng, dtype, tokens * stride, 2.0);
+    let x = values(rng, pr, tokens * stride, 2.0);
     let positions: Vec<u32> = (0..tokens)
         .map(|_| rng.next_u32() % max_pos as u32)
         .collect();
@@ -177,23 +178,18 @@ fn op_cases(
     let (cos, sin) = (gpu.upload_f32(&table.0)?, gpu.upload_f32(&table.1)?);
     let pos = gpu.upload_indices(&positions, max_pos)?;
     let mut xd = up(&x)?;
-    gpu.rope(dtype, &mut xd.data, stride, &pos, &cos, &sin, heads, hd)?;
-    let got = gpu.download(&xd)?;
+    gpu.rope(pr, &mut xd, stride, &pos, &cos, &sin, heads, hd)?;
+    let got = down(&xd)?;
     let q_of = |v: &[f32]| -> Vec<f32> {
         v.chunks_exact(stride)
             .flat_map(|r| r[..heads * hd].to_vec())
             .collect()
     };
     let positions: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
-    let want = ops::rope(dtype, &q_of(&x), &positions, &table, heads, hd);
-    let mut case = elementwise(
-        "rope 7 tokens 4x128 (packed qkv)",
-        dtype,
-        &q_of(&got),
-        &want,
-    );
+    let want = ops::rope(pr, &q_of(&x), &positions, &table, heads, hd);
+    let mut case = elementwise("rope 7 tokens 4x128 (packed qkv)", pr, &q_of(&got), &want);
     // The k and v parts of the rows must be untouched.
-    let untouched = |v: &[f32]| -> Vec<u32> {
+    let rest = |v: &[f32]| -> Vec<u32> {
         v.chunks_exact(stride)
             .flat_map(|r| {
                 r[heads * hd..]
@@ -203,46 +199,203 @@ fn op_cases(
             })
             .collect()
     };
-    case.index_mismatches = untouched(&got)
+    case.index_mismatches = rest(&got)
         .iter()
-        .zip(untouched(&x))
+        .zip(rest(&x))
         .filter(|(a, b)| **a != *b)
         .count();
     case.passed &= case.index_mismatches == 0;
     out.push(case);
 
     let n = 5000;
-    let (a, b) = (
-        random_values(rng, dtype, n, 3.0),
-        random_values(rng, dtype, n, 3.0),
-    );
-    let mut y = gpu.poisoned(dtype, n)?;
-    gpu.add_scaled(dtype, &up(&a)?.data, &up(&b)?.data, &mut y.data, n, 0.25)?;
-    let want = ops::add_scaled(dtype, &a, &b, 0.25);
+    let (a, b) = (values(rng, pr, n, 3.0), values(rng, pr, n, 3.0));
+    let mut acc = up(&a)?;
+    gpu.accumulate(pr, &mut acc, &up(&b)?, n, 0.25)?;
+    let want = ops::add_scaled(pr, &a, &b, 0.25);
     out.push(elementwise(
-        "add (scale 0.25) 5000",
-        dtype,
-        &gpu.download(&y)?,
+        "accumulate (scale 0.25) 5000",
+        pr,
+        &down(&acc)?,
         &want,
     ));
 
-    let (vocab, cols) = (100, 64);
-    let table = random_values(rng, dtype, vocab * cols, 1.0);
-    let ids: Vec<u32> = (0..9).map(|_| rng.next_u32() % vocab as u32).collect();
-    let idd = gpu.upload_indices(&ids, vocab)?;
-    let mut y = gpu.poisoned(dtype, ids.len() * cols)?;
-    gpu.embed_gather(&up(&table)?.data, &idd, &mut y.data, cols)?;
-    let want: Vec<f32> = ids
+    // Frame-embedding style broadcast: row r gets table[(r / 3) % 4].
+    let (rows, cols, div, period) = (30, 40, 3, 4);
+    let x = values(rng, pr, rows * cols, 2.0);
+    let t = values(rng, pr, period * cols, 2.0);
+    let mut xd = up(&x)?;
+    gpu.add_rows(pr, &mut xd, &up(&t)?, rows, cols, div, period)?;
+    let want: Vec<f32> = x
         .iter()
-        .flat_map(|&i| table[i as usize * cols..(i as usize + 1) * cols].to_vec())
+        .enumerate()
+        .map(|(i, &v)| {
+            let (r, c) = (i / cols, i % cols);
+            ops::round(pr, v as f64 + t[((r / div) % period) * cols + c] as f64)
+        })
         .collect();
+    out.push(elementwise("add_rows 30x40 /3 %4", pr, &down(&xd)?, &want));
+
+    // Row gather and scatter: dst[dr[i]] = src[sr[i]]; untouched rows stay NaN-free zeros.
+    let (src_rows, dst_rows, cols) = (100, 12, 64);
+    let src = values(rng, pr, src_rows * cols, 1.0);
+    let sr: Vec<u32> = (0..9).map(|_| rng.next_u32() % src_rows as u32).collect();
+    let dr: Vec<u32> = vec![11, 0, 3, 4, 5, 6, 7, 8, 1];
+    let mut dst = up(&vec![0.0; dst_rows * cols])?;
+    let (sri, dri) = (
+        gpu.upload_indices(&sr, src_rows)?,
+        gpu.upload_indices(&dr, dst_rows)?,
+    );
+    gpu.copy_rows(
+        pr,
+        &up(&src)?,
+        Some(&sri),
+        &mut dst,
+        Some(&dri),
+        sr.len(),
+        cols,
+    )?;
+    let mut want = vec![0f32; dst_rows * cols];
+    for (s, d) in sr.iter().zip(&dr) {
+        want[*d as usize * cols..][..cols].copy_from_slice(&src[*s as usize * cols..][..cols]);
+    }
     out.push(elementwise(
-        "embedding gather 9 of 100x64",
-        dtype,
-        &gpu.download(&y)?,
+        "copy_rows 9 of 100x64 -> scattered",
+        pr,
+        &down(&dst)?,
         &want,
     ));
-    out.extend(selection_cases(gpu, dtype, rng)?);
+    out.extend(generic_attention_cases::<S>(gpu, pr, rng)?);
+    Ok(out)
+}
+
+/// The generic attention (any head dim, any precision) and the paged KV writer against the CPU
+/// reference: Lynx's gap + causal prefill at the tiny model's head dim, cross-attention at 88,
+/// and decode over a paged cache filled by `kv_write`.
+fn generic_attention_cases<S: Elem>(
+    gpu: &CudaAttention,
+    pr: Precision,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<CaseResult>, KernelError> {
+    let cpu = CpuAttention::default();
+    let mut out = Vec::new();
+    let up = |v: &[f32]| gpu.upload_as::<S>(pr, v);
+    for p in [
+        DenseAttention::new(3, 2, 50, 50, 16)
+            .causal()
+            .with_gaps(vec![(8, 8), (8, 20), (0, 5)]),
+        DenseAttention::new(2, 3, 8, 70, 88),
+        DenseAttention::new(1, 2, 33, 33, 128).causal(),
+    ] {
+        let q = values(rng, pr, p.q_len(), 2.0);
+        let k = values(rng, pr, p.kv_len(), 2.0);
+        let v = values(rng, pr, p.kv_len(), 1.0);
+        let mut want = vec![0f32; p.q_len()];
+        cpu.dense(&p, &q, &k, &v, &mut want, None)?;
+        let mut o = up(&vec![f32::NAN; p.q_len()])?;
+        gpu.attention_generic(pr, &p, &up(&q)?, &up(&k)?, &up(&v)?, &mut o)?;
+        let name = format!(
+            "generic attention B{} H{} q{} kv{} D{}{}",
+            p.batch,
+            p.heads,
+            p.seq_q,
+            p.seq_kv,
+            p.head_dim,
+            if p.causal { " causal+gaps" } else { "" }
+        );
+        out.push(elementwise(&name, pr, &gpu.download_as(pr, &o)?, &want));
+    }
+
+    // Decode: fill a paged cache token by token with kv_write, then attend.
+    let (heads, hd, block_size) = (2, 16, 4);
+    let lens = [5u32, 1, 9];
+    let max_blocks = 3;
+    let num_blocks = lens.len() * max_blocks + 2;
+    let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.next_u32() as usize % (i + 1));
+    }
+    let p = DecodeAttention {
+        batch: lens.len(),
+        heads,
+        head_dim: hd,
+        block_size,
+        num_blocks,
+        max_blocks,
+        scale: 0.25,
+        seq_lens: lens.to_vec(),
+        block_table: ids[..lens.len() * max_blocks].to_vec(),
+    };
+    let row = heads * hd;
+    let mut slots = Vec::new();
+    for (b, &len) in lens.iter().enumerate() {
+        for pos in 0..len as usize {
+            let block = p.block_table[b * max_blocks + pos / block_size] as usize;
+            slots.push((block * block_size + pos % block_size) as u32);
+        }
+    }
+    let k_rows = values(rng, pr, slots.len() * row, 2.0);
+    let v_rows = values(rng, pr, slots.len() * row, 1.0);
+    let mut kc = up(&vec![0.0; p.cache_len()])?;
+    let mut vc = up(&vec![0.0; p.cache_len()])?;
+    let slot_dev = gpu.upload_indices(&slots, num_blocks * block_size)?;
+    gpu.kv_write(
+        pr,
+        &up(&k_rows)?,
+        row,
+        &slot_dev,
+        &mut kc,
+        heads,
+        hd,
+        block_size,
+    )?;
+    gpu.kv_write(
+        pr,
+        &up(&v_rows)?,
+        row,
+        &slot_dev,
+        &mut vc,
+        heads,
+        hd,
+        block_size,
+    )?;
+    // The same cache on the host.
+    let (mut kh, mut vh) = (vec![0f32; p.cache_len()], vec![0f32; p.cache_len()]);
+    for (t, &slot) in slots.iter().enumerate() {
+        let (block, off) = (slot as usize / block_size, slot as usize % block_size);
+        for h in 0..heads {
+            let at = ((block * heads + h) * block_size + off) * hd;
+            kh[at..][..hd].copy_from_slice(&k_rows[t * row + h * hd..][..hd]);
+            vh[at..][..hd].copy_from_slice(&v_rows[t * row + h * hd..][..hd]);
+        }
+    }
+    let q = values(rng, pr, lens.len() * row, 2.0);
+    let mut want = vec![0f32; q.len()];
+    cpu.decode(&p, &q, &kh, &vh, &mut want)?;
+    let lens_dev = gpu.upload_i32(&lens.iter().map(|&l| l as i32).collect::<Vec<_>>())?;
+    let table_dev = gpu.upload_i32(&p.block_table.iter().map(|&b| b as i32).collect::<Vec<_>>())?;
+    let mut o = up(&vec![f32::NAN; q.len()])?;
+    let tables = DecodeTables {
+        seq_lens: &lens_dev,
+        block_table: &table_dev,
+    };
+    gpu.decode_generic(pr, &p, &up(&q)?, &kc, &vc, tables, &mut o)?;
+    let mut case = elementwise(
+        "generic decode D16 lens [5, 1, 9] block 4 (kv_write)",
+        pr,
+        &gpu.download_as(pr, &o)?,
+        &want,
+    );
+    let cache_bits = |dev: &CudaSlice<S>, host: &[f32]| -> Result<usize, KernelError> {
+        Ok(gpu
+            .download_as(pr, dev)?
+            .iter()
+            .zip(host)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count())
+    };
+    case.cache_mismatches = cache_bits(&kc, &kh)? + cache_bits(&vc, &vh)?;
+    case.passed &= case.cache_mismatches == 0;
+    out.push(case);
     Ok(out)
 }
 
@@ -291,7 +444,7 @@ fn selection_cases(
     Ok(vec![greedy, topk])
 }
 
-/// Every projection and small-kernel case for one dtype.
+/// Every projection and small-kernel case for one 16-bit type.
 pub(super) fn run(
     gpu: &CudaAttention,
     dtype: DType,
@@ -301,6 +454,15 @@ pub(super) fn run(
     for p in projection_cases() {
         results.push(projection_case(gpu, dtype, rng, p)?);
     }
-    results.extend(op_cases(gpu, dtype, rng)?);
+    results.extend(op_cases::<u16>(gpu, dtype.into(), rng)?);
+    results.extend(selection_cases(gpu, dtype, rng)?);
     Ok(results)
+}
+
+/// The small-kernel and generic-attention cases in f32 (the exact mode).
+pub(super) fn run_f32(
+    gpu: &CudaAttention,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<CaseResult>, KernelError> {
+    op_cases::<f32>(gpu, Precision::F32, rng)
 }

@@ -41,6 +41,9 @@ pub struct CaseResult {
     /// Selected indices (token ids) that differ from the reference's (selection cases).
     #[serde(default)]
     pub index_mismatches: usize,
+    /// Element type of the case when it is not `dtype` (f32 cases of the small kernels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::Precision>,
     /// Whether the case passed.
     pub passed: bool,
 }
@@ -213,6 +216,7 @@ fn verdict(
         nan,
         cache_mismatches,
         index_mismatches: 0,
+        precision: None,
         passed: nan == 0
             && rel_err <= TOLERANCE
             && cache_mismatches == 0
@@ -430,5 +434,6 @@ pub fn run(gpu: &CudaAttention, seed: u64) -> Result<Vec<CaseResult>, KernelErro
         }
         results.extend(layers::run(gpu, dtype, &mut rng)?);
     }
+    results.extend(layers::run_f32(gpu, &mut rng)?);
     Ok(results)
 }
