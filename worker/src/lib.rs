@@ -3,6 +3,7 @@
 //! Layers, bottom up:
 //! - [`config`], [`checkpoint`], [`tokenizer`], [`vision`]: files and inputs in the released formats;
 //! - [`model`]: the network (ViT, resampler, LLaMA with adapters), hot code with no orchestration;
+//! - [`forward`]: the same network as kernel calls, on the GPU or its host mirror;
 //! - [`generation`]: HF-4.28-exact decoding, one resumable decoder per request;
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod engine;
+pub mod forward;
 pub mod generation;
 pub mod gpu_cli;
 pub mod loader;

@@ -5,10 +5,13 @@
 mod backend;
 mod decode;
 mod dense;
+mod gemm;
 mod ops;
 mod params;
 mod projection;
 
+pub use cudarc::driver::CudaSlice;
+pub use gemm::ensure_cublas;
 pub use ops::{DevicePositions, Elem};
 pub use projection::DeviceProjection;
 
@@ -17,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -141,6 +144,7 @@ pub struct CudaAttention {
     functions: HashMap<String, CudaFunction>,
     info: DeviceInfo,
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    blas: std::sync::OnceLock<cudarc::cublas::CudaBlas>,
 }
 
 fn driver(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> KernelError {
@@ -230,6 +234,7 @@ impl CudaAttention {
             functions,
             info,
             scratch: Mutex::new(None),
+            blas: std::sync::OnceLock::new(),
         })
     }
 

@@ -1,0 +1,406 @@
+//! The GPU backend of the forward: our kernels (`lynx-kernels`) and cuBLAS on one stream.
+//! bf16/f16 (`CudaOps<u16>`) use the tensor-core attention kernels where the head dim has one
+//! and the fused vision-token projection; f32 (`CudaOps<f32>`, the exact mode) uses plain
+//! `sgemm`, the generic attention and the unfused projection.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use lynx_kernels::cuda::{
+    CudaAttention, CudaSlice, DecodeOptions, DecodeTables, DenseInputs, DenseOptions,
+    DevicePositions, DeviceProjection, Elem,
+};
+use lynx_kernels::problem::HEAD_DIMS;
+use lynx_kernels::projection::{FoldedProjection, ProjectionWeights, VisionProjection};
+use lynx_kernels::{DecodeAttention, DenseAttention, Precision, Strides};
+
+use super::ops::{Linear, Norm, Ops, ProjectionValues};
+use super::ForwardError;
+
+/// The GPU operations at one precision (`S` = `u16` for bf16/f16, `f32` for f32).
+pub struct CudaOps<S: Elem> {
+    gpu: Arc<CudaAttention>,
+    precision: Precision,
+    _elem: PhantomData<S>,
+}
+
+impl<S: Elem> CudaOps<S> {
+    /// Operations on `gpu` at `precision` (whose element size must be `S`'s).
+    pub fn new(gpu: Arc<CudaAttention>, precision: Precision) -> Result<Self, ForwardError> {
+        if precision.elem_bytes() != S::BYTES {
+            return Err(ForwardError::Shape(format!(
+                "{precision} needs {}-byte elements",
+                precision.elem_bytes()
+            )));
+        }
+        lynx_kernels::cuda::ensure_cublas()?;
+        Ok(Self {
+            gpu,
+            precision,
+            _elem: PhantomData,
+        })
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &CudaAttention {
+        &self.gpu
+    }
+}
+
+/// A prepared projection: fused (16-bit) or LayerNorm + two GEMMs (f32).
+pub enum CudaProjection<S: Elem> {
+    /// The fused kernel's folded weights.
+    Fused(DeviceProjection),
+    /// The unfused form.
+    Unfused {
+        /// `norm_media`.
+        norm: Norm<CudaSlice<S>>,
+        /// The K half of `to_kv`.
+        k: Linear<CudaSlice<S>>,
+        /// The V half of `to_kv`.
+        v: Linear<CudaSlice<S>>,
+        /// The frame embedding `[frames][width]`.
+        frame_embed: Option<CudaSlice<S>>,
+    },
+}
+
+fn as_u16<S: Elem>(b: &CudaSlice<S>) -> Option<&CudaSlice<u16>> {
+    (b as &dyn Any).downcast_ref::<CudaSlice<u16>>()
+}
+
+fn as_u16_mut<S: Elem>(b: &mut CudaSlice<S>) -> Option<&mut CudaSlice<u16>> {
+    (b as &mut dyn Any).downcast_mut::<CudaSlice<u16>>()
+}
+
+impl<S: Elem> Ops for CudaOps<S> {
+    type Buf = CudaSlice<S>;
+    type Idx = DevicePositions;
+    type Rope = (CudaSlice<f32>, CudaSlice<f32>);
+    type Proj = CudaProjection<S>;
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.gpu.info().name, self.precision)
+    }
+
+    fn upload(&self, values: &[f32]) -> Result<Self::Buf, ForwardError> {
+        Ok(self.gpu.upload_as::<S>(self.precision, values)?)
+    }
+
+    fn random(
+        &self,
+        len: usize,
+        seed: u64,
+        scale: f32,
+        offset: f32,
+    ) -> Result<Self::Buf, ForwardError> {
+        let mut b = self.gpu.alloc_as::<S>(len)?;
+        self.gpu
+            .fill_affine(self.precision, &mut b, seed, scale, offset)?;
+        Ok(b)
+    }
+
+    fn download(&self, b: &Self::Buf) -> Result<Vec<f32>, ForwardError> {
+        Ok(self.gpu.download_as(self.precision, b)?)
+    }
+
+    fn alloc(&self, len: usize) -> Result<Self::Buf, ForwardError> {
+        Ok(self.gpu.alloc_as::<S>(len)?)
+    }
+
+    fn indices(&self, values: &[u32], bound: usize) -> Result<DevicePositions, ForwardError> {
+        Ok(self.gpu.upload_indices(values, bound)?)
+    }
+
+    fn rope_table(&self, cos: &[f32], sin: &[f32]) -> Result<Self::Rope, ForwardError> {
+        Ok((self.gpu.upload_f32(cos)?, self.gpu.upload_f32(sin)?))
+    }
+
+    fn projection(
+        &self,
+        p: &VisionProjection,
+        values: &ProjectionValues<'_>,
+    ) -> Result<Self::Proj, ForwardError> {
+        if let Some(dtype) = self.precision.half() {
+            let weights = ProjectionWeights {
+                w: values.w_kv,
+                gamma: values.gamma,
+                beta: values.beta,
+                frame_embed: values.frame_embed,
+            };
+            let folded = FoldedProjection::fold(p, &weights, dtype)?;
+            return Ok(CudaProjection::Fused(
+                self.gpu.upload_projection(p, &folded, dtype)?,
+            ));
+        }
+        let (k_dim, inner) = (p.k_dim, p.inner);
+        let half = inner * k_dim;
+        let linear = |w: &[f32]| -> Result<Linear<CudaSlice<S>>, ForwardError> {
+            Ok(Linear {
+                w: self.upload(w)?,
+                b: None,
+                out_dim: inner,
+                in_dim: k_dim,
+            })
+        };
+        Ok(CudaProjection::Unfused {
+            norm: Norm {
+                w: self.upload(values.gamma)?,
+                b: Some(self.upload(values.beta)?),
+                dim: k_dim,
+                eps: p.eps,
+            },
+            k: linear(&values.w_kv[..half])?,
+            v: linear(&values.w_kv[half..2 * half])?,
+            frame_embed: values
+                .frame_embed
+                .map(|e| self.upload(&e[..p.frames * k_dim]))
+                .transpose()?,
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Linear<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        Ok(self.gpu.linear(
+            self.precision,
+            x,
+            rows,
+            &w.w,
+            w.b.as_ref(),
+            w.out_dim,
+            w.in_dim,
+            y,
+        )?)
+    }
+
+    fn norm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        norm: &Norm<Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        match &norm.b {
+            Some(b) => {
+                self.gpu
+                    .layernorm(self.precision, x, &norm.w, b, out, rows, norm.dim, norm.eps)?
+            }
+            None => self
+                .gpu
+                .rmsnorm(self.precision, x, &norm.w, out, rows, norm.dim, norm.eps)?,
+        }
+        Ok(())
+    }
+
+    fn gelu(&self, x: &mut Self::Buf, rows: usize, cols: usize) -> Result<(), ForwardError> {
+        Ok(self
+            .gpu
+            .bias_gelu(self.precision, x, None, rows * cols, cols)?)
+    }
+
+    fn silu(&self, x: &mut Self::Buf, n: usize) -> Result<(), ForwardError> {
+        Ok(self.gpu.silu(self.precision, x, n)?)
+    }
+
+    fn silu_mul(
+        &self,
+        gate_up: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        Ok(self
+            .gpu
+            .silu_mul(self.precision, gate_up, out, rows, inter)?)
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        heads: usize,
+        head_dim: usize,
+        positions: &DevicePositions,
+        table: &Self::Rope,
+    ) -> Result<(), ForwardError> {
+        Ok(self.gpu.rope(
+            self.precision,
+            x,
+            heads * head_dim,
+            positions,
+            &table.0,
+            &table.1,
+            heads,
+            head_dim,
+        )?)
+    }
+
+    fn accumulate(
+        &self,
+        acc: &mut Self::Buf,
+        b: &Self::Buf,
+        n: usize,
+        scale: f32,
+    ) -> Result<(), ForwardError> {
+        Ok(self.gpu.accumulate(self.precision, acc, b, n, scale)?)
+    }
+
+    fn add_rows(
+        &self,
+        x: &mut Self::Buf,
+        table: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        div: usize,
+        period: usize,
+    ) -> Result<(), ForwardError> {
+        Ok(self
+            .gpu
+            .add_rows(self.precision, x, table, rows, cols, div, period)?)
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Self::Buf,
+        src_rows: Option<&DevicePositions>,
+        dst: &mut Self::Buf,
+        dst_rows: Option<&DevicePositions>,
+        n: usize,
+        cols: usize,
+    ) -> Result<(), ForwardError> {
+        Ok(self
+            .gpu
+            .copy_rows(self.precision, src, src_rows, dst, dst_rows, n, cols)?)
+    }
+
+    fn attention(
+        &self,
+        p: &DenseAttention,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        if let (Some(dtype), true) = (self.precision.half(), HEAD_DIMS.contains(&p.head_dim)) {
+            if let (Some(q), Some(k), Some(v)) = (as_u16(q), as_u16(k), as_u16(v)) {
+                let gaps = self.gpu.upload_gaps(p)?;
+                let inputs = DenseInputs::contiguous(p, q, k, v, gaps.as_ref());
+                let out = as_u16_mut(out)
+                    .ok_or_else(|| ForwardError::Shape("16-bit output expected".into()))?;
+                self.gpu.dense_launch(
+                    p,
+                    dtype,
+                    &inputs,
+                    out,
+                    Strides::contiguous(p.seq_q, p.heads, p.head_dim),
+                    None,
+                    DenseOptions::default(),
+                )?;
+                return Ok(());
+            }
+        }
+        Ok(self
+            .gpu
+            .attention_generic(self.precision, p, q, k, v, out)?)
+    }
+
+    fn kv_write(
+        &self,
+        src: &Self::Buf,
+        slots: &DevicePositions,
+        cache: &mut Self::Buf,
+        heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    ) -> Result<(), ForwardError> {
+        Ok(self.gpu.kv_write(
+            self.precision,
+            src,
+            heads * head_dim,
+            slots,
+            cache,
+            heads,
+            head_dim,
+            block_size,
+        )?)
+    }
+
+    fn decode(
+        &self,
+        p: &DecodeAttention,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        let lens: Vec<i32> = p.seq_lens.iter().map(|&l| l as i32).collect();
+        let table: Vec<i32> = p.block_table.iter().map(|&b| b as i32).collect();
+        let (lens, table) = (self.gpu.upload_i32(&lens)?, self.gpu.upload_i32(&table)?);
+        let tables = DecodeTables {
+            seq_lens: &lens,
+            block_table: &table,
+        };
+        if let (Some(dtype), true) = (self.precision.half(), HEAD_DIMS.contains(&p.head_dim)) {
+            if let (Some(q), Some(kc), Some(vc)) = (as_u16(q), as_u16(k_cache), as_u16(v_cache)) {
+                let out = as_u16_mut(out)
+                    .ok_or_else(|| ForwardError::Shape("16-bit output expected".into()))?;
+                self.gpu.decode_launch(
+                    p,
+                    dtype,
+                    q,
+                    kc,
+                    vc,
+                    tables,
+                    out,
+                    DecodeOptions::default(),
+                )?;
+                return Ok(());
+            }
+        }
+        Ok(self
+            .gpu
+            .decode_generic(self.precision, p, q, k_cache, v_cache, tables, out)?)
+    }
+
+    fn project(
+        &self,
+        media: &Self::Buf,
+        p: &VisionProjection,
+        proj: &Self::Proj,
+        k: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        match proj {
+            CudaProjection::Fused(weights) => {
+                let need16 =
+                    || ForwardError::Shape("the fused projection takes 16-bit buffers".into());
+                let x = as_u16(media).ok_or_else(need16)?;
+                let k = as_u16_mut(k).ok_or_else(need16)?;
+                let v = as_u16_mut(v).ok_or_else(need16)?;
+                self.gpu.projection_launch(p, weights, x, p.k_dim, k, v)?;
+                Ok(())
+            }
+            CudaProjection::Unfused {
+                norm,
+                k: wk,
+                v: wv,
+                frame_embed,
+            } => {
+                let n = p.rows * p.k_dim;
+                let mut x = self.alloc(n)?;
+                self.copy_rows(media, None, &mut x, None, p.rows, p.k_dim)?;
+                if let (Some(e), true) = (frame_embed, p.frames > 0) {
+                    self.add_rows(&mut x, e, p.rows, p.k_dim, p.tokens_per_frame, p.frames)?;
+                }
+                let mut h = self.alloc(n)?;
+                self.norm(&x, p.rows, norm, &mut h)?;
+                self.linear(&h, p.rows, wk, k)?;
+                self.linear(&h, p.rows, wv, v)
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The host mirror of the GPU backend: every operation in f32 on `Vec<f32>`, built from the
+//! kernels crate's references (f64 accumulation). It runs the very program the GPU runs, so the
+//! program is tested here against the candle model and the official outputs; on a GPU machine
+//! it is the yardstick of the fp32 comparison.
+
+use lynx_kernels::cpu::CpuAttention;
+use lynx_kernels::ops as reference;
+use lynx_kernels::projection::{self, ProjectionWeights, VisionProjection};
+use lynx_kernels::{AttentionBackend, DecodeAttention, DenseAttention, Precision};
+
+use super::ops::{Linear, Norm, Ops, ProjectionValues};
+use super::ForwardError;
+
+const F32: Precision = Precision::F32;
+
+/// Host f32 operations.
+#[derive(Debug, Default)]
+pub struct HostOps {
+    attention: CpuAttention,
+}
+
+/// Host indices, checked against their bound.
+#[derive(Debug, Clone)]
+pub struct HostIdx(Vec<u32>);
+
+/// Host projection weights (unfused: LayerNorm, then the GEMM).
+#[derive(Debug, Clone)]
+pub struct HostProjection {
+    w_kv: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    frame_embed: Option<Vec<f32>>,
+}
+
+fn need(what: &str, got: usize, want: usize) -> Result<(), ForwardError> {
+    if got < want {
+        return Err(ForwardError::Shape(format!(
+            "{what}: {got} elements, needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+impl Ops for HostOps {
+    type Buf = Vec<f32>;
+    type Idx = HostIdx;
+    type Rope = (Vec<f32>, Vec<f32>);
+    type Proj = HostProjection;
+
+    fn describe(&self) -> String {
+        "host f32".into()
+    }
+
+    fn upload(&self, values: &[f32]) -> Result<Vec<f32>, ForwardError> {
+        Ok(values.to_vec())
+    }
+
+    fn random(
+        &self,
+        len: usize,
+        seed: u64,
+        scale: f32,
+        offset: f32,
+    ) -> Result<Vec<f32>, ForwardError> {
+        // The device kernel's splitmix64 stream, so host and GPU random models are the same.
+        Ok((0..len as u64)
+            .map(|i| {
+                let mut z = i.wrapping_add(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                offset + scale * ((z >> 40) as f32 * (1.0 / 8_388_608.0) - 1.0)
+            })
+            .collect())
+    }
+
+    fn download(&self, b: &Vec<f32>) -> Result<Vec<f32>, ForwardError> {
+        Ok(b.clone())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>, ForwardError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn indices(&self, values: &[u32], bound: usize) -> Result<HostIdx, ForwardError> {
+        if let Some(bad) = values.iter().find(|&&v| v as usize >= bound) {
+            return Err(ForwardError::Shape(format!(
+                "index {bad} outside 0..{bound}"
+            )));
+        }
+        Ok(HostIdx(values.to_vec()))
+    }
+
+    fn rope_table(&self, cos: &[f32], sin: &[f32]) -> Result<Self::Rope, ForwardError> {
+        Ok((cos.to_vec(), sin.to_vec()))
+    }
+
+    fn projection(
+        &self,
+        p: &VisionProjection,
+        values: &ProjectionValues<'_>,
+    ) -> Result<HostProjection, ForwardError> {
+        p.validate()?;
+        need("to_kv weight", values.w_kv.len(), p.n_dim() * p.k_dim)?;
+        Ok(HostProjection {
+            w_kv: values.w_kv.to_vec(),
+            gamma: values.gamma.to_vec(),
+            beta: values.beta.to_vec(),
+            frame_embed: values.frame_embed.map(<[f32]>::to_vec),
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &Linear<Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let (k, n) = (w.in_dim, w.out_dim);
+        need("linear input", x.len(), rows * k)?;
+        need("linear output", y.len(), rows * n)?;
+        for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)).take(rows) {
+            for (j, out) in yr.iter_mut().enumerate() {
+                let dot: f64 = xr
+                    .iter()
+                    .zip(&w.w[j * k..(j + 1) * k])
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                *out = (dot + w.b.as_ref().map_or(0.0, |b| b[j] as f64)) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn norm(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        norm: &Norm<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let n = rows * norm.dim;
+        need("norm input", x.len(), n)?;
+        need("norm output", out.len(), n)?;
+        let y = match &norm.b {
+            Some(b) => reference::layernorm(F32, &x[..n], &norm.w, b, norm.eps),
+            None => reference::rmsnorm(F32, &x[..n], &norm.w, norm.eps),
+        };
+        out[..n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn gelu(&self, x: &mut Vec<f32>, rows: usize, cols: usize) -> Result<(), ForwardError> {
+        let n = rows * cols;
+        need("gelu input", x.len(), n)?;
+        let y = reference::bias_gelu(F32, &x[..n], None);
+        x[..n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn silu(&self, x: &mut Vec<f32>, n: usize) -> Result<(), ForwardError> {
+        need("silu input", x.len(), n)?;
+        let y = reference::silu(F32, &x[..n]);
+        x[..n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn silu_mul(
+        &self,
+        gate_up: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        need("gate|up", gate_up.len(), rows * 2 * inter)?;
+        need("silu output", out.len(), rows * inter)?;
+        let y = reference::silu_mul(F32, &gate_up[..rows * 2 * inter], inter);
+        out[..rows * inter].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        heads: usize,
+        head_dim: usize,
+        positions: &HostIdx,
+        table: &Self::Rope,
+    ) -> Result<(), ForwardError> {
+        let n = positions.0.len() * heads * head_dim;
+        need("rope input", x.len(), n)?;
+        let pos: Vec<usize> = positions.0.iter().map(|&p| p as usize).collect();
+        let max = pos.iter().copied().max().unwrap_or(0);
+        need("rope table", table.0.len(), (max + 1) * head_dim / 2)?;
+        let y = reference::rope(F32, &x[..n], &pos, table, heads, head_dim);
+        x[..n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn accumulate(
+        &self,
+        acc: &mut Vec<f32>,
+        b: &Vec<f32>,
+        n: usize,
+        scale: f32,
+    ) -> Result<(), ForwardError> {
+        need("accumulator", acc.len(), n)?;
+        need("addend", b.len(), n)?;
+        let y = reference::add_scaled(F32, &acc[..n], &b[..n], scale);
+        acc[..n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    fn add_rows(
+        &self,
+        x: &mut Vec<f32>,
+        table: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        div: usize,
+        period: usize,
+    ) -> Result<(), ForwardError> {
+        need("add_rows input", x.len(), rows * cols)?;
+        need("add_rows table", table.len(), period * cols)?;
+        for (r, row) in x.chunks_exact_mut(cols).take(rows).enumerate() {
+            let t = &table[((r / div.max(1)) % period.max(1)) * cols..][..cols];
+            for (a, &b) in row.iter_mut().zip(t) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        src_rows: Option<&HostIdx>,
+        dst: &mut Vec<f32>,
+        dst_rows: Option<&HostIdx>,
+        n: usize,
+        cols: usize,
+    ) -> Result<(), ForwardError> {
+        for i in 0..n {
+            let s = src_rows.map_or(i, |r| r.0[i] as usize);
+            let d = dst_rows.map_or(i, |r| r.0[i] as usize);
+            need("copy source", src.len(), (s + 1) * cols)?;
+            need("copy destination", dst.len(), (d + 1) * cols)?;
+            dst[d * cols..(d + 1) * cols].copy_from_slice(&src[s * cols..(s + 1) * cols]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        p: &DenseAttention,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let exact = |b: &Vec<f32>, n: usize| b[..n.min(b.len())].to_vec();
+        let mut o = vec![0f32; p.q_len()];
+        self.attention.dense(
+            p,
+            &exact(q, p.q_len()),
+            &exact(k, p.kv_len()),
+            &exact(v, p.kv_len()),
+            &mut o,
+            None,
+        )?;
+        need("attention output", out.len(), o.len())?;
+        out[..o.len()].copy_from_slice(&o);
+        Ok(())
+    }
+
+    fn kv_write(
+        &self,
+        src: &Vec<f32>,
+        slots: &HostIdx,
+        cache: &mut Vec<f32>,
+        heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    ) -> Result<(), ForwardError> {
+        let row = heads * head_dim;
+        need("kv source", src.len(), slots.0.len() * row)?;
+        for (t, &slot) in slots.0.iter().enumerate() {
+            let (block, off) = (slot as usize / block_size, slot as usize % block_size);
+            for h in 0..heads {
+                let at = ((block * heads + h) * block_size + off) * head_dim;
+                need("kv cache", cache.len(), at + head_dim)?;
+                cache[at..at + head_dim]
+                    .copy_from_slice(&src[t * row + h * head_dim..][..head_dim]);
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        p: &DecodeAttention,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let n = p.batch * p.heads * p.head_dim;
+        let mut o = vec![0f32; n];
+        self.attention
+            .decode(p, &q[..n.min(q.len())].to_vec(), k_cache, v_cache, &mut o)?;
+        need("decode output", out.len(), n)?;
+        out[..n].copy_from_slice(&o);
+        Ok(())
+    }
+
+    fn project(
+        &self,
+        media: &Vec<f32>,
+        p: &VisionProjection,
+        proj: &HostProjection,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let n = p.rows * p.k_dim;
+        need("vision tokens", media.len(), n)?;
+        let weights = ProjectionWeights {
+            w: &proj.w_kv,
+            gamma: &proj.gamma,
+            beta: &proj.beta,
+            frame_embed: proj.frame_embed.as_deref(),
+        };
+        let (ko, vo) = projection::reference(p, &media[..n], &weights)?;
+        need("K output", k.len(), ko.len())?;
+        need("V output", v.len(), vo.len())?;
+        k[..ko.len()].copy_from_slice(&ko);
+        v[..vo.len()].copy_from_slice(&vo);
+        Ok(())
+    }
+}

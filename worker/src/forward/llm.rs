@@ -1,0 +1,519 @@
+//! The language model as kernel calls: LLaMA decoder layers with Lynx's adapters over a paged KV
+//! cache. A prefill attends `[vision prefix][pads][text]` with the pads as a masked gap and
+//! writes every attended token's K/V into cache blocks; a decode step appends one token per row.
+
+use lynx_kernels::{DecodeAttention, DenseAttention};
+
+use super::ops::{Linear, Norm, Ops};
+use super::weights::{Init, Loader};
+use super::ForwardError;
+use crate::config::LlmConfig;
+
+const ADAPTER_LN_EPS: f32 = 1e-5;
+
+struct Adapter<B> {
+    norm: Norm<B>,
+    down: Linear<B>,
+    up: Linear<B>,
+    scaling: f32,
+}
+
+struct Layer<B> {
+    input_norm: Norm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    post_norm: Norm<B>,
+    gate_up: Linear<B>,
+    down: Linear<B>,
+    adapter: Option<Adapter<B>>,
+}
+
+/// LLaMA + adapters on a backend.
+pub struct Llm<O: Ops> {
+    embed: O::Buf,
+    layers: Vec<Layer<O::Buf>>,
+    norm: Norm<O::Buf>,
+    lm_head: Linear<O::Buf>,
+    rope: O::Rope,
+    cfg: LlmConfig,
+}
+
+/// Where a batch of rows keeps its cache: per row, its blocks and cached tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowCache {
+    /// Block ids in order.
+    pub blocks: Vec<u32>,
+    /// Cached tokens.
+    pub len: usize,
+}
+
+/// The paged KV cache of every layer plus its block allocator. Block 0 is a scratch block that
+/// absorbs the writes of masked (pad) tokens and is never read.
+pub struct KvPool<O: Ops> {
+    k: Vec<O::Buf>,
+    v: Vec<O::Buf>,
+    free: Vec<u32>,
+    num_blocks: usize,
+    block_size: usize,
+}
+
+impl<O: Ops> KvPool<O> {
+    /// A pool of `num_blocks` blocks of `block_size` (a power of two) tokens for `llm`.
+    pub fn new(
+        ops: &O,
+        llm: &LlmConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, ForwardError> {
+        if num_blocks < 2 || !block_size.is_power_of_two() {
+            return Err(ForwardError::Shape(format!(
+                "KV pool of {num_blocks} blocks of {block_size}"
+            )));
+        }
+        let len = num_blocks * block_size * llm.hidden;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for _ in 0..llm.layers {
+            k.push(ops.alloc(len)?);
+            v.push(ops.alloc(len)?);
+        }
+        Ok(Self {
+            k,
+            v,
+            free: (1..num_blocks as u32).rev().collect(),
+            num_blocks,
+            block_size,
+        })
+    }
+
+    /// Blocks not in use.
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn take(&mut self) -> Result<u32, ForwardError> {
+        self.free.pop().ok_or(ForwardError::OutOfBlocks)
+    }
+
+    /// Returns a row's blocks to the pool.
+    pub fn release(&mut self, row: &mut RowCache) {
+        self.free.append(&mut row.blocks);
+        row.len = 0;
+    }
+
+    /// Grows `row` so it can hold `tokens` tokens.
+    fn reserve(&mut self, row: &mut RowCache, tokens: usize) -> Result<(), ForwardError> {
+        while row.blocks.len() * self.block_size < tokens {
+            let b = self.take()?;
+            row.blocks.push(b);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, row: &RowCache, pos: usize) -> u32 {
+        row.blocks[pos / self.block_size] * self.block_size as u32 + (pos % self.block_size) as u32
+    }
+
+    /// Gives each new row `i` the cache of old row `from[i]`: the first taker of a row takes its
+    /// blocks, later takers get copies; rows nobody takes are released. When the pool runs out,
+    /// every row is released and the error returned.
+    pub fn reorder(
+        &mut self,
+        ops: &O,
+        rows: Vec<RowCache>,
+        from: &[u32],
+        row_width: usize,
+    ) -> Result<Vec<RowCache>, ForwardError> {
+        let mut old: Vec<Option<RowCache>> = rows.into_iter().map(Some).collect();
+        let mut out: Vec<RowCache> = Vec::with_capacity(from.len());
+        // Where each old row went first (its later takers copy it).
+        let mut first_taker: Vec<Option<usize>> = vec![None; old.len()];
+        let (mut src, mut dst) = (Vec::new(), Vec::new());
+        for &f in from {
+            let f = f as usize;
+            if f >= old.len() {
+                return Err(ForwardError::Shape(format!(
+                    "row {f} of {} reordered",
+                    old.len()
+                )));
+            }
+            if let Some(row) = old[f].take() {
+                first_taker[f] = Some(out.len());
+                out.push(row);
+                continue;
+            }
+            let at = first_taker[f]
+                .ok_or_else(|| ForwardError::Shape(format!("row {f} reordered twice")))?;
+            let len = out[at].len;
+            let mut copy = RowCache {
+                blocks: Vec::new(),
+                len,
+            };
+            if let Err(e) = self.reserve(&mut copy, len) {
+                // Nothing leaks: every row of the batch goes back to the pool.
+                for mut row in out.into_iter().chain(old.into_iter().flatten()).chain([copy]) {
+                    self.release(&mut row);
+                }
+                return Err(e);
+            }
+            src.extend_from_slice(&out[at].blocks[..copy.blocks.len()]);
+            dst.extend_from_slice(&copy.blocks);
+            out.push(copy);
+        }
+        for mut row in old.into_iter().flatten() {
+            self.release(&mut row);
+        }
+        if !src.is_empty() {
+            let block_elems = self.block_size * row_width;
+            let si = ops.indices(&src, self.num_blocks)?;
+            let di = ops.indices(&dst, self.num_blocks)?;
+            for cache in self.k.iter_mut().chain(self.v.iter_mut()) {
+                // Copy through a staging buffer: source and destination are the same cache.
+                let mut stage = ops.alloc(src.len() * block_elems)?;
+                ops.copy_rows(cache, Some(&si), &mut stage, None, src.len(), block_elems)?;
+                ops.copy_rows(&stage, None, cache, Some(&di), src.len(), block_elems)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A prefill batch: `[rows][prefix + text]` tokens, the text left-padded.
+#[derive(Debug, Clone)]
+pub struct PrefillBatch<'a> {
+    /// Rows.
+    pub rows: usize,
+    /// Vision prefix tokens per row (0: text only).
+    pub prefix: usize,
+    /// Text tokens per row (pads included).
+    pub text: usize,
+    /// `[rows][text]` token ids.
+    pub ids: &'a [u32],
+    /// Leading pads per row.
+    pub pads: &'a [usize],
+}
+
+impl<O: Ops> Llm<O> {
+    /// Loads `LLM.*`.
+    pub fn load(l: &Loader<'_, '_, O>, cfg: &LlmConfig) -> Result<Self, ForwardError> {
+        let (h, i, eps) = (cfg.hidden, cfg.intermediate, cfg.rms_norm_eps as f32);
+        let layers = (0..cfg.layers)
+            .map(|n| {
+                let p = format!("LLM.model.layers.{n}");
+                let adapter = if cfg.adapter_layers.contains(&n) {
+                    let a = format!("{p}.output_adapter");
+                    Some(Adapter {
+                        norm: l.layernorm(
+                            &format!("{a}.adapter_norm_before"),
+                            h,
+                            ADAPTER_LN_EPS,
+                        )?,
+                        down: l.linear(&format!("{a}.adapter_down"), h, cfg.adapter_dim, true)?,
+                        up: l.linear(&format!("{a}.adapter_up"), cfg.adapter_dim, h, true)?,
+                        scaling: l.host(&format!("{a}.scaling"), &[1], Init::Small)?[0],
+                    })
+                } else {
+                    None
+                };
+                let mlp = format!("{p}.mlp");
+                Ok(Layer {
+                    input_norm: l.rmsnorm(&format!("{p}.input_layernorm"), h, eps)?,
+                    q: l.linear(&format!("{p}.self_attn.q_proj"), h, h, false)?,
+                    k: l.linear(&format!("{p}.self_attn.k_proj"), h, h, false)?,
+                    v: l.linear(&format!("{p}.self_attn.v_proj"), h, h, false)?,
+                    o: l.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
+                    post_norm: l.rmsnorm(&format!("{p}.post_attention_layernorm"), h, eps)?,
+                    gate_up: Linear {
+                        w: l.fused(
+                            &[
+                                &format!("{mlp}.gate_proj.weight"),
+                                &format!("{mlp}.up_proj.weight"),
+                            ],
+                            &[i, i],
+                            h,
+                            Init::Fan(h),
+                        )?,
+                        b: None,
+                        out_dim: 2 * i,
+                        in_dim: h,
+                    },
+                    down: l.linear(&format!("{mlp}.down_proj"), i, h, false)?,
+                    adapter,
+                })
+            })
+            .collect::<Result<Vec<_>, ForwardError>>()?;
+        let (cos, sin) = lynx_kernels::ops::rope_table(
+            cfg.max_position_embeddings,
+            cfg.head_dim(),
+            cfg.rope_theta as f32,
+        );
+        Ok(Self {
+            embed: l.tensor(
+                "LLM.model.embed_tokens.weight",
+                &[cfg.vocab_size, h],
+                Init::Unit,
+            )?,
+            layers,
+            norm: l.rmsnorm("LLM.model.norm", h, eps)?,
+            lm_head: l.linear("LLM.lm_head", h, cfg.vocab_size, false)?,
+            rope: l.ops().rope_table(&cos, &sin)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlmConfig {
+        &self.cfg
+    }
+
+    /// Prefill: fills fresh cache rows and returns them with the last position's logits per
+    /// row. `prefix` is the vision prefix `[rows][prefix][hidden]` when `batch.prefix > 0`.
+    pub fn prefill(
+        &self,
+        ops: &O,
+        pool: &mut KvPool<O>,
+        batch: &PrefillBatch<'_>,
+        prefix: Option<&O::Buf>,
+    ) -> Result<(Vec<RowCache>, Vec<Vec<f32>>), ForwardError> {
+        let (r, l, t) = (batch.rows, batch.prefix, batch.text);
+        let s = l + t;
+        let h = self.cfg.hidden;
+        if r == 0 || t == 0 || batch.ids.len() != r * t || batch.pads.len() != r {
+            return Err(ForwardError::Shape(format!(
+                "prefill of {r} rows x {t} text tokens with {} ids and {} pad counts",
+                batch.ids.len(),
+                batch.pads.len()
+            )));
+        }
+        if (l > 0) != prefix.is_some() {
+            return Err(ForwardError::Shape(
+                "vision prefix length without a prefix".into(),
+            ));
+        }
+        if let Some(&bad) = batch.pads.iter().find(|&&p| p >= t) {
+            return Err(ForwardError::Shape(format!(
+                "{bad} pads in {t} text tokens"
+            )));
+        }
+        let tokens = r * s;
+        if s > self.cfg.max_position_embeddings {
+            return Err(ForwardError::Shape(format!(
+                "{s} positions exceed the model's {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        // Embeddings: [prefix][text] per row.
+        let mut x = ops.alloc(tokens * h)?;
+        if let Some(pre) = prefix {
+            let dst: Vec<u32> = (0..r * l).map(|i| ((i / l) * s + i % l) as u32).collect();
+            ops.copy_rows(
+                pre,
+                None,
+                &mut x,
+                Some(&ops.indices(&dst, tokens)?),
+                r * l,
+                h,
+            )?;
+        }
+        let dst: Vec<u32> = (0..r * t)
+            .map(|i| ((i / t) * s + l + i % t) as u32)
+            .collect();
+        ops.copy_rows(
+            &self.embed,
+            Some(&ops.indices(batch.ids, self.cfg.vocab_size)?),
+            &mut x,
+            Some(&ops.indices(&dst, tokens)?),
+            r * t,
+            h,
+        )?;
+        // Positions, gaps and cache slots.
+        let mut rows = Vec::with_capacity(r);
+        let (mut positions, mut slots, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, &pads) in batch.pads.iter().enumerate() {
+            let mut cache = RowCache::default();
+            let cached = s - pads;
+            if let Err(e) = pool.reserve(&mut cache, cached) {
+                for mut done in rows.drain(..) {
+                    pool.release(&mut done);
+                }
+                pool.release(&mut cache);
+                return Err(e);
+            }
+            let _ = row;
+            gaps.push((l, l + pads));
+            let mut n = 0usize;
+            for j in 0..s {
+                if j >= l && j < l + pads {
+                    positions.push(1);
+                    slots.push(0); // the scratch block
+                } else {
+                    positions.push(n as u32);
+                    slots.push(pool.slot(&cache, n));
+                    n += 1;
+                }
+            }
+            cache.len = cached;
+            rows.push(cache);
+        }
+        let attn = DenseAttention::new(r, self.cfg.heads, s, s, self.cfg.head_dim())
+            .causal()
+            .with_gaps(gaps);
+        let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
+        let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
+        let x = self.layers_forward(ops, pool, x, tokens, &pos, &slot_idx, Attend::Dense(&attn))?;
+        let last: Vec<u32> = (0..r).map(|i| (i * s + s - 1) as u32).collect();
+        let logits = self.logits(ops, &x, Some(&ops.indices(&last, tokens)?), r)?;
+        Ok((rows, logits))
+    }
+
+    /// One decode step: feeds `tokens[i]` to row `i`, grows the rows' caches, returns logits.
+    pub fn step(
+        &self,
+        ops: &O,
+        pool: &mut KvPool<O>,
+        rows: &mut [RowCache],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let (r, h) = (rows.len(), self.cfg.hidden);
+        if tokens.len() != r || r == 0 {
+            return Err(ForwardError::Shape(format!(
+                "{} tokens for {r} rows",
+                tokens.len()
+            )));
+        }
+        let mut positions = Vec::with_capacity(r);
+        let mut slots = Vec::with_capacity(r);
+        for row in rows.iter_mut() {
+            if row.len + 1 > self.cfg.max_position_embeddings {
+                return Err(ForwardError::Shape(format!(
+                    "position {} exceeds the model's {}",
+                    row.len, self.cfg.max_position_embeddings
+                )));
+            }
+            pool.reserve(row, row.len + 1)?;
+            positions.push(row.len as u32);
+            slots.push(pool.slot(row, row.len));
+            row.len += 1;
+        }
+        let max_blocks = rows.iter().map(|r| r.blocks.len()).max().unwrap_or(1);
+        let mut table = Vec::with_capacity(r * max_blocks);
+        for row in rows.iter() {
+            table.extend(&row.blocks);
+            table.extend(std::iter::repeat_n(0, max_blocks - row.blocks.len()));
+        }
+        let decode = DecodeAttention {
+            batch: r,
+            heads: self.cfg.heads,
+            head_dim: self.cfg.head_dim(),
+            block_size: pool.block_size,
+            num_blocks: pool.num_blocks,
+            max_blocks,
+            scale: 1.0 / (self.cfg.head_dim() as f32).sqrt(),
+            seq_lens: rows.iter().map(|r| r.len as u32).collect(),
+            block_table: table,
+        };
+        let mut x = ops.alloc(r * h)?;
+        ops.copy_rows(
+            &self.embed,
+            Some(&ops.indices(tokens, self.cfg.vocab_size)?),
+            &mut x,
+            None,
+            r,
+            h,
+        )?;
+        let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
+        let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
+        let x = self.layers_forward(ops, pool, x, r, &pos, &slot_idx, Attend::Decode(&decode))?;
+        self.logits(ops, &x, None, r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layers_forward(
+        &self,
+        ops: &O,
+        pool: &mut KvPool<O>,
+        mut x: O::Buf,
+        tokens: usize,
+        pos: &O::Idx,
+        slots: &O::Idx,
+        attend: Attend<'_>,
+    ) -> Result<O::Buf, ForwardError> {
+        let c = &self.cfg;
+        let (h, inter, hd) = (c.hidden, c.intermediate, c.head_dim());
+        let n = tokens * h;
+        let (mut y, mut q, mut k, mut v, mut a, mut o) = (
+            ops.alloc(n)?,
+            ops.alloc(n)?,
+            ops.alloc(n)?,
+            ops.alloc(n)?,
+            ops.alloc(n)?,
+            ops.alloc(n)?,
+        );
+        let (mut gu, mut m) = (ops.alloc(tokens * 2 * inter)?, ops.alloc(tokens * inter)?);
+        let mut ad = ops.alloc(tokens * c.adapter_dim.max(1))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            ops.norm(&x, tokens, &layer.input_norm, &mut y)?;
+            ops.linear(&y, tokens, &layer.q, &mut q)?;
+            ops.linear(&y, tokens, &layer.k, &mut k)?;
+            ops.linear(&y, tokens, &layer.v, &mut v)?;
+            ops.rope(&mut q, c.heads, hd, pos, &self.rope)?;
+            ops.rope(&mut k, c.heads, hd, pos, &self.rope)?;
+            ops.kv_write(&k, slots, &mut pool.k[i], c.heads, hd, pool.block_size)?;
+            ops.kv_write(&v, slots, &mut pool.v[i], c.heads, hd, pool.block_size)?;
+            match attend {
+                Attend::Dense(p) => ops.attention(p, &q, &k, &v, &mut a)?,
+                Attend::Decode(p) => ops.decode(p, &q, &pool.k[i], &pool.v[i], &mut a)?,
+            }
+            ops.linear(&a, tokens, &layer.o, &mut o)?;
+            ops.accumulate(&mut x, &o, n, 1.0)?;
+            ops.norm(&x, tokens, &layer.post_norm, &mut y)?;
+            ops.linear(&y, tokens, &layer.gate_up, &mut gu)?;
+            ops.silu_mul(&gu, tokens, inter, &mut m)?;
+            ops.linear(&m, tokens, &layer.down, &mut o)?;
+            ops.accumulate(&mut x, &o, n, 1.0)?;
+            if let Some(ad_w) = &layer.adapter {
+                ops.norm(&x, tokens, &ad_w.norm, &mut y)?;
+                ops.linear(&y, tokens, &ad_w.down, &mut ad)?;
+                ops.silu(&mut ad, tokens * c.adapter_dim)?;
+                ops.linear(&ad, tokens, &ad_w.up, &mut o)?;
+                ops.accumulate(&mut x, &o, n, ad_w.scaling)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Final norm + LM head over the selected rows, logits to the host.
+    fn logits(
+        &self,
+        ops: &O,
+        x: &O::Buf,
+        select: Option<&O::Idx>,
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let h = self.cfg.hidden;
+        let mut last = ops.alloc(rows * h)?;
+        ops.copy_rows(x, select, &mut last, None, rows, h)?;
+        let mut normed = ops.alloc(rows * h)?;
+        ops.norm(&last, rows, &self.norm, &mut normed)?;
+        let mut logits = ops.alloc(rows * self.cfg.vocab_size)?;
+        ops.linear(&normed, rows, &self.lm_head, &mut logits)?;
+        let flat = ops.download(&logits)?;
+        Ok(flat
+            .chunks_exact(self.cfg.vocab_size)
+            .take(rows)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Attend<'a> {
+    Dense(&'a DenseAttention),
+    Decode(&'a DecodeAttention),
+}

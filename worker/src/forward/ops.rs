@@ -1,0 +1,194 @@
+//! The operations the Lynx forward is written in, implemented by each backend: the host mirror
+//! ([`super::host::HostOps`], f32) and the GPU ([`super::cuda::CudaOps`], our kernels + cuBLAS).
+//! Buffers are flat; shapes travel as arguments. Index buffers (token ids, positions, rows,
+//! cache slots) are checked against what they index when they are made.
+
+use lynx_kernels::projection::VisionProjection;
+use lynx_kernels::{DecodeAttention, DenseAttention};
+
+use super::ForwardError;
+
+/// `nn.Linear` on a backend: weight `[out][in]`, optional bias `[out]`.
+#[derive(Debug)]
+pub struct Linear<B> {
+    /// The weight.
+    pub w: B,
+    /// The bias.
+    pub b: Option<B>,
+    /// Output features.
+    pub out_dim: usize,
+    /// Input features.
+    pub in_dim: usize,
+}
+
+/// A LayerNorm (with bias) or RMSNorm (without) on a backend.
+#[derive(Debug)]
+pub struct Norm<B> {
+    /// Scale `[dim]`.
+    pub w: B,
+    /// Shift `[dim]` (LayerNorm only).
+    pub b: Option<B>,
+    /// Width.
+    pub dim: usize,
+    /// Epsilon.
+    pub eps: f32,
+}
+
+/// Host values of one resampler layer's vision-token projection (`norm_media` + `to_kv`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionValues<'a> {
+    /// `to_kv.weight`, `[2 * inner][vision width]`.
+    pub w_kv: &'a [f32],
+    /// `norm_media.weight`.
+    pub gamma: &'a [f32],
+    /// `norm_media.bias`.
+    pub beta: &'a [f32],
+    /// The frame embedding `[frames][vision width]` (video models).
+    pub frame_embed: Option<&'a [f32]>,
+}
+
+/// The operations of the forward.
+pub trait Ops {
+    /// A flat buffer of model elements.
+    type Buf;
+    /// Checked indices.
+    type Idx;
+    /// A RoPE cos/sin table.
+    type Rope;
+    /// One resampler layer's prepared projection.
+    type Proj;
+
+    /// What runs the forward, e.g. `host f32` or `NVIDIA H200 bf16`.
+    fn describe(&self) -> String;
+    /// Copies host values in (rounded to the backend's element type).
+    fn upload(&self, values: &[f32]) -> Result<Self::Buf, ForwardError>;
+    /// `offset + scale * u`, `u` uniform in [-1, 1), made where the buffer lives.
+    fn random(
+        &self,
+        len: usize,
+        seed: u64,
+        scale: f32,
+        offset: f32,
+    ) -> Result<Self::Buf, ForwardError>;
+    /// Copies a buffer out as f32.
+    fn download(&self, b: &Self::Buf) -> Result<Vec<f32>, ForwardError>;
+    /// A buffer of `len` elements (contents unspecified until written).
+    fn alloc(&self, len: usize) -> Result<Self::Buf, ForwardError>;
+    /// Indices into something of `bound` entries; a value `>= bound` is an error.
+    fn indices(&self, values: &[u32], bound: usize) -> Result<Self::Idx, ForwardError>;
+    /// A RoPE table `[max_pos][head_dim / 2]` (see `lynx_kernels::ops::rope_table`).
+    fn rope_table(&self, cos: &[f32], sin: &[f32]) -> Result<Self::Rope, ForwardError>;
+    /// Prepares one projection (folding, fusing, or just uploading, as the backend prefers).
+    fn projection(
+        &self,
+        p: &VisionProjection,
+        values: &ProjectionValues<'_>,
+    ) -> Result<Self::Proj, ForwardError>;
+
+    /// `y[rows][out] = x[rows][in] W^T (+ b)`.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Linear<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+    /// LayerNorm (`norm.b` set) or RMSNorm of `rows` rows.
+    fn norm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        norm: &Norm<Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+    /// Exact GELU in place over `rows` rows of `cols`.
+    fn gelu(&self, x: &mut Self::Buf, rows: usize, cols: usize) -> Result<(), ForwardError>;
+    /// SiLU in place over `n` elements.
+    fn silu(&self, x: &mut Self::Buf, n: usize) -> Result<(), ForwardError>;
+    /// `out[r] = silu(gu[r][..inter]) * gu[r][inter..]`.
+    fn silu_mul(
+        &self,
+        gate_up: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+    /// Rotate-half RoPE in place on `[tokens][heads][head_dim]` at `positions`.
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        heads: usize,
+        head_dim: usize,
+        positions: &Self::Idx,
+        table: &Self::Rope,
+    ) -> Result<(), ForwardError>;
+    /// `acc += scale * b` over `n` elements.
+    fn accumulate(
+        &self,
+        acc: &mut Self::Buf,
+        b: &Self::Buf,
+        n: usize,
+        scale: f32,
+    ) -> Result<(), ForwardError>;
+    /// `x[r] += table[(r / div) % period]` over `rows` rows of `cols`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows(
+        &self,
+        x: &mut Self::Buf,
+        table: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        div: usize,
+        period: usize,
+    ) -> Result<(), ForwardError>;
+    /// `dst[dst_rows[i]] = src[src_rows[i]]` for `n` rows of `cols` (`None`: `i`).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        src: &Self::Buf,
+        src_rows: Option<&Self::Idx>,
+        dst: &mut Self::Buf,
+        dst_rows: Option<&Self::Idx>,
+        n: usize,
+        cols: usize,
+    ) -> Result<(), ForwardError>;
+    /// Dense attention over `[B][S][H][D]` tensors (no cache).
+    fn attention(
+        &self,
+        p: &DenseAttention,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+    /// Writes token rows `[n][heads * head_dim]` into a paged cache at flat slots.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write(
+        &self,
+        src: &Self::Buf,
+        slots: &Self::Idx,
+        cache: &mut Self::Buf,
+        heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    ) -> Result<(), ForwardError>;
+    /// One decode step over the paged cache (`q`, `out`: `[B][H][D]`).
+    fn decode(
+        &self,
+        p: &DecodeAttention,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+    /// The resampler's vision-token projection: `K | V = LN(media + e_frame) W_kv^T`
+    /// (`media` without the frame embedding; `p.frames` says whether to add it).
+    fn project(
+        &self,
+        media: &Self::Buf,
+        p: &VisionProjection,
+        proj: &Self::Proj,
+        k: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
+}

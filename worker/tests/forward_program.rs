@@ -1,0 +1,231 @@
+//! The forward program (the kernel-call sequence the GPU runs) on its host mirror, against the
+//! official outputs of the tiny fixture: vision prefix, first-step logits and greedy / beam token
+//! ids on every case, and the paged KV cache's bookkeeping (blocks all returned, beams copied).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use common::*;
+use lynx_worker::checkpoint::release::load_release;
+use lynx_worker::config::LynxConfig;
+use lynx_worker::forward::host::HostOps;
+use lynx_worker::forward::vision::Pixels;
+use lynx_worker::forward::weights::Source;
+use lynx_worker::forward::{DeviceLynx, ForwardError};
+use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams};
+
+const KV_BLOCKS: usize = 512;
+const BLOCK: usize = 8;
+
+/// A model of its own per test (tests run in parallel and count the cache's free blocks).
+fn model() -> DeviceLynx<HostOps> {
+    let merged = load_release(&model_dir(), None).unwrap();
+    let cfg: LynxConfig = merged.config.clone();
+    let vb = VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu);
+    DeviceLynx::load(
+        HostOps::default(),
+        Source::Checkpoint(vb),
+        &cfg,
+        KV_BLOCKS,
+        BLOCK,
+    )
+    .unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    d / b.iter().map(|y| y.abs()).fold(1e-30, f32::max)
+}
+
+/// Left-padded ids and their pad counts from the fixture's `input_ids` / `input_atts`.
+fn text(t: &std::collections::HashMap<String, Tensor>) -> (Vec<u32>, Vec<usize>, usize) {
+    let ids = id_rows(&t["input_ids"]);
+    let atts = id_rows(&t["input_atts"]);
+    let pads = atts
+        .iter()
+        .map(|row| {
+            let p = row.iter().take_while(|&&a| a == 0).count();
+            assert!(row[p..].iter().all(|&a| a == 1), "not left-padded");
+            p
+        })
+        .collect();
+    let rows = ids.len();
+    (ids.concat(), pads, rows)
+}
+
+fn check_case(case: &str) {
+    let m = &model();
+    let cfg = m.config();
+    let t = case_tensors(case);
+    let px = &t["pixel_values"];
+    let (seqs, frames) = match px.dims().len() {
+        5 => (px.dims()[0], px.dims()[1]),
+        _ => (px.dims()[0], 1),
+    };
+    let prefix = m
+        .encode_vision(Pixels {
+            values: &flat(px),
+            sequences: seqs,
+            frames,
+        })
+        .unwrap();
+    let r = rel(&prefix, &flat(&t["bridge_out"]));
+    eprintln!("{case}: bridge_out rel {r:.1e}");
+    assert!(r <= 1e-5, "{case} bridge_out rel {r:e}");
+
+    let (ids, pads, rows) = text(&t);
+    let free = m.free_blocks().unwrap();
+    {
+        let (_, first) = m.start_session(Some(&prefix), &ids, &pads, 1).unwrap();
+        // The reference logits of each row's last position.
+        let reference = &t["prefill_logits"];
+        let (_, s, v) = reference.dims3().unwrap();
+        let all = flat(reference);
+        for (row, got) in first.iter().enumerate() {
+            let want = &all[(row * s + s - 1) * v..][..v];
+            let r = rel(got, want);
+            assert!(r <= 1e-5, "{case} row {row} first logits rel {r:e}");
+        }
+    }
+    assert_eq!(
+        m.free_blocks().unwrap(),
+        free,
+        "a dropped session returns its blocks"
+    );
+
+    let special = DecodeIds {
+        bos: cfg.tokens.bos,
+        eos: cfg.tokens.eos,
+        pad: cfg.tokens.pad,
+    };
+    let run = |p: &GenerationParams| -> Vec<Vec<u32>> {
+        let (mut session, first) = m
+            .start_session(Some(&prefix), &ids, &pads, p.rows_per_request())
+            .unwrap();
+        generate(&mut session, first, rows, p, special)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.sequence)
+            .collect()
+    };
+    let mut greedy = GenerationParams::from_defaults(&cfg.generation, DecodingMode::Greedy);
+    greedy.max_new_tokens = 16;
+    assert_eq!(run(&greedy), ref_ids(case, GREEDY_KEY), "{case} greedy");
+    let mut beam = GenerationParams::from_defaults(&cfg.generation, DecodingMode::Beam);
+    beam.max_new_tokens = 16;
+    assert_eq!(run(&beam), ref_ids(case, BEAM_KEY), "{case} beam-5");
+    assert_eq!(m.free_blocks().unwrap(), free, "beam copies are returned");
+}
+
+#[test]
+fn image0_matches_the_official_outputs() {
+    check_case("image0");
+}
+
+#[test]
+fn image3_matches_the_official_outputs() {
+    check_case("image3");
+}
+
+#[test]
+fn left_padded_batch_matches_the_official_outputs() {
+    check_case("image_batch_1_2_leftpad");
+}
+
+#[test]
+fn video0_matches_the_official_outputs() {
+    check_case("video0");
+}
+
+#[test]
+fn text_only_greedy_matches() {
+    let m = &model();
+    let case = &ref_json()["text_only_greedy"];
+    let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+    let cfg = m.config();
+    let mut p = GenerationParams::from_defaults(&cfg.generation, DecodingMode::Greedy);
+    p.max_new_tokens = 8;
+    p.min_length = 0;
+    p.no_repeat_ngram_size = 0;
+    let (mut session, first) = m.start_session(None, &ids, &[0], 1).unwrap();
+    let special = DecodeIds {
+        bos: cfg.tokens.bos,
+        eos: cfg.tokens.eos,
+        pad: cfg.tokens.pad,
+    };
+    let out = generate(&mut session, first, 1, &p, special).unwrap();
+    let expected: Vec<Vec<u32>> = serde_json::from_value(case["output_ids"].clone()).unwrap();
+    assert_eq!(vec![out[0].sequence.clone()], expected);
+}
+
+#[test]
+fn a_full_cache_is_an_error_and_loses_nothing() {
+    let merged = load_release(&model_dir(), None).unwrap();
+    let cfg = merged.config.clone();
+    let vb = VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu);
+    // 3 blocks of 4 tokens: block 0 is scratch, so 8 tokens fit.
+    let m = DeviceLynx::load(HostOps::default(), Source::Checkpoint(vb), &cfg, 3, 4).unwrap();
+    let ids: Vec<u32> = vec![1, 5, 6, 7, 8, 9, 10, 11, 12];
+    match m.start_session(None, &ids, &[0], 1) {
+        Err(ForwardError::OutOfBlocks) => {}
+        Err(other) => panic!("expected OutOfBlocks, got {other}"),
+        Ok(_) => panic!("9 tokens fitted in 8 slots"),
+    }
+    assert_eq!(
+        m.free_blocks().unwrap(),
+        2,
+        "a failed prefill returns its blocks"
+    );
+    let (mut s, _) = m.start_session(None, &ids[..8], &[0], 1).unwrap();
+    assert!(matches!(
+        s.step_tokens(&[3]),
+        Err(ForwardError::OutOfBlocks)
+    ));
+}
+
+#[test]
+fn random_weights_run_and_are_reproducible() {
+    let merged = load_release(&model_dir(), None).unwrap();
+    let cfg = merged.config.clone();
+    let load = || DeviceLynx::load(HostOps::default(), Source::Random(7), &cfg, 64, 8).unwrap();
+    let (a, b) = (load(), load());
+    let res = cfg.vision.image_res as usize;
+    let px: Vec<f32> = (0..3 * res * res)
+        .map(|i| (i % 17) as f32 / 17.0 - 0.5)
+        .collect();
+    let pixels = Pixels {
+        values: &px,
+        sequences: 1,
+        frames: 1,
+    };
+    let (pa, pb) = (
+        a.encode_vision(pixels).unwrap(),
+        b.encode_vision(pixels).unwrap(),
+    );
+    assert_eq!(pa, pb);
+    assert!(pa.iter().all(|x| x.is_finite()));
+    let (_, la) = a.start_session(Some(&pa), &[1, 20, 30], &[0], 1).unwrap();
+    let (_, lb) = b.start_session(Some(&pb), &[1, 20, 30], &[0], 1).unwrap();
+    assert_eq!(la, lb);
+    assert!(la[0].iter().all(|x| x.is_finite()));
+    let spread = la[0].iter().cloned().fold(f32::MIN, f32::max)
+        - la[0].iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 0.0, "random logits are all equal");
+}
