@@ -156,3 +156,126 @@ pub fn run_bench(args: &BenchArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `gpu-check-model` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CheckModelArgs {
+    /// The device and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Fixture folder: the model in `model/`, the official outputs in `refs/`.
+    #[arg(long, default_value = "tests/data/tiny")]
+    pub fixture: std::path::PathBuf,
+    /// Precisions to check, comma-separated (f32: token ids must equal the host mirror's;
+    /// bf16/f16: first-step logits within 1e-2, token agreement reported).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    pub precision: Vec<String>,
+}
+
+/// Largest relative error of the first-step logits a 16-bit run may have.
+pub const HALF_LOGITS_TOLERANCE: f32 = 1e-2;
+/// Largest relative error of the first-step logits in f32.
+pub const F32_LOGITS_TOLERANCE: f32 = 1e-4;
+
+fn device_model<S: lynx_kernels::cuda::Elem>(
+    gpu: &std::sync::Arc<CudaAttention>,
+    precision: lynx_kernels::Precision,
+    merged: &crate::checkpoint::release::MergedCheckpoint,
+) -> Result<crate::forward::DeviceLynx<crate::forward::cuda::CudaOps<S>>, CliError> {
+    let err = |e: crate::forward::ForwardError| CliError(e.to_string());
+    let ops = crate::forward::cuda::CudaOps::<S>::new(gpu.clone(), precision).map_err(err)?;
+    let vb = candle_nn::VarBuilder::from_tensors(
+        merged.tensors.clone(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    crate::forward::DeviceLynx::load(
+        ops,
+        crate::forward::weights::Source::Checkpoint(vb),
+        &merged.config,
+        CHECK_KV_BLOCKS,
+        CHECK_BLOCK_SIZE,
+    )
+    .map_err(err)
+}
+
+const CHECK_KV_BLOCKS: usize = 1024;
+const CHECK_BLOCK_SIZE: usize = 16;
+
+/// Runs the whole forward on the GPU at each precision and compares it with the host mirror
+/// (and the official outputs) on every fixture case; fails when a case misses its bound.
+pub fn run_check_model(args: &CheckModelArgs) -> Result<(), CliError> {
+    use crate::forward::check::{compare, fixture_cases};
+    use lynx_kernels::Precision;
+    let err = |e: crate::forward::ForwardError| CliError(e.to_string());
+    let gpu = std::sync::Arc::new(open(&args.device)?);
+    let merged = crate::checkpoint::release::load_release(&args.fixture.join("model"), None)
+        .map_err(|e| CliError(e.to_string()))?;
+    let cases = fixture_cases(&args.fixture).map_err(err)?;
+    let vb = candle_nn::VarBuilder::from_tensors(
+        merged.tensors.clone(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    let reference = crate::forward::DeviceLynx::load(
+        crate::forward::host::HostOps::default(),
+        crate::forward::weights::Source::Checkpoint(vb),
+        &merged.config,
+        CHECK_KV_BLOCKS,
+        CHECK_BLOCK_SIZE,
+    )
+    .map_err(err)?;
+    let mut failed = 0;
+    for name in &args.precision {
+        let precision: Precision = name
+            .parse()
+            .map_err(|e: lynx_kernels::KernelError| CliError(e.to_string()))?;
+        let reports = match precision {
+            Precision::F32 => compare(
+                &device_model::<f32>(&gpu, precision, &merged)?,
+                &reference,
+                &cases,
+            ),
+            _ => compare(
+                &device_model::<u16>(&gpu, precision, &merged)?,
+                &reference,
+                &cases,
+            ),
+        }
+        .map_err(err)?;
+        for r in &reports {
+            let passed = match precision {
+                Precision::F32 => {
+                    r.logits_rel_err <= F32_LOGITS_TOLERANCE
+                        && r.greedy_agreement == 1.0
+                        && r.beam_agreement == 1.0
+                }
+                _ => r.logits_rel_err <= HALF_LOGITS_TOLERANCE,
+            };
+            failed += usize::from(!passed);
+            if args.device.json {
+                let mut v = serde_json::to_value(r).map_err(|e| CliError(e.to_string()))?;
+                v["passed"] = passed.into();
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<26} {:<28} prefix {:>8.1e} logits {:>8.1e} greedy {:>5.1}% beam {:>5.1}% official {}/{} {}",
+                    r.case,
+                    r.backend,
+                    r.prefix_rel_err,
+                    r.logits_rel_err,
+                    100.0 * r.greedy_agreement,
+                    100.0 * r.beam_agreement,
+                    r.greedy_official.map_or("-", |b| if b { "yes" } else { "no" }),
+                    r.beam_official.map_or("-", |b| if b { "yes" } else { "no" }),
+                    if passed { "PASS" } else { "FAIL" }
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError(format!("{failed} model check case(s) failed")));
+    }
+    println!("gpu-check-model: every case within bounds");
+    Ok(())
+}

@@ -365,3 +365,27 @@ fn demo_serves_one_multimodal_request_end_to_end() {
     );
     assert!(!out.stdout.is_empty(), "no streamed answer");
 }
+
+/// Without a CUDA driver the GPU commands fail with one clear line, not a panic.
+#[test]
+fn gpu_commands_without_a_driver_say_so() {
+    if lynx_kernels::cuda::ensure_driver().is_ok() {
+        eprintln!("skipped: a CUDA driver is installed here");
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let fixture = tiny().display().to_string();
+    for args in [
+        vec!["gpu-selftest"],
+        vec!["gpu-check-model", "--fixture", fixture.as_str()],
+    ] {
+        let out = worker(cache.path()).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded without a GPU");
+        assert!(
+            stderr.contains("CUDA library cuda not found"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}

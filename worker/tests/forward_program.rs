@@ -229,3 +229,24 @@ fn random_weights_run_and_are_reproducible() {
         - la[0].iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 0.0, "random logits are all equal");
 }
+
+/// The `gpu-check-model` harness, run with the host mirror on both sides: every fixture case is
+/// read, compared, and matches itself and the official outputs.
+#[test]
+fn the_model_check_harness_reads_every_case_and_compares() {
+    use lynx_worker::forward::check::{compare, fixture_cases};
+    let cases = fixture_cases(&tiny()).unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    for want in IMAGE_CASES.iter().chain(&VIDEO_CASES) {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    let (a, b) = (model(), model());
+    let reports = compare(&a, &b, &cases).unwrap();
+    assert_eq!(reports.len(), cases.len());
+    for r in &reports {
+        assert_eq!((r.prefix_rel_err, r.logits_rel_err), (0.0, 0.0), "{}", r.case);
+        assert_eq!((r.greedy_agreement, r.beam_agreement), (1.0, 1.0), "{}", r.case);
+        assert_eq!(r.greedy_official, Some(true), "{}", r.case);
+        assert_eq!(r.beam_official, Some(true), "{}", r.case);
+    }
+}

@@ -58,6 +58,9 @@ pub enum Command {
     GpuSelftest(crate::gpu_cli::SelftestArgs),
     /// Time the GPU attention kernels on Lynx's anchor shapes (CUDA events, median).
     GpuBench(crate::gpu_cli::BenchArgs),
+    /// Run the whole forward on the GPU (f32 and bf16) against the host mirror and the official
+    /// outputs on the fixture's cases.
+    GpuCheckModel(crate::gpu_cli::CheckModelArgs),
 }
 
 /// Where the model comes from.
@@ -301,5 +304,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Convert(a) => convert(a),
         Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),
         Command::GpuBench(a) => crate::gpu_cli::run_bench(a),
+        Command::GpuCheckModel(a) => crate::gpu_cli::run_check_model(a),
     }
 }

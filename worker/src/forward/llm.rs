@@ -157,7 +157,11 @@ impl<O: Ops> KvPool<O> {
             };
             if let Err(e) = self.reserve(&mut copy, len) {
                 // Nothing leaks: every row of the batch goes back to the pool.
-                for mut row in out.into_iter().chain(old.into_iter().flatten()).chain([copy]) {
+                for mut row in out
+                    .into_iter()
+                    .chain(old.into_iter().flatten())
+                    .chain([copy])
+                {
                     self.release(&mut row);
                 }
                 return Err(e);

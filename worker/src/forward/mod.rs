@@ -11,6 +11,7 @@
 //! - [`DeviceLynx`] and [`DeviceSession`]: the model and a decoding session (a
 //!   [`crate::generation::StepModel`]).
 
+pub mod check;
 pub mod cuda;
 pub mod host;
 pub mod llm;
