@@ -44,6 +44,13 @@ pub struct BenchArgs {
     /// Timed calls per shape (the median is reported).
     #[arg(long, default_value_t = 30)]
     pub iters: usize,
+    /// Time the whole model instead of the kernels: vision images/s, TTFT, decode tokens/s
+    /// against the weight-streaming limit.
+    #[arg(long)]
+    pub e2e: bool,
+    /// The architecture timed by `--e2e`, with seeded random weights made on the device.
+    #[arg(long, default_value = "lynx-7b")]
+    pub random_weights: String,
 }
 
 fn open(device: &DeviceArgs) -> Result<CudaAttention, CliError> {
@@ -111,12 +118,95 @@ pub fn run_selftest(args: &SelftestArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `gpu-bench --e2e`: the whole random-weight model on the device, in the bench's dtype.
+fn run_e2e(args: &BenchArgs, dtype: DType) -> Result<(), CliError> {
+    use crate::forward::e2e::{run, E2eOptions};
+    use crate::forward::random::RandomModel;
+    let err = |e: crate::forward::ForwardError| CliError(e.to_string());
+    let arch: RandomModel = args.random_weights.parse().map_err(CliError)?;
+    let cfg = arch.config();
+    let gpu = std::sync::Arc::new(open(&args.device)?);
+    let copy_bytes = 1usize << 30;
+    let (src, mut dst) = gpu.copy_buffers(copy_bytes).map_err(kernel_err)?;
+    let times = gpu
+        .time_ms(2, args.iters.max(1), || gpu.copy(&src, &mut dst))
+        .map_err(kernel_err)?;
+    drop((src, dst));
+    let copy_ms = median_ms(times);
+    let copy_gb_s = 2.0 * copy_bytes as f64 / copy_ms / 1e6;
+    let opts = E2eOptions::default();
+    let max_batch = opts.decode_batches.iter().copied().max().unwrap_or(1);
+    let block = 16;
+    let context = cfg.bridge.num_latents + opts.prompt_tokens + opts.decode_steps + 4;
+    let kv_blocks = max_batch * context.div_ceil(block) + 64;
+    let ops = crate::forward::cuda::CudaOps::<u16>::new(gpu.clone(), dtype.into()).map_err(err)?;
+    let started = std::time::Instant::now();
+    let model = crate::forward::DeviceLynx::load(
+        ops,
+        crate::forward::weights::Source::Random(0x4c79_6e78),
+        &cfg,
+        kv_blocks,
+        block,
+    )
+    .map_err(err)?;
+    gpu.synchronize().map_err(kernel_err)?;
+    tracing::info!(model = %cfg.model_name, seconds = started.elapsed().as_secs_f64(), "random weights ready");
+    let rows = run(&model, &opts, Some(copy_gb_s), 2).map_err(err)?;
+    if args.device.json {
+        println!("{}", json_line(gpu.info())?);
+        println!(
+            "{}",
+            serde_json::json!({"id": "copy", "shape": "device copy 1 GiB", "unit": "GB/s", "value": copy_gb_s, "ms": copy_ms})
+        );
+        for r in &rows {
+            println!("{}", json_line(r)?);
+        }
+    } else {
+        println!(
+            "{} ({}), {} {dtype}, copy {copy_gb_s:.0} GB/s",
+            gpu.info().name,
+            gpu.info().arch,
+            cfg.model_name
+        );
+        println!(
+            "{:<16} {:<52} {:>10} {:>12} {:>9}",
+            "id", "what", "ms", "rate", "unit"
+        );
+        for r in &rows {
+            println!(
+                "{:<16} {:<52} {:>10.3} {:>12.1} {:>9}{}",
+                r.id,
+                r.shape,
+                r.ms,
+                r.value,
+                r.unit,
+                r.pct_of_limit
+                    .map(|p| format!("  {p:.0}% of the weight-streaming limit"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn kernel_err(e: lynx_kernels::KernelError) -> CliError {
+    CliError(e.to_string())
+}
+
+fn median_ms(mut times: Vec<f32>) -> f64 {
+    times.sort_by(f32::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(f32::NAN) as f64
+}
+
 /// Times the anchor shapes and prints a table (or JSON lines).
 pub fn run_bench(args: &BenchArgs) -> Result<(), CliError> {
     let dtype: DType = args
         .dtype
         .parse()
         .map_err(|e: lynx_kernels::KernelError| CliError(e.to_string()))?;
+    if args.e2e {
+        return run_e2e(args, dtype);
+    }
     let gpu = open(&args.device)?;
     let rows = bench::run(&gpu, dtype, args.iters.max(1)).map_err(|e| CliError(e.to_string()))?;
     if args.device.json {

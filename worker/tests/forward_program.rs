@@ -244,9 +244,53 @@ fn the_model_check_harness_reads_every_case_and_compares() {
     let reports = compare(&a, &b, &cases).unwrap();
     assert_eq!(reports.len(), cases.len());
     for r in &reports {
-        assert_eq!((r.prefix_rel_err, r.logits_rel_err), (0.0, 0.0), "{}", r.case);
-        assert_eq!((r.greedy_agreement, r.beam_agreement), (1.0, 1.0), "{}", r.case);
+        assert_eq!(
+            (r.prefix_rel_err, r.logits_rel_err),
+            (0.0, 0.0),
+            "{}",
+            r.case
+        );
+        assert_eq!(
+            (r.greedy_agreement, r.beam_agreement),
+            (1.0, 1.0),
+            "{}",
+            r.case
+        );
         assert_eq!(r.greedy_official, Some(true), "{}", r.case);
         assert_eq!(r.beam_official, Some(true), "{}", r.case);
     }
+}
+
+/// `gpu-bench --e2e`'s measurements, run on the host with the tiny random architecture: every
+/// row is produced with a positive finite rate, and decode rows carry the weight-streaming limit.
+#[test]
+fn the_e2e_bench_measures_every_stage() {
+    use lynx_worker::forward::e2e::{llm_step_bytes, run, E2eOptions};
+    use lynx_worker::forward::random::RandomModel;
+    let cfg = RandomModel::Tiny.config();
+    let m = DeviceLynx::load(HostOps::default(), Source::Random(1), &cfg, 256, 8).unwrap();
+    let opts = E2eOptions {
+        image_batches: vec![1, 2],
+        videos: 1,
+        decode_batches: vec![1, 3],
+        decode_steps: 3,
+        prompt_tokens: 6,
+        iters: 1,
+    };
+    let rows = run(&m, &opts, Some(10.0), 4).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["vision-b1", "vision-b2", "vision-frames5", "ttft-image", "decode-b1", "decode-b3"]
+    );
+    for r in &rows {
+        assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
+    }
+    let limit = llm_step_bytes(&m, 4) / 10e6;
+    for r in rows.iter().filter(|r| r.id.starts_with("decode")) {
+        assert_eq!(r.limit_ms, Some(limit));
+        let pct = r.pct_of_limit.unwrap();
+        assert!((pct - 100.0 * limit / r.ms).abs() < 1e-9);
+    }
+    assert_eq!(m.free_blocks().unwrap(), 255, "every session returned its blocks");
 }

@@ -83,6 +83,10 @@ impl<S: Elem> Ops for CudaOps<S> {
         format!("{} {}", self.gpu.info().name, self.precision)
     }
 
+    fn synchronize(&self) -> Result<(), ForwardError> {
+        Ok(self.gpu.synchronize()?)
+    }
+
     fn upload(&self, values: &[f32]) -> Result<Self::Buf, ForwardError> {
         Ok(self.gpu.upload_as::<S>(self.precision, values)?)
     }

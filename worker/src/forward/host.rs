@@ -51,6 +51,10 @@ impl Ops for HostOps {
         "host f32".into()
     }
 
+    fn synchronize(&self) -> Result<(), ForwardError> {
+        Ok(())
+    }
+
     fn upload(&self, values: &[f32]) -> Result<Vec<f32>, ForwardError> {
         Ok(values.to_vec())
     }

@@ -13,9 +13,11 @@
 
 pub mod check;
 pub mod cuda;
+pub mod e2e;
 pub mod host;
 pub mod llm;
 pub mod ops;
+pub mod random;
 pub mod vision;
 pub mod weights;
 

@@ -60,6 +60,8 @@ pub trait Ops {
 
     /// What runs the forward, e.g. `host f32` or `NVIDIA H200 bf16`.
     fn describe(&self) -> String;
+    /// Waits for all queued work (timing); surfaces asynchronous errors.
+    fn synchronize(&self) -> Result<(), ForwardError>;
     /// Copies host values in (rounded to the backend's element type).
     fn upload(&self, values: &[f32]) -> Result<Self::Buf, ForwardError>;
     /// `offset + scale * u`, `u` uniform in [-1, 1), made where the buffer lives.
