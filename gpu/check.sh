@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # GPU check for a machine with an NVIDIA GPU, its driver, CUDA 13 libraries and PyTorch, but no
 # Rust toolchain: the lynx-worker binary is built beforehand (x86_64) and found at $LYNX_WORKER
-# (default gpu/bin/lynx-worker). Finds the CUDA libraries, runs the kernel selftest and bench,
-# then the same shapes through PyTorch SDPA, and prints one table. Results go to $OUT (default
-# gpu/out): selftest.txt, ours.jsonl, report.md, and the logs.
+# (default gpu/bin/lynx-worker). Finds the CUDA libraries, then runs the parts named in $PARTS
+# (default: kernels,model,e2e):
+#   kernels  kernel selftest and bench, the same shapes through PyTorch SDPA -> report.md
+#   model    the whole forward on the GPU (f32, bf16) vs the host mirror on the fixture -> model.txt
+#   e2e      random-weight lynx-7b end to end vs HF transformers generate() and timm EVA-g
+#            -> e2e.jsonl, e2e.md
+# Results go to $OUT (default gpu/out), with the logs.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${LYNX_WORKER:-$here/bin/lynx-worker}"
@@ -21,14 +25,30 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 export LYNX_CACHE_DIR="${LYNX_CACHE_DIR:-$out/cache}"
 
+parts=",${PARTS:-kernels,model,e2e},"
 status=0
-echo "== gpu-selftest"
-"$bin" gpu-selftest 2>"$out/selftest.log" | tee "$out/selftest.txt" || status=1
-tail -3 "$out/selftest.log"
-echo "== gpu-bench"
-"$bin" gpu-bench --json --iters "${ITERS:-30}" >"$out/ours.jsonl" 2>"$out/bench.log" || status=1
-tail -3 "$out/bench.log"
-echo "== PyTorch SDPA on the same shapes"
-PYTHONUNBUFFERED=1 python3 "$here/sdpa_bench.py" "$out/ours.jsonl" "$out/report.md" --iters "${ITERS:-30}" 2>"$out/sdpa.log" || status=1
-tail -5 "$out/sdpa.log"
+if [[ $parts == *,kernels,* ]]; then
+  echo "== gpu-selftest"
+  "$bin" gpu-selftest 2>"$out/selftest.log" | tee "$out/selftest.txt" || status=1
+  tail -3 "$out/selftest.log"
+  echo "== gpu-bench"
+  "$bin" gpu-bench --json --iters "${ITERS:-30}" >"$out/ours.jsonl" 2>"$out/bench.log" || status=1
+  tail -3 "$out/bench.log"
+  echo "== PyTorch SDPA on the same shapes"
+  PYTHONUNBUFFERED=1 python3 "$here/sdpa_bench.py" "$out/ours.jsonl" "$out/report.md" --iters "${ITERS:-30}" 2>"$out/sdpa.log" || status=1
+  tail -5 "$out/sdpa.log"
+fi
+if [[ $parts == *,model,* ]]; then
+  echo "== gpu-check-model (fixture: $here/../tests/data/tiny)"
+  "$bin" gpu-check-model --fixture "$here/../tests/data/tiny" 2>"$out/model.log" | tee "$out/model.txt" || status=1
+  tail -3 "$out/model.log"
+fi
+if [[ $parts == *,e2e,* ]]; then
+  echo "== gpu-bench --e2e (random lynx-7b)"
+  "$bin" gpu-bench --e2e --json --iters "${ITERS:-30}" >"$out/e2e.jsonl" 2>"$out/e2e.log" || status=1
+  tail -3 "$out/e2e.log"
+  echo "== HF transformers and timm on the same work"
+  PYTHONUNBUFFERED=1 python3 "$here/e2e_peers.py" "$out/e2e.jsonl" "$out/e2e.md" 2>"$out/peers.log" || status=1
+  tail -8 "$out/peers.log"
+fi
 exit $status
