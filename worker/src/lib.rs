@@ -8,6 +8,7 @@
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
+//! - [`served`]: the model as the server sees it (CPU model or the forward on a device);
 //! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
 //! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
 //! - [`cli`]: the `lynx-worker` command line; [`client`]: the `lynx` client (`generate`, `bench`);
@@ -29,5 +30,6 @@ pub mod pipeline;
 pub mod prompt;
 pub mod runner;
 pub mod serve;
+pub mod served;
 pub mod tokenizer;
 pub mod vision;

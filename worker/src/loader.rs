@@ -42,25 +42,54 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// A model directory's configuration, tokenizer and weights (not yet built into a network).
+pub struct OpenedWeights {
+    /// The configuration.
+    pub config: LynxConfig,
+    /// The tokenizer.
+    pub tokenizer: LynxTokenizer,
+    /// The weights in the LynxBase key namespace.
+    pub weights: VarBuilder<'static>,
+    /// Layout they were read from.
+    pub layout: Layout,
+}
+
+/// Opens `dir` in either layout (see [`LoadedModel::load`]) without building the CPU network:
+/// the GPU path uploads the weights from here.
+pub fn open_weights(dir: &Path, config: Option<&Path>) -> Result<OpenedWeights, CheckpointError> {
+    if !dir.is_dir() {
+        return Err(CheckpointError::MissingFile(dir.to_owned()));
+    }
+    if is_converted(dir) {
+        let (config, tokenizer, weights) = ConvertedCheckpoint::open(dir)?.var_builder();
+        Ok(OpenedWeights {
+            config,
+            tokenizer,
+            weights,
+            layout: Layout::Converted,
+        })
+    } else {
+        let merged = load_release(dir, config)?;
+        Ok(OpenedWeights {
+            weights: VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu),
+            config: merged.config,
+            tokenizer: merged.tokenizer,
+            layout: Layout::Release,
+        })
+    }
+}
+
 impl LoadedModel {
     /// Loads `dir`: the converted layout when `lynx.json` is present, else the release layout with
     /// its YAML (`config`, or `LYNX.yaml` in `dir`).
     pub fn load(dir: &Path, config: Option<&Path>) -> Result<Self, CheckpointError> {
-        if !dir.is_dir() {
-            return Err(CheckpointError::MissingFile(dir.to_owned()));
-        }
-        if is_converted(dir) {
-            let (config, tokenizer, vb) = ConvertedCheckpoint::open(dir)?.var_builder();
-            let model = Lynx::load(vb, &config)?;
-            Ok(Self {
-                model,
-                tokenizer,
-                config,
-                layout: Layout::Converted,
-            })
-        } else {
-            Self::from_merged(load_release(dir, config)?)
-        }
+        let opened = open_weights(dir, config)?;
+        Ok(Self {
+            model: Lynx::load(opened.weights, &opened.config)?,
+            tokenizer: opened.tokenizer,
+            config: opened.config,
+            layout: opened.layout,
+        })
     }
 
     /// Builds the model from a merged release checkpoint.

@@ -281,7 +281,14 @@ fn the_e2e_bench_measures_every_stage() {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["vision-b1", "vision-b2", "vision-frames5", "ttft-image", "decode-b1", "decode-b3"]
+        [
+            "vision-b1",
+            "vision-b2",
+            "vision-frames5",
+            "ttft-image",
+            "decode-b1",
+            "decode-b3"
+        ]
     );
     for r in &rows {
         assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
@@ -292,5 +299,9 @@ fn the_e2e_bench_measures_every_stage() {
         let pct = r.pct_of_limit.unwrap();
         assert!((pct - 100.0 * limit / r.ms).abs() < 1e-9);
     }
-    assert_eq!(m.free_blocks().unwrap(), 255, "every session returned its blocks");
+    assert_eq!(
+        m.free_blocks().unwrap(),
+        255,
+        "every session returned its blocks"
+    );
 }

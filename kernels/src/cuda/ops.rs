@@ -17,7 +17,9 @@ use crate::{source, KernelError};
 const ROW_THREADS: u32 = 256;
 
 /// A device element type: `u16` (bf16/f16 bits) or `f32`.
-pub trait Elem: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin + 'static {
+pub trait Elem:
+    DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin + Send + Sync + 'static
+{
     /// Bytes per element.
     const BYTES: usize;
     /// `x` stored at `precision` (rounded to nearest even).

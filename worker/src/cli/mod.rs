@@ -3,6 +3,7 @@
 //! or a batch of images, from the shell) and `convert` (release layout -> converted layout).
 
 pub mod demo;
+pub mod device;
 pub mod serve;
 
 use std::io::Write;

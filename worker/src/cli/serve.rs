@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::{load_model, CliError, ModelArgs, StoreDtype};
+use super::{CliError, ModelArgs, StoreDtype};
 use crate::checkpoint::converted::is_converted;
 use crate::engine::SchedulerConfig;
 use crate::runner::RunnerConfig;
@@ -35,10 +35,14 @@ pub struct ServeArgs {
     /// Expected layout of --model; a mismatch is an error at start.
     #[arg(long, env = "LYNX_LAYOUT", value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
-    /// Compute dtype. The CPU model computes in f32 (f16/bf16 weights are widened); the value is
-    /// accepted for deployments that name the GPU dtype.
+    /// Compute dtype. The CPU model computes in f32 (f16/bf16 weights are widened); on
+    /// `--device cuda` it is the weights' and activations' type (bf16 recommended; f32 is the
+    /// exact mode).
     #[arg(long, env = "LYNX_DTYPE", value_enum, default_value_t = StoreDtype::F32)]
     pub dtype: StoreDtype,
+    /// Compute backend (`--device`) and random-weight architectures (`--random-weights`).
+    #[command(flatten)]
+    pub device: super::device::DeviceFlags,
 
     /// gRPC listen address (lynx.v1.Lynx, grpc.health.v1, reflection).
     #[arg(
@@ -295,11 +299,17 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
             )));
         }
     }
-    if args.dtype != StoreDtype::F32 {
+    if args.dtype != StoreDtype::F32 && args.device.device == super::device::DeviceArg::Cpu {
         tracing::info!(dtype = ?args.dtype, "the CPU model computes in f32");
     }
     let cfg = args.config()?;
     let model_args = args.model.clone();
+    let device = args.device.clone();
+    let dtype = args.dtype;
+    let (kv_blocks, kv_block_size) = (
+        cfg.runner.scheduler.kv_blocks,
+        cfg.runner.scheduler.kv_block_size,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -309,7 +319,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError(e.to_string()))?;
         tracing::info!(grpc_addr = %server.grpc_addr(), http_addr = %server.http_addr(), "bound");
-        let load = move || load_model(&model_args).map_err(|e| e.0);
+        let load = move || {
+            super::device::load_served(&model_args, &device, dtype, kv_blocks, kv_block_size)
+                .map_err(|e| e.0)
+        };
         server
             .run(load, shutdown_signal())
             .await

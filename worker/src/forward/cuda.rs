@@ -83,6 +83,10 @@ impl<S: Elem> Ops for CudaOps<S> {
         format!("{} {}", self.gpu.info().name, self.precision)
     }
 
+    fn elem_bytes(&self) -> usize {
+        self.precision.elem_bytes()
+    }
+
     fn synchronize(&self) -> Result<(), ForwardError> {
         Ok(self.gpu.synchronize()?)
     }

@@ -51,6 +51,10 @@ impl Ops for HostOps {
         "host f32".into()
     }
 
+    fn elem_bytes(&self) -> usize {
+        4
+    }
+
     fn synchronize(&self) -> Result<(), ForwardError> {
         Ok(())
     }

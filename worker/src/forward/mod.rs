@@ -129,6 +129,27 @@ impl<O: Ops> DeviceLynx<O> {
         pads: &[usize],
         repeat: usize,
     ) -> Result<(DeviceSession<'_, O>, Vec<Vec<f32>>), ForwardError> {
+        let l = if prefix.is_some() {
+            self.cfg.bridge.num_latents
+        } else {
+            0
+        };
+        self.start_session_with(prefix.map(|p| (p, l)), ids, pads, repeat)
+    }
+
+    /// [`Self::start_session`] with a vision prefix of any length per row (`(buffer, tokens)`:
+    /// several images per request give several latent blocks).
+    pub fn start_session_with(
+        &self,
+        prefix: Option<(&O::Buf, usize)>,
+        ids: &[u32],
+        pads: &[usize],
+        repeat: usize,
+    ) -> Result<(DeviceSession<'_, O>, Vec<Vec<f32>>), ForwardError> {
+        let (prefix, l) = match prefix {
+            Some((p, l)) => (Some(p), l),
+            None => (None, 0),
+        };
         let rows = pads.len();
         let repeat = repeat.max(1);
         if rows == 0 || !ids.len().is_multiple_of(rows) {
@@ -138,11 +159,6 @@ impl<O: Ops> DeviceLynx<O> {
             )));
         }
         let text = ids.len() / rows;
-        let l = if prefix.is_some() {
-            self.cfg.bridge.num_latents
-        } else {
-            0
-        };
         let hidden = self.cfg.llm.hidden;
         let rep_ids: Vec<u32> = ids
             .chunks_exact(text)
@@ -206,6 +222,17 @@ impl<O: Ops> DeviceSession<'_, O> {
     /// Continuous batching: appends `other`'s rows (the cache is shared, nothing moves).
     pub fn join(&mut self, mut other: DeviceSession<'_, O>) {
         self.rows.append(&mut other.rows);
+    }
+
+    /// Takes the rows out (they stay allocated; hand them to [`Self::add_rows`] of a session
+    /// of the same model).
+    pub fn take_rows(&mut self) -> Vec<RowCache> {
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Appends rows taken from another session of the same model.
+    pub fn add_rows(&mut self, mut rows: Vec<RowCache>) {
+        self.rows.append(&mut rows);
     }
 
     /// Feeds one token per row; returns the next-token logits per row.

@@ -47,19 +47,21 @@ pub struct ProjectionValues<'a> {
     pub frame_embed: Option<&'a [f32]>,
 }
 
-/// The operations of the forward.
-pub trait Ops {
+/// The operations of the forward (shared by the serving threads, hence `Send + Sync`).
+pub trait Ops: Send + Sync {
     /// A flat buffer of model elements.
-    type Buf;
+    type Buf: Send + Sync + 'static;
     /// Checked indices.
-    type Idx;
+    type Idx: Send + Sync;
     /// A RoPE cos/sin table.
-    type Rope;
+    type Rope: Send + Sync;
     /// One resampler layer's prepared projection.
-    type Proj;
+    type Proj: Send + Sync;
 
     /// What runs the forward, e.g. `host f32` or `NVIDIA H200 bf16`.
     fn describe(&self) -> String;
+    /// Bytes per stored element.
+    fn elem_bytes(&self) -> usize;
     /// Waits for all queued work (timing); surfaces asynchronous errors.
     fn synchronize(&self) -> Result<(), ForwardError>;
     /// Copies host values in (rounded to the backend's element type).

@@ -8,12 +8,14 @@ use std::time::Instant;
 use candle_core::{Result, Tensor};
 
 use super::batch_loop::{Active, Engine};
+use super::session::{Encoded, Session};
 use super::text::TextStream;
 use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
 use crate::engine::Entry;
 use crate::generation::RequestDecoder;
-use crate::model::{LlmSession, VisionBatch};
+use crate::model::VisionBatch;
 use crate::prompt::left_pad;
+use crate::served::Compute;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
@@ -116,10 +118,10 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Encodings `[1, latents, hidden]` of every vision input of `entries`, from the cache or from
-    /// one encoder run per kind (images, videos) over all the missing ones.
-    fn encode_vision(&mut self, entries: &[Entry<Job>]) -> Result<HashMap<ContentKey, Tensor>> {
-        let mut out: HashMap<ContentKey, Tensor> = HashMap::new();
+    /// Encodings of every vision input of `entries`, from the cache or from one encoder run
+    /// per kind (images, videos) over all the missing ones.
+    fn encode_vision(&mut self, entries: &[Entry<Job>]) -> Result<HashMap<ContentKey, Encoded>> {
+        let mut out: HashMap<ContentKey, Encoded> = HashMap::new();
         let mut images: Vec<(ContentKey, &Vec<f32>)> = Vec::new();
         let mut videos: Vec<(ContentKey, &Vec<Vec<f32>>)> = Vec::new();
         for item in entries.iter().flat_map(|e| &e.payload.vision) {
@@ -147,19 +149,14 @@ impl<'m> Engine<'m> {
             return Ok(out);
         }
         let started = Instant::now();
-        let res = self.m.config.vision.image_res as usize;
-        let device = self.m.model.device();
-        let mut encoded: Vec<(ContentKey, Tensor)> = Vec::new();
+        let mut encoded: Vec<(ContentKey, Encoded)> = Vec::new();
         if !images.is_empty() {
             let data: Vec<f32> = images
                 .iter()
                 .flat_map(|(_, px)| px.iter().copied())
                 .collect();
-            let t = Tensor::from_vec(data, (images.len(), 3, res, res), device)?;
-            let enc = self.m.model.encode_vision(&VisionBatch::Images(t))?;
-            for (i, (key, _)) in images.iter().enumerate() {
-                encoded.push((*key, enc.narrow(0, i, 1)?.copy()?));
-            }
+            let enc = self.encode_batch(data, images.len(), 1)?;
+            encoded.extend(images.iter().map(|(k, _)| *k).zip(enc));
         }
         if !videos.is_empty() {
             let frames = self.m.config.num_frames;
@@ -167,59 +164,124 @@ impl<'m> Engine<'m> {
                 .iter()
                 .flat_map(|(_, fs)| fs.iter().flat_map(|f| f.iter().copied()))
                 .collect();
-            let t = Tensor::from_vec(data, (videos.len(), frames, 3, res, res), device)?;
-            let enc = self.m.model.encode_vision(&VisionBatch::Videos(t))?;
-            for (i, (key, _)) in videos.iter().enumerate() {
-                encoded.push((*key, enc.narrow(0, i, 1)?.copy()?));
-            }
+            let enc = self.encode_batch(data, videos.len(), frames)?;
+            encoded.extend(videos.iter().map(|(k, _)| *k).zip(enc));
         }
         self.metrics
             .vision_encode
             .observe(started.elapsed().as_secs_f64());
         for (key, t) in encoded {
-            let bytes = t.elem_count() * t.dtype().size_in_bytes();
-            self.cache.insert(key, t.clone(), bytes);
+            self.cache.insert(key, t.clone(), t.bytes());
             out.insert(key, t);
         }
         Ok(out)
+    }
+
+    /// One encoder run over `sequences` images (`frames` = 1) or videos: one encoding each.
+    fn encode_batch(
+        &self,
+        data: Vec<f32>,
+        sequences: usize,
+        frames: usize,
+    ) -> Result<Vec<Encoded>> {
+        let res = self.m.config.vision.image_res as usize;
+        match &self.m.compute {
+            Compute::Cpu(model) => {
+                let device = model.device();
+                let batch = if frames == 1 {
+                    VisionBatch::Images(Tensor::from_vec(data, (sequences, 3, res, res), device)?)
+                } else {
+                    VisionBatch::Videos(Tensor::from_vec(
+                        data,
+                        (sequences, frames, 3, res, res),
+                        device,
+                    )?)
+                };
+                let enc = model.encode_vision(&batch)?;
+                (0..sequences)
+                    .map(|i| Ok(Encoded::Cpu(enc.narrow(0, i, 1)?.copy()?)))
+                    .collect()
+            }
+            Compute::Device(d) => Ok(d
+                .encode(&data, sequences, frames)?
+                .into_iter()
+                .map(Encoded::Device)
+                .collect()),
+        }
     }
 
     /// Prefills one group (same prefix length, same rows per request) as one left-padded batch.
     fn prefill(
         &self,
         group: &[Entry<Job>],
-        encoded: &HashMap<ContentKey, Tensor>,
+        encoded: &HashMap<ContentKey, Encoded>,
         rows: usize,
-    ) -> Result<(LlmSession<'m>, Vec<Vec<f32>>)> {
+    ) -> Result<(Session<'m>, Vec<Vec<f32>>)> {
         let m = self.m;
-        let mut prefixes = Vec::with_capacity(group.len());
-        for e in group {
-            let parts = e
-                .payload
-                .vision
-                .iter()
-                .map(|v| {
-                    encoded.get(&v.key).ok_or_else(|| {
-                        candle_core::Error::Msg("vision encoding missing".to_owned())
+        let parts: Vec<Vec<&Encoded>> = group
+            .iter()
+            .map(|e| {
+                e.payload
+                    .vision
+                    .iter()
+                    .map(|v| {
+                        encoded.get(&v.key).ok_or_else(|| {
+                            candle_core::Error::Msg("vision encoding missing".to_owned())
+                        })
                     })
-                })
-                .collect::<Result<Vec<&Tensor>>>()?;
-            if !parts.is_empty() {
-                prefixes.push(Tensor::cat(&parts, 1)?);
+                    .collect::<Result<Vec<&Encoded>>>()
+            })
+            .collect::<Result<_>>()?;
+        let prompts: Vec<Vec<u32>> = group.iter().map(|e| e.payload.prompt_ids.clone()).collect();
+        match &m.compute {
+            Compute::Cpu(model) => {
+                let mut prefixes = Vec::with_capacity(group.len());
+                for request in &parts {
+                    let tensors = request
+                        .iter()
+                        .map(|e| match e {
+                            Encoded::Cpu(t) => Ok(t),
+                            Encoded::Device(_) => Err(candle_core::Error::Msg(
+                                "a device encoding reached the CPU model".into(),
+                            )),
+                        })
+                        .collect::<Result<Vec<&Tensor>>>()?;
+                    if !tensors.is_empty() {
+                        prefixes.push(Tensor::cat(&tensors, 1)?);
+                    }
+                }
+                let vision = if prefixes.is_empty() {
+                    None
+                } else {
+                    Some(Tensor::cat(&prefixes, 0)?)
+                };
+                let padded = left_pad(&prompts, m.config.tokens.pad);
+                let shape = (padded.batch, padded.width);
+                let device = model.device();
+                let ids = Tensor::from_vec(padded.ids, shape, device)?;
+                let atts = Tensor::from_vec(padded.mask, shape, device)?;
+                let prefill = model.prefill_inputs(vision.as_ref(), &ids, &atts)?;
+                let (session, first) = model.start_session(&prefill, rows)?;
+                Ok((Session::Cpu(session), first))
+            }
+            Compute::Device(d) => {
+                let prefixes = parts
+                    .iter()
+                    .map(|request| {
+                        request
+                            .iter()
+                            .map(|e| match e {
+                                Encoded::Device(p) => Ok(p),
+                                Encoded::Cpu(_) => Err(candle_core::Error::Msg(
+                                    "a CPU encoding reached the device model".into(),
+                                )),
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (session, first) = d.start(&prefixes, &prompts, rows)?;
+                Ok((Session::Device(session), first))
             }
         }
-        let vision = if prefixes.is_empty() {
-            None
-        } else {
-            Some(Tensor::cat(&prefixes, 0)?)
-        };
-        let prompts: Vec<Vec<u32>> = group.iter().map(|e| e.payload.prompt_ids.clone()).collect();
-        let padded = left_pad(&prompts, m.config.tokens.pad);
-        let shape = (padded.batch, padded.width);
-        let device = m.model.device();
-        let ids = Tensor::from_vec(padded.ids, shape, device)?;
-        let atts = Tensor::from_vec(padded.mask, shape, device)?;
-        let prefill = m.model.prefill_inputs(vision.as_ref(), &ids, &atts)?;
-        m.model.start_session(&prefill, rows)
     }
 }

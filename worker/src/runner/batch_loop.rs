@@ -4,19 +4,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
 use tokio::sync::mpsc;
 
+use super::session::{Encoded, Session};
 use super::text::{cut_at_stop, TextStream};
 use super::{
     ContentKey, Event, Finish, Finished, Job, RequestError, RunnerConfig, StageTimings, Submission,
     Usage,
 };
 use crate::engine::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
-use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step};
-use crate::loader::LoadedModel;
+use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step, StepModel};
 use crate::metrics::Metrics;
-use crate::model::LlmSession;
+use crate::served::ServedModel;
 use crate::tokenizer::python_strip;
 
 /// A request in the running batch; its rows are contiguous in the session, in `active` order.
@@ -34,10 +33,10 @@ pub(super) struct Active {
 
 /// Everything the model thread owns.
 pub(super) struct Engine<'m> {
-    pub(super) m: &'m LoadedModel,
+    pub(super) m: &'m ServedModel,
     pub(super) sched: SchedulerState<Job>,
-    pub(super) cache: EncoderCache<ContentKey, Tensor>,
-    pub(super) session: Option<LlmSession<'m>>,
+    pub(super) cache: EncoderCache<ContentKey, Encoded>,
+    pub(super) session: Option<Session<'m>>,
     pub(super) active: Vec<Active>,
     /// Next-token logits of the session's rows.
     pub(super) logits: Vec<Vec<f32>>,
@@ -58,7 +57,7 @@ pub(super) fn send(tx: &mpsc::Sender<Event>, event: Event) -> bool {
 
 /// Runs until the inbox is closed and nothing waits or runs.
 pub(super) fn run(
-    m: &LoadedModel,
+    m: &ServedModel,
     cfg: RunnerConfig,
     rx: Receiver<Submission>,
     waiting: &AtomicUsize,

@@ -18,6 +18,7 @@
 mod admit;
 mod batch_loop;
 mod error;
+mod session;
 pub mod text;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +33,8 @@ pub use error::RequestError;
 
 use crate::engine::{Entry, RequestCost, SchedulerConfig};
 use crate::generation::GenerationParams;
-use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
+use crate::served::ServedModel;
 
 /// Content hash of an encoded image or video (SHA-256): the encoder cache's key.
 pub type ContentKey = [u8; 32];
@@ -228,7 +229,7 @@ impl EngineHandle {
 /// Starts the model thread. It runs until every [`EngineHandle`] is dropped and the requests it
 /// holds are finished.
 pub fn spawn(
-    model: Arc<LoadedModel>,
+    model: Arc<ServedModel>,
     cfg: RunnerConfig,
     metrics: Metrics,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {

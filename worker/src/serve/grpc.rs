@@ -15,9 +15,9 @@ use tonic::{Code, Request, Response, Status};
 use super::lifecycle::Lifecycle;
 use super::limits::{prepare, Delivery, Limits};
 use super::status::RequestGuard;
-use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
 use crate::runner::{EngineHandle, Event, Finish, Finished, RequestError};
+use crate::served::ServedModel;
 
 /// The worker answers this long before the client's `grpc-timeout` runs out, so that the client
 /// gets DEADLINE_EXCEEDED from the worker rather than a transport-level cancellation.
@@ -27,7 +27,7 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub struct Shared {
     /// The served model (weights are also owned by the model thread).
-    pub model: Arc<LoadedModel>,
+    pub model: Arc<ServedModel>,
     /// Input limits.
     pub limits: Limits,
     /// The model thread.

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::generation::{DecodingMode, GenerationParams};
-use crate::loader::LoadedModel;
 use crate::runner::{ContentKey, Event, Job, Pixels, RequestError, VisionItem};
+use crate::served::ServedModel;
 use crate::vision::{self, PreprocessConfig, VisionError, VisionLimits};
 
 /// Longest accepted stop string, in bytes.
@@ -117,7 +117,7 @@ fn pixels(
 /// The vision inputs of `req`.
 fn vision_items(
     req: &v1::GenerateRequest,
-    m: &LoadedModel,
+    m: &ServedModel,
     limits: &Limits,
 ) -> Result<Vec<VisionItem>, RequestError> {
     let pre = PreprocessConfig {
@@ -186,7 +186,7 @@ fn vision_items(
 /// Resolved decoding parameters and stop strings of `req`.
 fn decoding(
     p: Option<&v1::DecodingParameters>,
-    m: &LoadedModel,
+    m: &ServedModel,
     limits: &Limits,
 ) -> Result<(GenerationParams, Vec<String>), RequestError> {
     let default = v1::DecodingParameters::default();
@@ -272,7 +272,7 @@ pub struct Delivery {
 /// Validates `req` against `limits` and prepares it for the model.
 pub fn prepare(
     req: &v1::GenerateRequest,
-    m: &LoadedModel,
+    m: &ServedModel,
     limits: &Limits,
     delivery: Delivery,
 ) -> Result<Job, RequestError> {

@@ -26,10 +26,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::generation::{DecodingMode, GenerationParams};
-use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
+use crate::served::ServedModel;
 use auth::BearerAuth;
 use decode_errors::DecodeErrorsAsInvalid;
 use grpc::{LynxService, Shared};
@@ -134,13 +134,14 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains. `load` runs on the blocking pool while the
     /// HTTP listener already answers (not ready); `shutdown` during the load ends `run` at once.
-    pub async fn run<L>(
+    pub async fn run<L, M>(
         self,
         load: L,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError>
     where
-        L: FnOnce() -> Result<LoadedModel, String> + Send + 'static,
+        L: FnOnce() -> Result<M, String> + Send + 'static,
+        M: Into<ServedModel> + Send + 'static,
     {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let Self { grpc, http, cfg } = self;
@@ -178,7 +179,7 @@ impl Server {
         let model = loaded
             .map_err(|e| ServeError::Load(e.to_string()))?
             .map_err(ServeError::Load)?;
-        let model = Arc::new(model);
+        let model: Arc<ServedModel> = Arc::new(model.into());
         let (engine, thread) =
             runner::spawn(Arc::clone(&model), cfg.runner.clone(), metrics.clone())
                 .map_err(ServeError::Thread)?;
@@ -218,6 +219,7 @@ impl Server {
         tracing::info!(
             %grpc_addr,
             model = %model.config.model_name,
+            device = %model.device(),
             tls = cfg.tls.is_some(),
             auth = tokens.enabled(),
             "gRPC listening; warming up"
@@ -282,7 +284,7 @@ fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, Ser
 
 /// Runs one multimodal request through the model thread (a blank image and a short prompt, two
 /// greedy tokens) so that the first client request does not pay for lazy initialisation.
-async fn warm_up(model: &LoadedModel, engine: &runner::EngineHandle) -> Result<(), ServeError> {
+async fn warm_up(model: &ServedModel, engine: &runner::EngineHandle) -> Result<(), ServeError> {
     let warmup_err = |e: &dyn std::fmt::Display| ServeError::Warmup(e.to_string());
     let res = model.config.vision.image_res as usize;
     let prompt_ids =

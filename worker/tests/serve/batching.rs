@@ -249,3 +249,43 @@ async fn stop_strings_cut_the_answer() {
     );
     assert_eq!(text.trim(), cut.text);
 }
+
+/// The forward program (the GPU's kernel-call sequence, on its host mirror) behind the same
+/// server: concurrent mixed requests get exactly the CPU model's tokens, and the cache blocks of
+/// finished, beam-pruned and cancelled rows all come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_program_serves_the_cpu_models_tokens() {
+    use lynx_worker::cli::device::{load_served, DeviceArg, DeviceFlags};
+    use lynx_worker::cli::{EmbeddedArg, ModelArgs, StoreDtype};
+    let model = ModelArgs {
+        model: Some(crate::common::model_dir()),
+        config: None,
+        embedded: EmbeddedArg::Tiny,
+    };
+    let flags = DeviceFlags {
+        device: DeviceArg::Mirror,
+        random_weights: None,
+    };
+    let mirror = TestServer::start_with(
+        |c| c.runner.scheduler.max_batch_delay = Duration::from_millis(20),
+        move || load_served(&model, &flags, StoreDtype::F32, 4096, 16).map_err(|e| e.0),
+    )
+    .await;
+    let cpu = TestServer::start(|c| {
+        c.runner.scheduler.max_batch_delay = Duration::from_millis(20);
+    })
+    .await;
+    let reqs: Vec<GenerateRequest> = mixed_requests().into_iter().step_by(2).collect();
+    let want = concurrently(&cpu, &reqs).await;
+    let got = concurrently(&mirror, &reqs).await;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert!(!w.token_ids.is_empty(), "request {i} generated nothing");
+        assert_eq!(
+            w.token_ids, g.token_ids,
+            "request {i}: device program tokens differ"
+        );
+        assert_eq!(w.text, g.text, "request {i}");
+    }
+    let m = mirror.metrics().await;
+    assert_eq!(m.get("lynx_requests_total{code=\"OK\"}"), reqs.len() as f64);
+}

@@ -55,13 +55,22 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a worker on the fixture model with `tune`d defaults and waits until it is ready.
     pub async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let load = || LoadedModel::load(&common::model_dir(), None).map_err(|e| e.to_string());
+        Self::start_with(tune, load).await
+    }
+
+    /// Starts a worker whose model `load` builds (any compute backend).
+    pub async fn start_with<L, M>(tune: impl FnOnce(&mut ServeConfig), load: L) -> Self
+    where
+        L: FnOnce() -> Result<M, String> + Send + 'static,
+        M: Into<lynx_worker::served::ServedModel> + Send + 'static,
+    {
         let mut cfg = config();
         tune(&mut cfg);
         let server = Server::bind(cfg).await.unwrap();
         let (grpc, http) = (server.grpc_addr(), server.http_addr());
         assert!(grpc.ip().is_loopback() && http.ip().is_loopback());
         let (stop, stopped) = oneshot::channel::<()>();
-        let load = || LoadedModel::load(&common::model_dir(), None).map_err(|e| e.to_string());
         let task = tokio::spawn(server.run(load, async {
             stopped.await.ok();
         }));

@@ -1,0 +1,205 @@
+//! `--device` and `--random-weights` of `serve`: which compute backend serves, and how its model
+//! is built (a model directory's weights uploaded, or a seeded random architecture made on the
+//! device).
+
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{load_model, CliError, ModelArgs, StoreDtype};
+use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
+use crate::forward::cuda::CudaOps;
+use crate::forward::host::HostOps;
+use crate::forward::ops::Ops;
+use crate::forward::random::RandomModel;
+use crate::forward::weights::Source;
+use crate::forward::DeviceLynx;
+use crate::loader::open_weights;
+use crate::served::{Compute, ServedModel};
+
+/// Where the model computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The candle model on the CPU (f32, the reference).
+    Cpu,
+    /// CUDA device N: our kernels and cuBLAS, at `--dtype`.
+    Cuda(usize),
+    /// The GPU's program on the host (f32): for checking the program without a GPU.
+    Mirror,
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            "mirror" => Ok(Self::Mirror),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device `{other}` (expected cpu, cuda, cuda:N or mirror)")
+                }),
+        }
+    }
+}
+
+/// Device flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceFlags {
+    /// Where the model computes: `cpu` (candle, f32), `cuda` / `cuda:N` (our kernels at
+    /// `--dtype`), or `mirror` (the GPU program run on the host, f32).
+    #[arg(long, env = "LYNX_DEVICE", default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Serve a randomly initialised architecture (`lynx-7b`, `tiny`) made directly on the device
+    /// instead of a model directory (benchmarks; the toy tokenizer is used).
+    #[arg(long, env = "LYNX_RANDOM_WEIGHTS")]
+    pub random_weights: Option<RandomModel>,
+}
+
+/// Builds the served model: the candle model for `cpu`, the forward program otherwise.
+pub fn load_served(
+    model: &ModelArgs,
+    flags: &DeviceFlags,
+    dtype: StoreDtype,
+    kv_blocks: usize,
+    kv_block_size: usize,
+) -> Result<ServedModel, CliError> {
+    let err = |e: &dyn std::fmt::Display| CliError(e.to_string());
+    if flags.device == DeviceArg::Cpu {
+        if flags.random_weights.is_some() {
+            return Err(CliError(
+                "--random-weights needs --device cuda or --device mirror".into(),
+            ));
+        }
+        return load_model(model).map(Into::into);
+    }
+    if !kv_block_size.is_power_of_two() {
+        return Err(CliError(format!(
+            "--kv-block-size {kv_block_size} must be a power of two on --device {:?}",
+            flags.device
+        )));
+    }
+    let (config, tokenizer, source) = match flags.random_weights {
+        Some(arch) => {
+            let tokenizer = toy_tokenizer().map_err(|e| err(&e))?;
+            let mut config = arch.config();
+            config.llm.vocab_size = config.llm.vocab_size.max(tokenizer.len());
+            config.tokens.bos = tokenizer.bos_id();
+            config.tokens.eos = tokenizer.eos_id();
+            config.tokens.pad = tokenizer.pad_id().unwrap_or(tokenizer.eos_id());
+            config.tokens.unk = tokenizer.unk_id();
+            (config, tokenizer, Source::Random(0x4c79_6e78))
+        }
+        None => {
+            let dir = match &model.model {
+                Some(d) => d.clone(),
+                None => ensure_preset(match model.embedded {
+                    super::EmbeddedArg::Tiny => Preset::Tiny,
+                    super::EmbeddedArg::Small => Preset::Small,
+                })
+                .map_err(|e| err(&e))?,
+            };
+            let opened = open_weights(&dir, model.config.as_deref()).map_err(|e| err(&e))?;
+            (
+                opened.config,
+                opened.tokenizer,
+                Source::Checkpoint(opened.weights),
+            )
+        }
+    };
+    // One extra block: the program's scratch block for masked tokens.
+    let blocks = kv_blocks + 1;
+    fn boxed<O: Ops + 'static>(
+        ops: O,
+        source: Source<'_>,
+        config: &crate::config::LynxConfig,
+        blocks: usize,
+        block_size: usize,
+    ) -> Result<Box<dyn crate::served::DeviceCompute>, CliError> {
+        DeviceLynx::load(ops, source, config, blocks, block_size)
+            .map(|m| Box::new(m) as Box<dyn crate::served::DeviceCompute>)
+            .map_err(|e| CliError(e.to_string()))
+    }
+    let compute = match flags.device {
+        DeviceArg::Cpu => unreachable!("handled above"),
+        DeviceArg::Mirror => boxed(HostOps::default(), source, &config, blocks, kv_block_size)?,
+        DeviceArg::Cuda(ordinal) => {
+            let gpu =
+                lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
+                    .map_err(|e| err(&e))?;
+            let gpu = Arc::new(gpu);
+            match dtype {
+                StoreDtype::F32 => boxed(
+                    CudaOps::<f32>::new(gpu, lynx_kernels::Precision::F32).map_err(|e| err(&e))?,
+                    source,
+                    &config,
+                    blocks,
+                    kv_block_size,
+                )?,
+                half => {
+                    let precision = if half == StoreDtype::Bf16 {
+                        lynx_kernels::Precision::Bf16
+                    } else {
+                        lynx_kernels::Precision::F16
+                    };
+                    boxed(
+                        CudaOps::<u16>::new(gpu, precision).map_err(|e| err(&e))?,
+                        source,
+                        &config,
+                        blocks,
+                        kv_block_size,
+                    )?
+                }
+            }
+        }
+    };
+    Ok(ServedModel {
+        config,
+        tokenizer,
+        compute: Compute::Device(compute),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::EmbeddedArg;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
+        assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
+        assert_eq!("mirror".parse::<DeviceArg>(), Ok(DeviceArg::Mirror));
+        for bad in ["tpu", "cuda:", "cuda:x", ""] {
+            assert!(bad.parse::<DeviceArg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_weights_need_a_device_program_and_blocks_a_power_of_two() {
+        let model = ModelArgs {
+            model: None,
+            config: None,
+            embedded: EmbeddedArg::Tiny,
+        };
+        let cpu = DeviceFlags {
+            device: DeviceArg::Cpu,
+            random_weights: Some(RandomModel::Tiny),
+        };
+        let e = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect_err("refused");
+        assert!(e.0.contains("--device cuda or --device mirror"), "{e}");
+        let mirror = DeviceFlags {
+            device: DeviceArg::Mirror,
+            random_weights: Some(RandomModel::Tiny),
+        };
+        let e = load_served(&model, &mirror, StoreDtype::F32, 64, 12).expect_err("refused");
+        assert!(e.0.contains("power of two"), "{e}");
+        let served = load_served(&model, &mirror, StoreDtype::F32, 64, 16).expect("tiny random");
+        assert_eq!(served.device(), "host f32");
+        assert_eq!(served.config.model_name, "lynx-tiny-random");
+    }
+}
