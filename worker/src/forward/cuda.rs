@@ -78,6 +78,7 @@ impl<S: Elem> Ops for CudaOps<S> {
     type Idx = DevicePositions;
     type Rope = (CudaSlice<f32>, CudaSlice<f32>);
     type Proj = CudaProjection<S>;
+    type Tables = (CudaSlice<i32>, CudaSlice<i32>);
 
     fn describe(&self) -> String {
         format!("{} {}", self.gpu.info().name, self.precision)
@@ -337,20 +338,25 @@ impl<S: Elem> Ops for CudaOps<S> {
         )?)
     }
 
+    fn decode_tables(&self, p: &DecodeAttention) -> Result<Self::Tables, ForwardError> {
+        p.validate()?;
+        let lens: Vec<i32> = p.seq_lens.iter().map(|&l| l as i32).collect();
+        let table: Vec<i32> = p.block_table.iter().map(|&b| b as i32).collect();
+        Ok((self.gpu.upload_i32(&lens)?, self.gpu.upload_i32(&table)?))
+    }
+
     fn decode(
         &self,
         p: &DecodeAttention,
+        tables: &Self::Tables,
         q: &Self::Buf,
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError> {
-        let lens: Vec<i32> = p.seq_lens.iter().map(|&l| l as i32).collect();
-        let table: Vec<i32> = p.block_table.iter().map(|&b| b as i32).collect();
-        let (lens, table) = (self.gpu.upload_i32(&lens)?, self.gpu.upload_i32(&table)?);
         let tables = DecodeTables {
-            seq_lens: &lens,
-            block_table: &table,
+            seq_lens: &tables.0,
+            block_table: &tables.1,
         };
         if let (Some(dtype), true) = (self.precision.half(), HEAD_DIMS.contains(&p.head_dim)) {
             if let (Some(q), Some(kc), Some(vc)) = (as_u16(q), as_u16(k_cache), as_u16(v_cache)) {

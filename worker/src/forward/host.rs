@@ -46,6 +46,7 @@ impl Ops for HostOps {
     type Idx = HostIdx;
     type Rope = (Vec<f32>, Vec<f32>);
     type Proj = HostProjection;
+    type Tables = ();
 
     fn describe(&self) -> String {
         "host f32".into()
@@ -305,9 +306,14 @@ impl Ops for HostOps {
         Ok(())
     }
 
+    fn decode_tables(&self, _: &DecodeAttention) -> Result<(), ForwardError> {
+        Ok(())
+    }
+
     fn decode(
         &self,
         p: &DecodeAttention,
+        _: &(),
         q: &Vec<f32>,
         k_cache: &Vec<f32>,
         v_cache: &Vec<f32>,

@@ -433,7 +433,16 @@ impl<O: Ops> Llm<O> {
         )?;
         let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
         let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
-        let x = self.layers_forward(ops, pool, x, r, &pos, &slot_idx, Attend::Decode(&decode))?;
+        let tables = ops.decode_tables(&decode)?;
+        let x = self.layers_forward(
+            ops,
+            pool,
+            x,
+            r,
+            &pos,
+            &slot_idx,
+            Attend::Decode(&decode, &tables),
+        )?;
         self.logits(ops, &x, None, r)
     }
 
@@ -446,7 +455,7 @@ impl<O: Ops> Llm<O> {
         tokens: usize,
         pos: &O::Idx,
         slots: &O::Idx,
-        attend: Attend<'_>,
+        attend: Attend<'_, O>,
     ) -> Result<O::Buf, ForwardError> {
         let c = &self.cfg;
         let (h, inter, hd) = (c.hidden, c.intermediate, c.head_dim());
@@ -472,7 +481,7 @@ impl<O: Ops> Llm<O> {
             ops.kv_write(&v, slots, &mut pool.v[i], c.heads, hd, pool.block_size)?;
             match attend {
                 Attend::Dense(p) => ops.attention(p, &q, &k, &v, &mut a)?,
-                Attend::Decode(p) => ops.decode(p, &q, &pool.k[i], &pool.v[i], &mut a)?,
+                Attend::Decode(p, t) => ops.decode(p, t, &q, &pool.k[i], &pool.v[i], &mut a)?,
             }
             ops.linear(&a, tokens, &layer.o, &mut o)?;
             ops.accumulate(&mut x, &o, n, 1.0)?;
@@ -516,8 +525,7 @@ impl<O: Ops> Llm<O> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Attend<'a> {
+enum Attend<'a, O: Ops> {
     Dense(&'a DenseAttention),
-    Decode(&'a DecodeAttention),
+    Decode(&'a DecodeAttention, &'a O::Tables),
 }

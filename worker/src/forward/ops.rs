@@ -57,6 +57,8 @@ pub trait Ops: Send + Sync {
     type Rope: Send + Sync;
     /// One resampler layer's prepared projection.
     type Proj: Send + Sync;
+    /// A decode step's sequence lengths and block table, made once per step for every layer.
+    type Tables: Send + Sync;
 
     /// What runs the forward, e.g. `host f32` or `NVIDIA H200 bf16`.
     fn describe(&self) -> String;
@@ -176,10 +178,13 @@ pub trait Ops: Send + Sync {
         head_dim: usize,
         block_size: usize,
     ) -> Result<(), ForwardError>;
+    /// The tables of a decode step (uploaded once, read by every layer).
+    fn decode_tables(&self, p: &DecodeAttention) -> Result<Self::Tables, ForwardError>;
     /// One decode step over the paged cache (`q`, `out`: `[B][H][D]`).
     fn decode(
         &self,
         p: &DecodeAttention,
+        tables: &Self::Tables,
         q: &Self::Buf,
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
