@@ -7,6 +7,9 @@
 #   model    the whole forward on the GPU (f32, bf16) vs the host mirror on the fixture -> model.txt
 #   e2e      random-weight lynx-7b end to end vs HF transformers generate() and timm EVA-g
 #            -> e2e.jsonl, e2e.md
+#   serve    `lynx-worker serve --device cuda --dtype bf16 --random-weights lynx-7b` on loopback,
+#            answered by `lynx generate` and `lynx bench` (client at $LYNX_CLIENT, default
+#            gpu/bin/lynx) -> serve.log, generate.txt, bench.txt
 # Results go to $OUT (default gpu/out), with the logs.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,7 +28,7 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 export LYNX_CACHE_DIR="${LYNX_CACHE_DIR:-$out/cache}"
 
-parts=",${PARTS:-kernels,model,e2e},"
+parts=",${PARTS:-kernels,model,e2e,serve},"
 status=0
 if [[ $parts == *,kernels,* ]]; then
   echo "== gpu-selftest"
@@ -50,5 +53,32 @@ if [[ $parts == *,e2e,* ]]; then
   echo "== HF transformers and timm on the same work"
   PYTHONUNBUFFERED=1 python3 "$here/e2e_peers.py" "$out/e2e.jsonl" "$out/e2e.md" 2>"$out/peers.log" || status=1
   tail -8 "$out/peers.log"
+fi
+if [[ $parts == *,serve,* ]]; then
+  client="${LYNX_CLIENT:-$here/bin/lynx}"
+  echo "== serve --device cuda --random-weights lynx-7b (loopback)"
+  "$bin" serve --device cuda --dtype bf16 --random-weights lynx-7b --grpc-addr 127.0.0.1:50151 \
+    --http-addr 127.0.0.1:9191 --max-batch-size 64 >"$out/serve.log" 2>&1 &
+  server=$!
+  ready=0
+  for _ in $(seq 1 240); do
+    if python3 -c 'import urllib.request,sys; sys.exit(0 if urllib.request.urlopen("http://127.0.0.1:9191/readyz").status == 200 else 1)' 2>/dev/null; then
+      ready=1
+      break
+    fi
+    kill -0 $server 2>/dev/null || break
+    sleep 1
+  done
+  if [[ $ready == 1 ]]; then
+    img="$here/../tests/data/tiny/inputs/img_landscape.png"
+    "$client" generate --addr http://127.0.0.1:50151 --image "$img" --prompt "What is in the image?" \
+      --max-new-tokens 16 | tee "$out/generate.txt" || status=1
+    "$client" bench --addr http://127.0.0.1:50151 --concurrency 1,8,32,64 --requests 64 \
+      --max-new-tokens 32 --no-progress --svg "$out/bench.svg" | tee "$out/bench.txt" || status=1
+  else
+    echo "the worker never became ready"; status=1
+  fi
+  kill -TERM $server 2>/dev/null; wait $server
+  tail -5 "$out/serve.log"
 fi
 exit $status
