@@ -47,6 +47,39 @@ impl CudaAttention {
         k: usize,
         y: &mut CudaSlice<S>,
     ) -> Result<(), KernelError> {
+        self.gemm_into(precision, x, rows, w, bias, n, k, y, false)
+    }
+
+    /// `y += x W^T (+ bias)`: the residual add folded into the GEMM (one launch, one rounding).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_accumulate<S: Elem>(
+        &self,
+        precision: Precision,
+        x: &CudaSlice<S>,
+        rows: usize,
+        w: &CudaSlice<S>,
+        bias: Option<&CudaSlice<S>>,
+        n: usize,
+        k: usize,
+        y: &mut CudaSlice<S>,
+    ) -> Result<(), KernelError> {
+        self.gemm_into(precision, x, rows, w, bias, n, k, y, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_into<S: Elem>(
+        &self,
+        precision: Precision,
+        x: &CudaSlice<S>,
+        rows: usize,
+        w: &CudaSlice<S>,
+        bias: Option<&CudaSlice<S>>,
+        n: usize,
+        k: usize,
+        y: &mut CudaSlice<S>,
+        accumulate: bool,
+    ) -> Result<(), KernelError> {
+        let beta = if accumulate { 1.0f32 } else { 0.0 };
         if S::BYTES != precision.elem_bytes() {
             return Err(KernelError::Invalid(format!(
                 "{precision} GEMM on {}-byte elements",
@@ -100,7 +133,7 @@ impl CudaAttention {
                     alpha: 1.0f32,
                     lda: kk,
                     ldb: kk,
-                    beta: 0.0f32,
+                    beta,
                     ldc: m,
                 };
                 // SAFETY: the layouts above address exactly the checked extents.
@@ -127,7 +160,7 @@ impl CudaAttention {
                     alpha: half::bf16::ONE,
                     lda: kk,
                     ldb: kk,
-                    beta: half::bf16::ZERO,
+                    beta: half::bf16::from_f32(beta),
                     ldc: m,
                 };
                 // SAFETY: the layouts above address exactly the checked extents.
@@ -154,7 +187,7 @@ impl CudaAttention {
                     alpha: half::f16::ONE,
                     lda: kk,
                     ldb: kk,
-                    beta: half::f16::ZERO,
+                    beta: half::f16::from_f32(beta),
                     ldc: m,
                 };
                 // SAFETY: the layouts above address exactly the checked extents.

@@ -187,6 +187,25 @@ impl<S: Elem> Ops for CudaOps<S> {
         )?)
     }
 
+    fn linear_add(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Linear<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<(), ForwardError> {
+        Ok(self.gpu.linear_accumulate(
+            self.precision,
+            x,
+            rows,
+            &w.w,
+            w.b.as_ref(),
+            w.out_dim,
+            w.in_dim,
+            y,
+        )?)
+    }
+
     fn norm(
         &self,
         x: &Self::Buf,

@@ -142,6 +142,19 @@ impl Ops for HostOps {
         Ok(())
     }
 
+    fn linear_add(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &Linear<Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
+        let n = rows * w.out_dim;
+        let mut out = vec![0f32; n];
+        self.linear(x, rows, w, &mut out)?;
+        self.accumulate(y, &out, n, 1.0)
+    }
+
     fn norm(
         &self,
         x: &Vec<f32>,

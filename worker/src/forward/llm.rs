@@ -483,13 +483,11 @@ impl<O: Ops> Llm<O> {
                 Attend::Dense(p) => ops.attention(p, &q, &k, &v, &mut a)?,
                 Attend::Decode(p, t) => ops.decode(p, t, &q, &pool.k[i], &pool.v[i], &mut a)?,
             }
-            ops.linear(&a, tokens, &layer.o, &mut o)?;
-            ops.accumulate(&mut x, &o, n, 1.0)?;
+            ops.linear_add(&a, tokens, &layer.o, &mut x)?;
             ops.norm(&x, tokens, &layer.post_norm, &mut y)?;
             ops.linear(&y, tokens, &layer.gate_up, &mut gu)?;
             ops.silu_mul(&gu, tokens, inter, &mut m)?;
-            ops.linear(&m, tokens, &layer.down, &mut o)?;
-            ops.accumulate(&mut x, &o, n, 1.0)?;
+            ops.linear_add(&m, tokens, &layer.down, &mut x)?;
             if let Some(ad_w) = &layer.adapter {
                 ops.norm(&x, tokens, &ad_w.norm, &mut y)?;
                 ops.linear(&y, tokens, &ad_w.down, &mut ad)?;

@@ -99,6 +99,14 @@ pub trait Ops: Send + Sync {
         w: &Linear<Self::Buf>,
         y: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
+    /// `y[rows][out] += x[rows][in] W^T (+ b)`: a linear layer and its residual add.
+    fn linear_add(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Linear<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<(), ForwardError>;
     /// LayerNorm (`norm.b` set) or RMSNorm of `rows` rows.
     fn norm(
         &self,

@@ -202,8 +202,7 @@ impl<O: Ops> Vision<O> {
         let hd = w / v.heads;
         let attn = DenseAttention::new(images, v.heads, t, t, hd);
         let mut h = ops.alloc(rows * w)?;
-        let (mut q, mut k, mut vv, mut a, mut o) = (
-            ops.alloc(rows * w)?,
+        let (mut q, mut k, mut vv, mut a) = (
             ops.alloc(rows * w)?,
             ops.alloc(rows * w)?,
             ops.alloc(rows * w)?,
@@ -216,13 +215,11 @@ impl<O: Ops> Vision<O> {
             ops.linear(&h, rows, &b.k, &mut k)?;
             ops.linear(&h, rows, &b.v, &mut vv)?;
             ops.attention(&attn, &q, &k, &vv, &mut a)?;
-            ops.linear(&a, rows, &b.proj, &mut o)?;
-            ops.accumulate(&mut x, &o, rows * w, 1.0)?;
+            ops.linear_add(&a, rows, &b.proj, &mut x)?;
             ops.norm(&x, rows, &b.norm2, &mut h)?;
             ops.linear(&h, rows, &b.fc1, &mut f)?;
             ops.gelu(&mut f, rows, v.mlp_hidden)?;
-            ops.linear(&f, rows, &b.fc2, &mut o)?;
-            ops.accumulate(&mut x, &o, rows * w, 1.0)?;
+            ops.linear_add(&f, rows, &b.fc2, &mut x)?;
         }
         Ok(x)
     }
@@ -266,11 +263,10 @@ impl<O: Ops> Vision<O> {
             hidden,
         )?;
         let (mut k, mut v) = (ops.alloc(p.rows * inner)?, ops.alloc(p.rows * inner)?);
-        let (mut h, mut q, mut a, mut o) = (
+        let (mut h, mut q, mut a) = (
             ops.alloc(rows * hidden)?,
             ops.alloc(rows * inner)?,
             ops.alloc(rows * inner)?,
-            ops.alloc(rows * hidden)?,
         );
         let mut f = ops.alloc(rows * br.ff_hidden)?;
         let attn = DenseAttention::new(sequences, br.heads, l, n, br.dim_head);
@@ -279,13 +275,11 @@ impl<O: Ops> Vision<O> {
             ops.norm(&lat, rows, &layer.norm_latents, &mut h)?;
             ops.linear(&h, rows, &layer.to_q, &mut q)?;
             ops.attention(&attn, &q, &k, &v, &mut a)?;
-            ops.linear(&a, rows, &layer.to_out, &mut o)?;
-            ops.accumulate(&mut lat, &o, rows * hidden, 1.0)?;
+            ops.linear_add(&a, rows, &layer.to_out, &mut lat)?;
             ops.norm(&lat, rows, &layer.ff_norm, &mut h)?;
             ops.linear(&h, rows, &layer.ff_in, &mut f)?;
             ops.gelu(&mut f, rows, br.ff_hidden)?;
-            ops.linear(&f, rows, &layer.ff_out, &mut o)?;
-            ops.accumulate(&mut lat, &o, rows * hidden, 1.0)?;
+            ops.linear_add(&f, rows, &layer.ff_out, &mut lat)?;
         }
         let mut out = ops.alloc(rows * hidden)?;
         ops.norm(&lat, rows, &self.norm, &mut out)?;
