@@ -124,7 +124,7 @@ fn run_e2e(args: &BenchArgs, dtype: DType) -> Result<(), CliError> {
     use crate::forward::random::RandomModel;
     let err = |e: crate::forward::ForwardError| CliError(e.to_string());
     let arch: RandomModel = args.random_weights.parse().map_err(CliError)?;
-    let cfg = arch.config();
+    let cfg = arch.config().map_err(CliError)?;
     let gpu = std::sync::Arc::new(open(&args.device)?);
     let copy_bytes = 1usize << 30;
     let (src, mut dst) = gpu.copy_buffers(copy_bytes).map_err(kernel_err)?;

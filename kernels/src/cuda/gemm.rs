@@ -24,6 +24,58 @@ pub fn ensure_cublas() -> Result<(), KernelError> {
     }
 }
 
+/// `y[rows][n] (= | +=) x[rows][k] W[n][k]^T`.
+#[derive(Debug, Clone, Copy)]
+struct GemmDims {
+    rows: usize,
+    n: usize,
+    k: usize,
+}
+
+/// One cuBLAS GEMM on buffers reinterpreted as `T` (whose size the caller checked).
+fn gemm_as<T, S: Elem>(
+    blas: &CudaBlas,
+    d: GemmDims,
+    x: &CudaSlice<S>,
+    w: &CudaSlice<S>,
+    y: &mut CudaSlice<S>,
+    alpha: T,
+    beta: T,
+) -> Result<(), KernelError>
+where
+    CudaBlas: Gemm<T>,
+{
+    // SAFETY: `S` and `T` have the same size and the bits of `S` are a `T` at this precision
+    // (checked by the caller); the views cover the extents checked by the caller.
+    let (xv, wv, mut yv) = unsafe {
+        (
+            x.transmute::<T>(d.rows * d.k),
+            w.transmute::<T>(d.n * d.k),
+            y.transmute_mut::<T>(d.rows * d.n),
+        )
+    };
+    let (Some(xv), Some(wv), Some(yv)) = (xv, wv, yv.as_mut()) else {
+        return Err(KernelError::Invalid("GEMM views".into()));
+    };
+    // Row-major y = x W^T is column-major y^T = W x^T: A = W (stored k x n column-major,
+    // transposed), B = x^T (k x rows column-major), C = y^T (n x rows).
+    let (m, n, k) = (d.n as i32, d.rows as i32, d.k as i32);
+    let cfg = GemmConfig {
+        transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
+        transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+        m,
+        n,
+        k,
+        alpha,
+        lda: k,
+        ldb: k,
+        beta,
+        ldc: m,
+    };
+    // SAFETY: the layouts address exactly the views' extents.
+    unsafe { blas.gemm(cfg, &wv, &xv, yv) }.map_err(blas_err("cublas gemm"))
+}
+
 impl CudaAttention {
     fn blas(&self) -> Result<&CudaBlas, KernelError> {
         if let Some(b) = self.blas.get() {
@@ -105,95 +157,29 @@ impl CudaAttention {
                 )));
             }
         }
-        // Row-major y = x W^T is column-major y^T = W x^T: A = W (stored k x n column-major,
-        // transposed), B = x^T (k x rows column-major), C = y^T (n x rows).
-        let (m, nn, kk) = (n as i32, rows as i32, k as i32);
+        let dims = GemmDims { rows, n, k };
         let blas = self.blas()?;
-        let op_t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
-        let op_n = blas_sys::cublasOperation_t::CUBLAS_OP_N;
         match precision {
-            Precision::F32 => {
-                // SAFETY: f32 elements (checked above); extents checked above.
-                let (xv, wv, mut yv) = unsafe {
-                    (
-                        x.transmute::<f32>(rows * k),
-                        w.transmute::<f32>(n * k),
-                        y.transmute_mut::<f32>(rows * n),
-                    )
-                };
-                let (Some(xv), Some(wv), Some(yv)) = (xv, wv, yv.as_mut()) else {
-                    return Err(KernelError::Invalid("GEMM views".into()));
-                };
-                let cfg = GemmConfig {
-                    transa: op_t,
-                    transb: op_n,
-                    m,
-                    n: nn,
-                    k: kk,
-                    alpha: 1.0f32,
-                    lda: kk,
-                    ldb: kk,
-                    beta,
-                    ldc: m,
-                };
-                // SAFETY: the layouts above address exactly the checked extents.
-                unsafe { blas.gemm(cfg, &wv, &xv, yv) }.map_err(blas_err("sgemm"))?;
-            }
-            Precision::Bf16 => {
-                // SAFETY: bf16 bits stored as u16 (checked above); extents checked above.
-                let (xv, wv, mut yv) = unsafe {
-                    (
-                        x.transmute::<half::bf16>(rows * k),
-                        w.transmute::<half::bf16>(n * k),
-                        y.transmute_mut::<half::bf16>(rows * n),
-                    )
-                };
-                let (Some(xv), Some(wv), Some(yv)) = (xv, wv, yv.as_mut()) else {
-                    return Err(KernelError::Invalid("GEMM views".into()));
-                };
-                let cfg = GemmConfig {
-                    transa: op_t,
-                    transb: op_n,
-                    m,
-                    n: nn,
-                    k: kk,
-                    alpha: half::bf16::ONE,
-                    lda: kk,
-                    ldb: kk,
-                    beta: half::bf16::from_f32(beta),
-                    ldc: m,
-                };
-                // SAFETY: the layouts above address exactly the checked extents.
-                unsafe { blas.gemm(cfg, &wv, &xv, yv) }.map_err(blas_err("gemm bf16"))?;
-            }
-            Precision::F16 => {
-                // SAFETY: f16 bits stored as u16 (checked above); extents checked above.
-                let (xv, wv, mut yv) = unsafe {
-                    (
-                        x.transmute::<half::f16>(rows * k),
-                        w.transmute::<half::f16>(n * k),
-                        y.transmute_mut::<half::f16>(rows * n),
-                    )
-                };
-                let (Some(xv), Some(wv), Some(yv)) = (xv, wv, yv.as_mut()) else {
-                    return Err(KernelError::Invalid("GEMM views".into()));
-                };
-                let cfg = GemmConfig {
-                    transa: op_t,
-                    transb: op_n,
-                    m,
-                    n: nn,
-                    k: kk,
-                    alpha: half::f16::ONE,
-                    lda: kk,
-                    ldb: kk,
-                    beta: half::f16::from_f32(beta),
-                    ldc: m,
-                };
-                // SAFETY: the layouts above address exactly the checked extents.
-                unsafe { blas.gemm(cfg, &wv, &xv, yv) }.map_err(blas_err("gemm f16"))?;
-            }
-        }
+            Precision::F32 => gemm_as(blas, dims, x, w, y, 1.0f32, beta),
+            Precision::Bf16 => gemm_as(
+                blas,
+                dims,
+                x,
+                w,
+                y,
+                half::bf16::ONE,
+                half::bf16::from_f32(beta),
+            ),
+            Precision::F16 => gemm_as(
+                blas,
+                dims,
+                x,
+                w,
+                y,
+                half::f16::ONE,
+                half::f16::from_f32(beta),
+            ),
+        }?;
         if let Some(b) = bias {
             self.add_rows(precision, y, b, rows, n, 1, 1)?;
         }

@@ -85,7 +85,7 @@ pub fn load_served(
     let (config, tokenizer, source) = match flags.random_weights {
         Some(arch) => {
             let tokenizer = toy_tokenizer().map_err(|e| err(&e))?;
-            let mut config = arch.config();
+            let mut config = arch.config().map_err(CliError)?;
             config.llm.vocab_size = config.llm.vocab_size.max(tokenizer.len());
             config.tokens.bos = tokenizer.bos_id();
             config.tokens.eos = tokenizer.eos_id();

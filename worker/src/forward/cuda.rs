@@ -46,6 +46,23 @@ impl<S: Elem> CudaOps<S> {
     pub fn gpu(&self) -> &CudaAttention {
         &self.gpu
     }
+
+    fn gemm(
+        &self,
+        x: &CudaSlice<S>,
+        rows: usize,
+        w: &Linear<CudaSlice<S>>,
+        y: &mut CudaSlice<S>,
+        accumulate: bool,
+    ) -> Result<(), ForwardError> {
+        let (p, b) = (self.precision, w.b.as_ref());
+        let (n, k) = (w.out_dim, w.in_dim);
+        Ok(if accumulate {
+            self.gpu.linear_accumulate(p, x, rows, &w.w, b, n, k, y)
+        } else {
+            self.gpu.linear(p, x, rows, &w.w, b, n, k, y)
+        }?)
+    }
 }
 
 /// A prepared projection: fused (16-bit) or LayerNorm + two GEMMs (f32).
@@ -175,16 +192,7 @@ impl<S: Elem> Ops for CudaOps<S> {
         w: &Linear<Self::Buf>,
         y: &mut Self::Buf,
     ) -> Result<(), ForwardError> {
-        Ok(self.gpu.linear(
-            self.precision,
-            x,
-            rows,
-            &w.w,
-            w.b.as_ref(),
-            w.out_dim,
-            w.in_dim,
-            y,
-        )?)
+        self.gemm(x, rows, w, y, false)
     }
 
     fn linear_add(
@@ -194,16 +202,7 @@ impl<S: Elem> Ops for CudaOps<S> {
         w: &Linear<Self::Buf>,
         y: &mut Self::Buf,
     ) -> Result<(), ForwardError> {
-        Ok(self.gpu.linear_accumulate(
-            self.precision,
-            x,
-            rows,
-            &w.w,
-            w.b.as_ref(),
-            w.out_dim,
-            w.in_dim,
-            y,
-        )?)
+        self.gemm(x, rows, w, y, true)
     }
 
     fn norm(

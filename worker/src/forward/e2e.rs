@@ -161,10 +161,10 @@ pub fn run<O: Ops>(
 
     // Prompts: BOS + ids cycling through the vocabulary (no pads).
     let vocab = cfg.llm.vocab_size as u32;
-    let prompt = |n: usize| -> Vec<u32> {
-        (0..n)
+    let prompt = |rows: usize, len: usize| -> Vec<u32> {
+        (0..rows)
             .flat_map(|r| {
-                (0..opts.prompt_tokens).map(move |t| {
+                (0..len).map(move |t| {
                     if t == 0 {
                         cfg.tokens.bos
                     } else {
@@ -175,7 +175,7 @@ pub fn run<O: Ops>(
             .collect()
     };
     let one = pixels(1);
-    let ids = prompt(1);
+    let ids = prompt(1, opts.prompt_tokens);
     let ms = timed(opts.iters, || {
         let prefix = m.encode_vision(Pixels {
             values: &one,
@@ -204,17 +204,7 @@ pub fn run<O: Ops>(
     // Text-only prompts as long as an image prompt (latents + text), so the cache is the same.
     let long = cfg.bridge.num_latents + opts.prompt_tokens;
     for &b in &opts.decode_batches {
-        let ids: Vec<u32> = (0..b)
-            .flat_map(|r| {
-                (0..long).map(move |t| {
-                    if t == 0 {
-                        cfg.tokens.bos
-                    } else {
-                        3 + ((r * 13 + t * 7) as u32 % (vocab - 3))
-                    }
-                })
-            })
-            .collect();
+        let ids = prompt(b, long);
         let (mut session, first) = m.start_session(None, &ids, &vec![0; b], 1)?;
         let mut next: Vec<u32> = first.iter().map(|r| argmax(r)).collect();
         for _ in 0..2 {

@@ -41,6 +41,19 @@ fn need(what: &str, got: usize, want: usize) -> Result<(), ForwardError> {
     Ok(())
 }
 
+/// Replaces the first `n` values of `x` by `f` of them.
+fn in_place(
+    what: &str,
+    x: &mut [f32],
+    n: usize,
+    f: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> Result<(), ForwardError> {
+    need(what, x.len(), n)?;
+    let y = f(&x[..n]);
+    x[..n].copy_from_slice(&y);
+    Ok(())
+}
+
 impl Ops for HostOps {
     type Buf = Vec<f32>;
     type Idx = HostIdx;
@@ -174,18 +187,13 @@ impl Ops for HostOps {
     }
 
     fn gelu(&self, x: &mut Vec<f32>, rows: usize, cols: usize) -> Result<(), ForwardError> {
-        let n = rows * cols;
-        need("gelu input", x.len(), n)?;
-        let y = reference::bias_gelu(F32, &x[..n], None);
-        x[..n].copy_from_slice(&y);
-        Ok(())
+        in_place("gelu input", x, rows * cols, |v| {
+            reference::bias_gelu(F32, v, None)
+        })
     }
 
     fn silu(&self, x: &mut Vec<f32>, n: usize) -> Result<(), ForwardError> {
-        need("silu input", x.len(), n)?;
-        let y = reference::silu(F32, &x[..n]);
-        x[..n].copy_from_slice(&y);
-        Ok(())
+        in_place("silu input", x, n, |v| reference::silu(F32, v))
     }
 
     fn silu_mul(
@@ -227,11 +235,10 @@ impl Ops for HostOps {
         n: usize,
         scale: f32,
     ) -> Result<(), ForwardError> {
-        need("accumulator", acc.len(), n)?;
         need("addend", b.len(), n)?;
-        let y = reference::add_scaled(F32, &acc[..n], &b[..n], scale);
-        acc[..n].copy_from_slice(&y);
-        Ok(())
+        in_place("accumulator", acc, n, |v| {
+            reference::add_scaled(F32, v, &b[..n], scale)
+        })
     }
 
     fn add_rows(

@@ -5,6 +5,7 @@ use crate::config::{
     BridgeConfig, GenerationDefaults, ImageNorm, LlmConfig, LynxConfig, PromptConfig,
     SpecialTokens, VisionConfig,
 };
+use crate::embedded::Preset;
 
 /// A randomly initialised architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +31,9 @@ impl std::str::FromStr for RandomModel {
 }
 
 impl RandomModel {
-    /// The architecture's configuration.
-    pub fn config(self) -> LynxConfig {
+    /// The architecture's configuration (`tiny`: the embedded tiny model's, with its toy
+    /// tokenizer's vocabulary).
+    pub fn config(self) -> Result<LynxConfig, String> {
         let (vision, bridge, llm, name) = match self {
             Self::Lynx7b => (
                 VisionConfig {
@@ -63,38 +65,14 @@ impl RandomModel {
                 },
                 "lynx-7b-random",
             ),
-            Self::Tiny => (
-                VisionConfig {
-                    image_res: 56,
-                    patch_size: 14,
-                    width: 32,
-                    depth: 2,
-                    heads: 4,
-                    mlp_hidden: 139,
-                },
-                BridgeConfig {
-                    depth: 2,
-                    num_latents: 8,
-                    heads: 8,
-                    dim_head: 64,
-                    ff_hidden: 256,
-                },
-                LlmConfig {
-                    hidden: 64,
-                    intermediate: 176,
-                    layers: 4,
-                    heads: 4,
-                    rms_norm_eps: 1e-6,
-                    rope_theta: 10000.0,
-                    max_position_embeddings: 2048,
-                    vocab_size: 401,
-                    adapter_layers: vec![0, 2],
-                    adapter_dim: 32,
-                },
-                "lynx-tiny-random",
-            ),
+            Self::Tiny => {
+                let tok = crate::embedded::toy_tokenizer().map_err(|e| e.to_string())?;
+                let mut cfg = Preset::Tiny.config(&tok);
+                cfg.model_name = "lynx-tiny-random".into();
+                return Ok(cfg);
+            }
         };
-        LynxConfig {
+        Ok(LynxConfig {
             model_name: name.into(),
             vision,
             num_frames: 5,
@@ -126,7 +104,7 @@ impl RandomModel {
                 mean: crate::vision::preprocess::OPENAI_CLIP_MEAN,
                 std: crate::vision::preprocess::OPENAI_CLIP_STD,
             },
-        }
+        })
     }
 }
 
@@ -136,7 +114,7 @@ mod tests {
 
     #[test]
     fn lynx_7b_has_the_released_parameter_counts() {
-        let cfg = RandomModel::Lynx7b.config();
+        let cfg = RandomModel::Lynx7b.config().expect("lynx-7b");
         cfg.validate().expect("valid");
         let v = &cfg.vision;
         let vit = v.depth * (4 * v.width * v.width + 3 * v.width + 2 * v.width * v.mlp_hidden)
