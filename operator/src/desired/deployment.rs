@@ -113,8 +113,9 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
     }
 }
 
-/// `lynx-worker serve` arguments: model, listen addresses, then each batching/limit flag that is
-/// set, TLS/auth files, then the user's extra args.
+/// `lynx-worker serve` arguments: model, compute device (`cuda` when the pod gets GPUs, else
+/// `cpu`), listen addresses, then each batching/limit flag that is set, TLS/auth files, then the
+/// user's extra args.
 pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
     let model = if spec.model.path.is_empty() {
         MODEL_MOUNT.to_owned()
@@ -129,6 +130,8 @@ pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
         enum_str(&spec.model.layout),
         "--dtype".to_owned(),
         enum_str(&spec.model.dtype),
+        "--device".to_owned(),
+        if spec.worker.gpus > 0 { "cuda" } else { "cpu" }.to_owned(),
         "--grpc-addr".to_owned(),
         format!("0.0.0.0:{GRPC_PORT}"),
         "--http-addr".to_owned(),

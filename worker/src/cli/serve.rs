@@ -359,6 +359,8 @@ mod tests {
             "release",
             "--dtype",
             "bf16",
+            "--device",
+            "cuda",
             "--grpc-addr",
             "0.0.0.0:50051",
             "--http-addr",
@@ -417,6 +419,7 @@ mod tests {
         );
         assert_eq!(cfg.drain_timeout, Duration::from_secs(12));
         assert_eq!(args.layout, LayoutArg::Release);
+        assert_eq!(args.device.device, crate::cli::device::DeviceArg::Cuda(0));
         assert_eq!(cfg.grpc_addr.port(), 50051);
         assert!(cfg.tls.is_some());
     }

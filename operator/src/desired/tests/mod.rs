@@ -259,7 +259,7 @@ fn worker_args_carry_every_batching_and_limit_flag() {
     let desired = desired(&sample("full"), &ALL).expect("valid");
     let args = worker(&desired).args.clone().expect("args").join(" ");
     for expected in [
-        "serve --model /models/lynx-7b --layout converted --dtype f16",
+        "serve --model /models/lynx-7b --layout converted --dtype f16 --device cuda",
         "--grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:9090",
         "--max-batch-size 32",
         "--max-batch-delay-ms 10",
@@ -291,6 +291,14 @@ fn worker_args_carry_every_batching_and_limit_flag() {
 fn desired_args(ld: &LynxDeployment) -> String {
     let desired = desired(ld, &NONE).expect("valid");
     worker(&desired).args.clone().expect("args").join(" ")
+}
+
+#[test]
+fn workers_with_gpus_compute_on_cuda_and_the_others_on_the_cpu() {
+    let mut ld = sample("minimal");
+    assert!(desired_args(&ld).contains("--device cuda"), "{}", desired_args(&ld));
+    ld.spec.worker.gpus = 0;
+    assert!(desired_args(&ld).contains("--device cpu"), "{}", desired_args(&ld));
 }
 
 #[test]
