@@ -99,6 +99,32 @@ __device__ __forceinline__ void rope(typename T::S* x, i64 row_stride, const int
     }
 }
 
+// Splits a fused QKV projection row [q | k | v] (heads x head_dim each) into contiguous q, k, v
+// rows, applying rotate-half RoPE to q and k on the way (one launch instead of two GEMM outputs
+// and two RoPE passes). Same rounding as `rope`. One block per token.
+template <typename T>
+__device__ __forceinline__ void qkv_rope_split(const typename T::S* qkv, typename T::S* q, typename T::S* k,
+                                               typename T::S* v, const int* positions, const float* cos_t,
+                                               const float* sin_t, int heads, int head_dim) {
+    const int half = head_dim / 2, width = heads * head_dim;
+    const int pos = positions[blockIdx.x];
+    const typename T::S* row = qkv + (i64)blockIdx.x * 3 * width;
+    const i64 out = (i64)blockIdx.x * width;
+    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+        const int h = i / half, d = i % half, at = h * head_dim + d;
+        const float c = T::to_float(T::from_float(cos_t[(i64)pos * half + d]));
+        const float s = T::to_float(T::from_float(sin_t[(i64)pos * half + d]));
+        float a = T::to_float(row[at]), b = T::to_float(row[at + half]);
+        q[out + at] = T::from_float(a * c - b * s);
+        q[out + at + half] = T::from_float(b * c + a * s);
+        a = T::to_float(row[width + at]);
+        b = T::to_float(row[width + at + half]);
+        k[out + at] = T::from_float(a * c - b * s);
+        k[out + at + half] = T::from_float(b * c + a * s);
+    }
+    for (int i = threadIdx.x; i < width; i += blockDim.x) v[out + i] = row[2 * width + i];
+}
+
 // out = a + scale * b (residuals; the adapters' scaled add). `out` may be `a`.
 template <typename T>
 __device__ __forceinline__ void add_scaled(const typename T::S* a, const typename T::S* b, typename T::S* out, u64 n,
@@ -327,6 +353,11 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
     extern "C" __global__ void rope_##TN(S_##TN* x, i64 row_stride, const int* pos, const float* c,            \
                                          const float* s, int heads, int head_dim) {                            \
         rope<T>(x, row_stride, pos, c, s, heads, head_dim);                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void qkv_rope_split_##TN(const S_##TN* qkv, S_##TN* q, S_##TN* k, S_##TN* v,       \
+                                                   const int* pos, const float* c, const float* s, int heads,   \
+                                                   int head_dim) {                                              \
+        qkv_rope_split<T>(qkv, q, k, v, pos, c, s, heads, head_dim);                                           \
     }                                                                                                          \
     extern "C" __global__ void add_scaled_##TN(const S_##TN* a, const S_##TN* b, S_##TN* out, u64 n,           \
                                                float scale) {                                                  \

@@ -133,6 +133,28 @@ pub fn rope(
     out
 }
 
+/// Fused QKV rows `[tokens][3 * heads * head_dim]` -> `(q, k, v)`, RoPE on `q` and `k`.
+pub fn qkv_rope_split(
+    dtype: Precision,
+    qkv: &[f32],
+    positions: &[usize],
+    table: &(Vec<f32>, Vec<f32>),
+    heads: usize,
+    head_dim: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = heads * head_dim;
+    let part = |i: usize| -> Vec<f32> {
+        qkv.chunks_exact(3 * width)
+            .flat_map(|r| r[i * width..(i + 1) * width].to_vec())
+            .collect()
+    };
+    (
+        rope(dtype, &part(0), positions, table, heads, head_dim),
+        rope(dtype, &part(1), positions, table, heads, head_dim),
+        part(2),
+    )
+}
+
 /// `a + scale * b`.
 pub fn add_scaled(dtype: Precision, a: &[f32], b: &[f32], scale: f32) -> Vec<f32> {
     a.iter()

@@ -50,13 +50,14 @@ pub fn projection_kernel(dtype: crate::DType) -> String {
 }
 
 /// The per-precision small kernels of ops.cu (`{name}_{bf16|f16|f32}`).
-pub const OPS_PER_PRECISION: [&str; 12] = [
+pub const OPS_PER_PRECISION: [&str; 13] = [
     "layernorm",
     "rmsnorm",
     "bias_gelu",
     "silu",
     "silu_mul",
     "rope",
+    "qkv_rope_split",
     "add_scaled",
     "add_rows",
     "fill_affine",

@@ -343,6 +343,54 @@ impl CudaAttention {
         Ok(())
     }
 
+    /// Splits fused QKV rows `[tokens][3 * heads * head_dim]` into contiguous `q`, `k`, `v`
+    /// (`[tokens][heads * head_dim]` each), with rotate-half RoPE on `q` and `k` at `positions`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_split<S: Elem>(
+        &self,
+        precision: Precision,
+        qkv: &CudaSlice<S>,
+        positions: &DevicePositions,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        heads: usize,
+        head_dim: usize,
+        out: (&mut CudaSlice<S>, &mut CudaSlice<S>, &mut CudaSlice<S>),
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(KernelError::Invalid(format!("odd head dim {head_dim}")));
+        }
+        let (tokens, width) = (positions.len(), heads * head_dim);
+        need("fused qkv", qkv.len(), tokens * 3 * width)?;
+        need("q", out.0.len(), tokens * width)?;
+        need("k", out.1.len(), tokens * width)?;
+        need("v", out.2.len(), tokens * width)?;
+        need(
+            "rope table",
+            cos.len().min(sin.len()),
+            positions.bound * head_dim / 2,
+        )?;
+        let cfg = rows_cfg(tokens, 128)?;
+        let f = self.function(&source::op_kernel("qkv_rope_split", precision))?;
+        let (h, d) = (heads as i32, head_dim as i32);
+        let mut launch = self.stream.launch_builder(f);
+        launch
+            .arg(qkv)
+            .arg(out.0)
+            .arg(out.1)
+            .arg(out.2)
+            .arg(&positions.data)
+            .arg(cos)
+            .arg(sin)
+            .arg(&h)
+            .arg(&d);
+        // SAFETY: (qkv, q, k, v, positions, cos, sin, heads, head_dim) as in ops.cu; positions
+        // are below the table's rows (checked at upload), extents checked above.
+        unsafe { launch.launch(cfg) }.map_err(driver("qkv_rope_split launch"))?;
+        Ok(())
+    }
+
     /// `acc += scale * b` over `n` elements (in place).
     pub fn accumulate<S: Elem>(
         &self,

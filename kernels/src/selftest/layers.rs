@@ -207,6 +207,40 @@ fn op_cases<S: Elem>(
     case.passed &= case.index_mismatches == 0;
     out.push(case);
 
+    // Fused QKV split with RoPE on q and k.
+    let qkv = values(rng, pr, tokens * stride, 2.0);
+    let pos = gpu.upload_indices(
+        &positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+        max_pos,
+    )?;
+    let width = heads * hd;
+    let (mut qd, mut kd, mut vd) = (
+        poisoned(tokens * width)?,
+        poisoned(tokens * width)?,
+        poisoned(tokens * width)?,
+    );
+    gpu.qkv_rope_split(
+        pr,
+        &up(&qkv)?,
+        &pos,
+        &cos,
+        &sin,
+        heads,
+        hd,
+        (&mut qd, &mut kd, &mut vd),
+    )?;
+    let (wq, wk, wv) = ops::qkv_rope_split(pr, &qkv, &positions, &table, heads, hd);
+    let mut got = down(&qd)?;
+    got.extend(down(&kd)?);
+    got.extend(down(&vd)?);
+    let want = [wq, wk, wv].concat();
+    out.push(elementwise(
+        "qkv split + rope 7 tokens 4x128",
+        pr,
+        &got,
+        &want,
+    ));
+
     let n = 5000;
     let (a, b) = (values(rng, pr, n, 3.0), values(rng, pr, n, 3.0));
     let mut acc = up(&a)?;

@@ -246,23 +246,26 @@ impl<S: Elem> Ops for CudaOps<S> {
             .silu_mul(self.precision, gate_up, out, rows, inter)?)
     }
 
-    fn rope(
+    fn qkv_rope(
         &self,
-        x: &mut Self::Buf,
+        qkv: &Self::Buf,
         heads: usize,
         head_dim: usize,
         positions: &DevicePositions,
         table: &Self::Rope,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &mut Self::Buf,
     ) -> Result<(), ForwardError> {
-        Ok(self.gpu.rope(
+        Ok(self.gpu.qkv_rope_split(
             self.precision,
-            x,
-            heads * head_dim,
+            qkv,
             positions,
             &table.0,
             &table.1,
             heads,
             head_dim,
+            (q, k, v),
         )?)
     }
 

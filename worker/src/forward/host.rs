@@ -210,21 +210,27 @@ impl Ops for HostOps {
         Ok(())
     }
 
-    fn rope(
+    fn qkv_rope(
         &self,
-        x: &mut Vec<f32>,
+        qkv: &Vec<f32>,
         heads: usize,
         head_dim: usize,
         positions: &HostIdx,
         table: &Self::Rope,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
         let n = positions.0.len() * heads * head_dim;
-        need("rope input", x.len(), n)?;
+        need("fused qkv", qkv.len(), 3 * n)?;
         let pos: Vec<usize> = positions.0.iter().map(|&p| p as usize).collect();
         let max = pos.iter().copied().max().unwrap_or(0);
         need("rope table", table.0.len(), (max + 1) * head_dim / 2)?;
-        let y = reference::rope(F32, &x[..n], &pos, table, heads, head_dim);
-        x[..n].copy_from_slice(&y);
+        let (qo, ko, vo) =
+            reference::qkv_rope_split(F32, &qkv[..3 * n], &pos, table, heads, head_dim);
+        for (dst, src) in [(q, qo), (k, ko), (v, vo)] {
+            in_place("qkv output", dst, n, |_| src)?;
+        }
         Ok(())
     }
 

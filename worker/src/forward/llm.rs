@@ -20,9 +20,8 @@ struct Adapter<B> {
 
 struct Layer<B> {
     input_norm: Norm<B>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
+    /// `q_proj | k_proj | v_proj` fused into one `[3 * hidden][hidden]` GEMM.
+    qkv: Linear<B>,
     o: Linear<B>,
     post_norm: Norm<B>,
     gate_up: Linear<B>,
@@ -228,9 +227,21 @@ impl<O: Ops> Llm<O> {
                 let mlp = format!("{p}.mlp");
                 Ok(Layer {
                     input_norm: l.rmsnorm(&format!("{p}.input_layernorm"), h, eps)?,
-                    q: l.linear(&format!("{p}.self_attn.q_proj"), h, h, false)?,
-                    k: l.linear(&format!("{p}.self_attn.k_proj"), h, h, false)?,
-                    v: l.linear(&format!("{p}.self_attn.v_proj"), h, h, false)?,
+                    qkv: Linear {
+                        w: l.fused(
+                            &[
+                                &format!("{p}.self_attn.q_proj.weight"),
+                                &format!("{p}.self_attn.k_proj.weight"),
+                                &format!("{p}.self_attn.v_proj.weight"),
+                            ],
+                            &[h, h, h],
+                            h,
+                            Init::Fan(h),
+                        )?,
+                        b: None,
+                        out_dim: 3 * h,
+                        in_dim: h,
+                    },
                     o: l.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
                     post_norm: l.rmsnorm(&format!("{p}.post_attention_layernorm"), h, eps)?,
                     gate_up: Linear {
@@ -468,15 +479,13 @@ impl<O: Ops> Llm<O> {
             ops.alloc(n)?,
             ops.alloc(n)?,
         );
+        let mut qkv = ops.alloc(3 * n)?;
         let (mut gu, mut m) = (ops.alloc(tokens * 2 * inter)?, ops.alloc(tokens * inter)?);
         let mut ad = ops.alloc(tokens * c.adapter_dim.max(1))?;
         for (i, layer) in self.layers.iter().enumerate() {
             ops.norm(&x, tokens, &layer.input_norm, &mut y)?;
-            ops.linear(&y, tokens, &layer.q, &mut q)?;
-            ops.linear(&y, tokens, &layer.k, &mut k)?;
-            ops.linear(&y, tokens, &layer.v, &mut v)?;
-            ops.rope(&mut q, c.heads, hd, pos, &self.rope)?;
-            ops.rope(&mut k, c.heads, hd, pos, &self.rope)?;
+            ops.linear(&y, tokens, &layer.qkv, &mut qkv)?;
+            ops.qkv_rope(&qkv, c.heads, hd, pos, &self.rope, &mut q, &mut k, &mut v)?;
             ops.kv_write(&k, slots, &mut pool.k[i], c.heads, hd, pool.block_size)?;
             ops.kv_write(&v, slots, &mut pool.v[i], c.heads, hd, pool.block_size)?;
             match attend {

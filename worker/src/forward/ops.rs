@@ -127,14 +127,19 @@ pub trait Ops: Send + Sync {
         inter: usize,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
-    /// Rotate-half RoPE in place on `[tokens][heads][head_dim]` at `positions`.
-    fn rope(
+    /// Splits fused QKV rows `[tokens][3 * heads * head_dim]` into `q`, `k`, `v` with RoPE on
+    /// `q` and `k` at `positions` (one token per position).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope(
         &self,
-        x: &mut Self::Buf,
+        qkv: &Self::Buf,
         heads: usize,
         head_dim: usize,
         positions: &Self::Idx,
         table: &Self::Rope,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
     /// `acc += scale * b` over `n` elements.
     fn accumulate(

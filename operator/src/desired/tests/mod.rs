@@ -296,9 +296,17 @@ fn desired_args(ld: &LynxDeployment) -> String {
 #[test]
 fn workers_with_gpus_compute_on_cuda_and_the_others_on_the_cpu() {
     let mut ld = sample("minimal");
-    assert!(desired_args(&ld).contains("--device cuda"), "{}", desired_args(&ld));
+    assert!(
+        desired_args(&ld).contains("--device cuda"),
+        "{}",
+        desired_args(&ld)
+    );
     ld.spec.worker.gpus = 0;
-    assert!(desired_args(&ld).contains("--device cpu"), "{}", desired_args(&ld));
+    assert!(
+        desired_args(&ld).contains("--device cpu"),
+        "{}",
+        desired_args(&ld)
+    );
 }
 
 #[test]
