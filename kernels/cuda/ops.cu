@@ -168,13 +168,15 @@ __device__ __forceinline__ void copy_rows(const S* src, const int* src_rows, S* 
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
 }
 
-// Writes the K or V rows of n tokens into a paged cache [num_blocks][heads][2^block_shift][head_dim]
-// at flat slots (block * block_size + offset). src rows: [n][heads][head_dim], row stride
-// src_row. One block per token.
+// Writes the K and V rows of n tokens into the paged caches [num_blocks][heads][2^block_shift]
+// [head_dim] at flat slots (block * block_size + offset). Source rows: [n][heads][head_dim], row
+// stride src_row. Grid: one block per token, y = 0 for K, 1 for V.
 template <typename S>
-__device__ __forceinline__ void kv_write(const S* src, i64 src_row, const int* slots, S* cache, int heads,
-                                         int head_dim, int block_shift) {
+__device__ __forceinline__ void kv_write(const S* k_src, const S* v_src, i64 src_row, const int* slots,
+                                         S* k_cache, S* v_cache, int heads, int head_dim, int block_shift) {
     const int t = blockIdx.x;
+    const S* src = blockIdx.y == 0 ? k_src : v_src;
+    S* cache = blockIdx.y == 0 ? k_cache : v_cache;
     const int slot = slots[t];
     const i64 block = slot >> block_shift, off = slot & ((1 << block_shift) - 1);
     for (int i = threadIdx.x; i < heads * head_dim; i += blockDim.x) {
@@ -374,9 +376,10 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
                                               i64 cols) {                                                      \
         copy_rows<S_##TN>(src, sr, dst, dr, cols);                                                             \
     }                                                                                                          \
-    extern "C" __global__ void kv_write_##TN(const S_##TN* src, i64 src_row, const int* slots, S_##TN* cache,  \
-                                             int heads, int head_dim, int block_shift) {                       \
-        kv_write<S_##TN>(src, src_row, slots, cache, heads, head_dim, block_shift);                            \
+    extern "C" __global__ void kv_write_##TN(const S_##TN* ks, const S_##TN* vs, i64 src_row,                \
+                                             const int* slots, S_##TN* kc, S_##TN* vc, int heads,              \
+                                             int head_dim, int block_shift) {                                  \
+        kv_write<S_##TN>(ks, vs, src_row, slots, kc, vc, heads, head_dim, block_shift);                        \
     }                                                                                                          \
     extern "C" __global__ void attn_generic_##TN(const GenericAttnParams p) { attn_generic<T>(p); }
 

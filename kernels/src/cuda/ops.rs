@@ -510,16 +510,17 @@ impl CudaAttention {
         Ok(())
     }
 
-    /// Writes `slots.len()` token rows of `src` (`[n][heads * head_dim]`, row stride `src_row`)
-    /// into a paged cache `[num_blocks][heads][block_size][head_dim]` at flat slots.
+    /// Writes `slots.len()` token rows of `src = (k, v)` (`[n][heads * head_dim]` each, row
+    /// stride `src_row`) into the paged caches `cache = (k, v)`, `[num_blocks][heads]
+    /// [block_size][head_dim]` each, at flat slots: one launch for both.
     #[allow(clippy::too_many_arguments)]
     pub fn kv_write<S: Elem>(
         &self,
         precision: Precision,
-        src: &CudaSlice<S>,
+        src: (&CudaSlice<S>, &CudaSlice<S>),
         src_row: usize,
         slots: &DevicePositions,
-        cache: &mut CudaSlice<S>,
+        cache: (&mut CudaSlice<S>, &mut CudaSlice<S>),
         heads: usize,
         head_dim: usize,
         block_size: usize,
@@ -531,13 +532,16 @@ impl CudaAttention {
             )));
         }
         let n = slots.len();
-        need(
-            "kv source",
-            src.len(),
-            (n.max(1) - 1) * src_row + heads * head_dim,
-        )?;
-        need("kv cache", cache.len(), slots.bound * heads * head_dim)?;
-        let cfg = rows_cfg(n, 128)?;
+        let src_len = (n.max(1) - 1) * src_row + heads * head_dim;
+        need("k source", src.0.len(), src_len)?;
+        need("v source", src.1.len(), src_len)?;
+        need("k cache", cache.0.len(), slots.bound * heads * head_dim)?;
+        need("v cache", cache.1.len(), slots.bound * heads * head_dim)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows_cfg(n, 128)?.grid_dim.0, 2, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let f = self.function(&source::op_kernel("kv_write", precision))?;
         let (row, h, d, shift) = (
             src_row as i64,
@@ -547,15 +551,17 @@ impl CudaAttention {
         );
         let mut launch = self.stream.launch_builder(f);
         launch
-            .arg(src)
+            .arg(src.0)
+            .arg(src.1)
             .arg(&row)
             .arg(&slots.data)
-            .arg(cache)
+            .arg(cache.0)
+            .arg(cache.1)
             .arg(&h)
             .arg(&d)
             .arg(&shift);
-        // SAFETY: (src, src_row, slots, cache, heads, head_dim, block_shift) as in ops.cu; slots
-        // are below the cache's slots (bound checked against the cache size above).
+        // SAFETY: (k_src, v_src, src_row, slots, k_cache, v_cache, heads, head_dim, block_shift)
+        // as in ops.cu; slots are below the caches' slots (bound checked against both sizes).
         unsafe { launch.launch(cfg) }.map_err(driver("kv_write launch"))?;
         Ok(())
     }

@@ -374,20 +374,10 @@ fn generic_attention_cases<S: Elem>(
     let slot_dev = gpu.upload_indices(&slots, num_blocks * block_size)?;
     gpu.kv_write(
         pr,
-        &up(&k_rows)?,
+        (&up(&k_rows)?, &up(&v_rows)?),
         row,
         &slot_dev,
-        &mut kc,
-        heads,
-        hd,
-        block_size,
-    )?;
-    gpu.kv_write(
-        pr,
-        &up(&v_rows)?,
-        row,
-        &slot_dev,
-        &mut vc,
+        (&mut kc, &mut vc),
         heads,
         hd,
         block_size,

@@ -340,19 +340,21 @@ impl<S: Elem> Ops for CudaOps<S> {
 
     fn kv_write(
         &self,
-        src: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
         slots: &DevicePositions,
-        cache: &mut Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
         heads: usize,
         head_dim: usize,
         block_size: usize,
     ) -> Result<(), ForwardError> {
         Ok(self.gpu.kv_write(
             self.precision,
-            src,
+            (k, v),
             heads * head_dim,
             slots,
-            cache,
+            (k_cache, v_cache),
             heads,
             head_dim,
             block_size,

@@ -311,22 +311,26 @@ impl Ops for HostOps {
 
     fn kv_write(
         &self,
-        src: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
         slots: &HostIdx,
-        cache: &mut Vec<f32>,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
         heads: usize,
         head_dim: usize,
         block_size: usize,
     ) -> Result<(), ForwardError> {
         let row = heads * head_dim;
-        need("kv source", src.len(), slots.0.len() * row)?;
-        for (t, &slot) in slots.0.iter().enumerate() {
-            let (block, off) = (slot as usize / block_size, slot as usize % block_size);
-            for h in 0..heads {
-                let at = ((block * heads + h) * block_size + off) * head_dim;
-                need("kv cache", cache.len(), at + head_dim)?;
-                cache[at..at + head_dim]
-                    .copy_from_slice(&src[t * row + h * head_dim..][..head_dim]);
+        for (src, cache) in [(k, k_cache), (v, v_cache)] {
+            need("kv source", src.len(), slots.0.len() * row)?;
+            for (t, &slot) in slots.0.iter().enumerate() {
+                let (block, off) = (slot as usize / block_size, slot as usize % block_size);
+                for h in 0..heads {
+                    let at = ((block * heads + h) * block_size + off) * head_dim;
+                    need("kv cache", cache.len(), at + head_dim)?;
+                    cache[at..at + head_dim]
+                        .copy_from_slice(&src[t * row + h * head_dim..][..head_dim]);
+                }
             }
         }
         Ok(())

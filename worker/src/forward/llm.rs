@@ -486,8 +486,8 @@ impl<O: Ops> Llm<O> {
             ops.norm(&x, tokens, &layer.input_norm, &mut y)?;
             ops.linear(&y, tokens, &layer.qkv, &mut qkv)?;
             ops.qkv_rope(&qkv, c.heads, hd, pos, &self.rope, &mut q, &mut k, &mut v)?;
-            ops.kv_write(&k, slots, &mut pool.k[i], c.heads, hd, pool.block_size)?;
-            ops.kv_write(&v, slots, &mut pool.v[i], c.heads, hd, pool.block_size)?;
+            let (kc, vc) = (&mut pool.k[i], &mut pool.v[i]);
+            ops.kv_write(&k, &v, slots, kc, vc, c.heads, hd, pool.block_size)?;
             match attend {
                 Attend::Dense(p) => ops.attention(p, &q, &k, &v, &mut a)?,
                 Attend::Decode(p, t) => ops.decode(p, t, &q, &pool.k[i], &pool.v[i], &mut a)?,

@@ -180,13 +180,16 @@ pub trait Ops: Send + Sync {
         v: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
-    /// Writes token rows `[n][heads * head_dim]` into a paged cache at flat slots.
+    /// Writes token rows `[n][heads * head_dim]` of `k` and `v` into the paged caches at flat
+    /// slots.
     #[allow(clippy::too_many_arguments)]
     fn kv_write(
         &self,
-        src: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
         slots: &Self::Idx,
-        cache: &mut Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
         heads: usize,
         head_dim: usize,
         block_size: usize,
