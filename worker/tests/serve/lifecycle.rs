@@ -216,12 +216,22 @@ async fn drain_refuses_new_requests_and_finishes_every_admitted_one() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_drains_on_sigterm_and_exits_0() {
+/// The `lynx-worker` binary serving on loopback ports, its log lines collected by a thread.
+struct Spawned {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    logs: std::thread::JoinHandle<Vec<String>>,
+    _cache: tempfile::TempDir,
+}
+
+/// Starts `lynx-worker serve` with `args` (plus loopback listeners) and waits for its
+/// addresses.
+fn spawn_worker(args: &[&std::ffi::OsStr]) -> Spawned {
     let cache = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lynx-worker"))
-        .args(["serve", "--model"])
-        .arg(crate::common::model_dir())
+        .arg("serve")
+        .args(args)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("LYNX_CACHE_DIR", cache.path())
@@ -253,6 +263,65 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
             logs.join().unwrap()
         );
     };
+    Spawned {
+        child,
+        grpc,
+        http,
+        logs,
+        _cache: cache,
+    }
+}
+
+/// `serve --device mirror --random-weights tiny`: the forward program with random weights
+/// behind the binary's flags gets ready (warm-up included) and answers a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_random_weights_on_the_device_program() {
+    let args = ["--device", "mirror", "--random-weights", "tiny"].map(std::ffi::OsStr::new);
+    let Spawned {
+        mut child,
+        grpc,
+        http,
+        logs,
+        _cache,
+    } = spawn_worker(&args);
+    let t0 = Instant::now();
+    while http_get(http, "/readyz").await.0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let info = client
+        .get_model_info(GetModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.model_name, "lynx-tiny-random");
+    let answer = client.generate(greedy(8)).await.unwrap().into_inner();
+    assert!(
+        !answer.token_ids.is_empty() && answer.token_ids.len() <= 8,
+        "{answer:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = logs.join().unwrap();
+    assert!(
+        logs.iter().any(|l| l.contains("host f32")),
+        "the device is logged: {logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_drains_on_sigterm_and_exits_0() {
+    let model = crate::common::model_dir();
+    let Spawned {
+        mut child,
+        grpc,
+        http,
+        logs,
+        _cache,
+    } = spawn_worker(&[std::ffi::OsStr::new("--model"), model.as_os_str()]);
     let t0 = Instant::now();
     while http_get(http, "/readyz").await.0 != 200 {
         assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
