@@ -119,9 +119,9 @@ impl<O: Ops> KvPool<O> {
         row.blocks[pos / self.block_size] * self.block_size as u32 + (pos % self.block_size) as u32
     }
 
-    /// Gives each new row `i` the cache of old row `from[i]`: the first taker of a row takes its
-    /// blocks, later takers get copies; rows nobody takes are released. When the pool runs out,
-    /// every row is released and the error returned.
+    /// Gives each new row `i` the cache of old row `from[i]`: rows nobody takes are released
+    /// first, then the first taker of a row takes its blocks and later takers get copies. When
+    /// the pool runs out, every row is released and the error returned.
     pub fn reorder(
         &mut self,
         ops: &O,
@@ -130,18 +130,27 @@ impl<O: Ops> KvPool<O> {
         row_width: usize,
     ) -> Result<Vec<RowCache>, ForwardError> {
         let mut old: Vec<Option<RowCache>> = rows.into_iter().map(Some).collect();
+        if let Some(&bad) = from.iter().find(|&&f| f as usize >= old.len()) {
+            return Err(ForwardError::Shape(format!(
+                "row {bad} of {} reordered",
+                old.len()
+            )));
+        }
+        // Rows nobody takes go back first, so the copies below never need more blocks than the
+        // rows had (the scheduler's reservation holds).
+        for (i, slot) in old.iter_mut().enumerate() {
+            if !from.contains(&(i as u32)) {
+                if let Some(mut row) = slot.take() {
+                    self.release(&mut row);
+                }
+            }
+        }
         let mut out: Vec<RowCache> = Vec::with_capacity(from.len());
         // Where each old row went first (its later takers copy it).
         let mut first_taker: Vec<Option<usize>> = vec![None; old.len()];
         let (mut src, mut dst) = (Vec::new(), Vec::new());
         for &f in from {
             let f = f as usize;
-            if f >= old.len() {
-                return Err(ForwardError::Shape(format!(
-                    "row {f} of {} reordered",
-                    old.len()
-                )));
-            }
             if let Some(row) = old[f].take() {
                 first_taker[f] = Some(out.len());
                 out.push(row);
@@ -535,4 +544,39 @@ impl<O: Ops> Llm<O> {
 enum Attend<'a, O: Ops> {
     Dense(&'a DenseAttention),
     Decode(&'a DecodeAttention, &'a O::Tables),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::host::HostOps;
+    use crate::forward::random::RandomModel;
+
+    /// Two rows of one block each in a pool with no spare block: beam reordering `[0, 0]` must
+    /// release row 1 before copying row 0 (the scheduler reserved no more than the rows hold).
+    #[test]
+    fn reordering_fits_in_the_blocks_the_rows_had() {
+        let ops = HostOps::default();
+        let llm = RandomModel::Tiny.config().expect("tiny").llm;
+        // Block 0 is scratch: two usable blocks.
+        let mut pool = KvPool::new(&ops, &llm, 3, 4).expect("pool");
+        let mut rows = vec![RowCache::default(), RowCache::default()];
+        for row in &mut rows {
+            pool.reserve(row, 3).expect("one block");
+            row.len = 3;
+        }
+        assert_eq!(pool.free_blocks(), 0);
+        let out = pool.reorder(&ops, rows, &[0, 0], llm.hidden).expect("fits");
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.len == 3 && r.blocks.len() == 1));
+        assert_ne!(out[0].blocks, out[1].blocks, "the second taker got a copy");
+        assert_eq!(pool.free_blocks(), 0);
+        let err = pool.reorder(&ops, out, &[0, 0, 1], llm.hidden);
+        assert!(matches!(err, Err(ForwardError::OutOfBlocks)));
+        assert_eq!(
+            pool.free_blocks(),
+            2,
+            "a failed reorder returns every block"
+        );
+    }
 }
