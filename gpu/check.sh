@@ -58,7 +58,7 @@ if [[ $parts == *,serve,* ]]; then
   client="${LYNX_CLIENT:-$here/bin/lynx}"
   echo "== serve --device cuda --random-weights lynx-7b (loopback)"
   "$bin" serve --device cuda --dtype bf16 --random-weights lynx-7b --grpc-addr 127.0.0.1:50151 \
-    --http-addr 127.0.0.1:9191 --max-batch-size 64 >"$out/serve.log" 2>&1 &
+    --http-addr 127.0.0.1:9191 --max-batch-size 64 --max-batch-total-tokens 16384 >"$out/serve.log" 2>&1 &
   server=$!
   ready=0
   for _ in $(seq 1 240); do
