@@ -100,27 +100,35 @@ __device__ __forceinline__ void rope(typename T::S* x, i64 row_stride, const int
 }
 
 // Splits a fused QKV projection row [q | k | v] (heads x head_dim each) into contiguous q, k, v
-// rows, applying rotate-half RoPE to q and k on the way (one launch instead of two GEMM outputs
-// and two RoPE passes). Same rounding as `rope`. One block per token.
+// rows, applying rotate-half RoPE to q and k on the way when `positions` is set (the LLM; the
+// ViT passes null). Same rounding as `rope`. One launch instead of two extra GEMM outputs and two
+// RoPE passes. One block per token.
 template <typename T>
 __device__ __forceinline__ void qkv_rope_split(const typename T::S* qkv, typename T::S* q, typename T::S* k,
                                                typename T::S* v, const int* positions, const float* cos_t,
                                                const float* sin_t, int heads, int head_dim) {
     const int half = head_dim / 2, width = heads * head_dim;
-    const int pos = positions[blockIdx.x];
     const typename T::S* row = qkv + (i64)blockIdx.x * 3 * width;
     const i64 out = (i64)blockIdx.x * width;
-    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
-        const int h = i / half, d = i % half, at = h * head_dim + d;
-        const float c = T::to_float(T::from_float(cos_t[(i64)pos * half + d]));
-        const float s = T::to_float(T::from_float(sin_t[(i64)pos * half + d]));
-        float a = T::to_float(row[at]), b = T::to_float(row[at + half]);
-        q[out + at] = T::from_float(a * c - b * s);
-        q[out + at + half] = T::from_float(b * c + a * s);
-        a = T::to_float(row[width + at]);
-        b = T::to_float(row[width + at + half]);
-        k[out + at] = T::from_float(a * c - b * s);
-        k[out + at + half] = T::from_float(b * c + a * s);
+    if (positions) {
+        const int pos = positions[blockIdx.x];
+        for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+            const int h = i / half, d = i % half, at = h * head_dim + d;
+            const float c = T::to_float(T::from_float(cos_t[(i64)pos * half + d]));
+            const float s = T::to_float(T::from_float(sin_t[(i64)pos * half + d]));
+            float a = T::to_float(row[at]), b = T::to_float(row[at + half]);
+            q[out + at] = T::from_float(a * c - b * s);
+            q[out + at + half] = T::from_float(b * c + a * s);
+            a = T::to_float(row[width + at]);
+            b = T::to_float(row[width + at + half]);
+            k[out + at] = T::from_float(a * c - b * s);
+            k[out + at + half] = T::from_float(b * c + a * s);
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) {
+            q[out + i] = row[i];
+            k[out + i] = row[width + i];
+        }
     }
     for (int i = threadIdx.x; i < width; i += blockDim.x) v[out + i] = row[2 * width + i];
 }

@@ -344,15 +344,15 @@ impl CudaAttention {
     }
 
     /// Splits fused QKV rows `[tokens][3 * heads * head_dim]` into contiguous `q`, `k`, `v`
-    /// (`[tokens][heads * head_dim]` each), with rotate-half RoPE on `q` and `k` at `positions`.
+    /// (`[tokens][heads * head_dim]` each), with rotate-half RoPE on `q` and `k` when `rope`
+    /// gives `(positions, cos, sin)` (one token per position); `tokens` rows either way.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope_split<S: Elem>(
         &self,
         precision: Precision,
         qkv: &CudaSlice<S>,
-        positions: &DevicePositions,
-        cos: &CudaSlice<f32>,
-        sin: &CudaSlice<f32>,
+        tokens: usize,
+        rope: Option<(&DevicePositions, &CudaSlice<f32>, &CudaSlice<f32>)>,
         heads: usize,
         head_dim: usize,
         out: (&mut CudaSlice<S>, &mut CudaSlice<S>, &mut CudaSlice<S>),
@@ -361,32 +361,44 @@ impl CudaAttention {
         if !head_dim.is_multiple_of(2) {
             return Err(KernelError::Invalid(format!("odd head dim {head_dim}")));
         }
-        let (tokens, width) = (positions.len(), heads * head_dim);
+        let width = heads * head_dim;
         need("fused qkv", qkv.len(), tokens * 3 * width)?;
         need("q", out.0.len(), tokens * width)?;
         need("k", out.1.len(), tokens * width)?;
         need("v", out.2.len(), tokens * width)?;
-        need(
-            "rope table",
-            cos.len().min(sin.len()),
-            positions.bound * head_dim / 2,
-        )?;
+        if let Some((positions, cos, sin)) = rope {
+            need("positions", positions.len(), tokens)?;
+            need(
+                "rope table",
+                cos.len().min(sin.len()),
+                positions.bound * head_dim / 2,
+            )?;
+        }
         let cfg = rows_cfg(tokens, 128)?;
+        let stream = &self.stream;
+        let ptrs = rope.map(|(p, c, s)| {
+            (
+                p.data.device_ptr(stream),
+                c.device_ptr(stream),
+                s.device_ptr(stream),
+            )
+        });
+        let (pp, cp, sp) = ptrs.as_ref().map_or((0, 0, 0), |(p, c, s)| (p.0, c.0, s.0));
         let f = self.function(&source::op_kernel("qkv_rope_split", precision))?;
         let (h, d) = (heads as i32, head_dim as i32);
-        let mut launch = self.stream.launch_builder(f);
+        let mut launch = stream.launch_builder(f);
         launch
             .arg(qkv)
             .arg(out.0)
             .arg(out.1)
             .arg(out.2)
-            .arg(&positions.data)
-            .arg(cos)
-            .arg(sin)
+            .arg(&pp)
+            .arg(&cp)
+            .arg(&sp)
             .arg(&h)
             .arg(&d);
-        // SAFETY: (qkv, q, k, v, positions, cos, sin, heads, head_dim) as in ops.cu; positions
-        // are below the table's rows (checked at upload), extents checked above.
+        // SAFETY: (qkv, q, k, v, positions or null, cos, sin, heads, head_dim) as in ops.cu;
+        // positions are below the table's rows (checked at upload), extents checked above.
         unsafe { launch.launch(cfg) }.map_err(driver("qkv_rope_split launch"))?;
         Ok(())
     }

@@ -222,9 +222,8 @@ fn op_cases<S: Elem>(
     gpu.qkv_rope_split(
         pr,
         &up(&qkv)?,
-        &pos,
-        &cos,
-        &sin,
+        tokens,
+        Some((&pos, &cos, &sin)),
         heads,
         hd,
         (&mut qd, &mut kd, &mut vd),

@@ -246,13 +246,13 @@ impl<S: Elem> Ops for CudaOps<S> {
             .silu_mul(self.precision, gate_up, out, rows, inter)?)
     }
 
-    fn qkv_rope(
+    fn qkv_split(
         &self,
         qkv: &Self::Buf,
+        tokens: usize,
         heads: usize,
         head_dim: usize,
-        positions: &DevicePositions,
-        table: &Self::Rope,
+        rope: Option<(&DevicePositions, &Self::Rope)>,
         q: &mut Self::Buf,
         k: &mut Self::Buf,
         v: &mut Self::Buf,
@@ -260,9 +260,8 @@ impl<S: Elem> Ops for CudaOps<S> {
         Ok(self.gpu.qkv_rope_split(
             self.precision,
             qkv,
-            positions,
-            &table.0,
-            &table.1,
+            tokens,
+            rope.map(|(p, t)| (p, &t.0, &t.1)),
             heads,
             head_dim,
             (q, k, v),

@@ -210,24 +210,36 @@ impl Ops for HostOps {
         Ok(())
     }
 
-    fn qkv_rope(
+    fn qkv_split(
         &self,
         qkv: &Vec<f32>,
+        tokens: usize,
         heads: usize,
         head_dim: usize,
-        positions: &HostIdx,
-        table: &Self::Rope,
+        rope: Option<(&HostIdx, &Self::Rope)>,
         q: &mut Vec<f32>,
         k: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
-        let n = positions.0.len() * heads * head_dim;
+        let n = tokens * heads * head_dim;
         need("fused qkv", qkv.len(), 3 * n)?;
-        let pos: Vec<usize> = positions.0.iter().map(|&p| p as usize).collect();
-        let max = pos.iter().copied().max().unwrap_or(0);
-        need("rope table", table.0.len(), (max + 1) * head_dim / 2)?;
-        let (qo, ko, vo) =
-            reference::qkv_rope_split(F32, &qkv[..3 * n], &pos, table, heads, head_dim);
+        let (qo, ko, vo) = match rope {
+            Some((positions, table)) => {
+                let pos: Vec<usize> = positions.0.iter().map(|&p| p as usize).collect();
+                let max = pos.iter().copied().max().unwrap_or(0);
+                need("rope table", table.0.len(), (max + 1) * head_dim / 2)?;
+                reference::qkv_rope_split(F32, &qkv[..3 * n], &pos, table, heads, head_dim)
+            }
+            None => {
+                let part = |i: usize| -> Vec<f32> {
+                    qkv[..3 * n]
+                        .chunks_exact(3 * heads * head_dim)
+                        .flat_map(|r| r[i * heads * head_dim..(i + 1) * heads * head_dim].to_vec())
+                        .collect()
+                };
+                (part(0), part(1), part(2))
+            }
+        };
         for (dst, src) in [(q, qo), (k, ko), (v, vo)] {
             in_place("qkv output", dst, n, |_| src)?;
         }

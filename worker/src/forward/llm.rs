@@ -494,7 +494,8 @@ impl<O: Ops> Llm<O> {
         for (i, layer) in self.layers.iter().enumerate() {
             ops.norm(&x, tokens, &layer.input_norm, &mut y)?;
             ops.linear(&y, tokens, &layer.qkv, &mut qkv)?;
-            ops.qkv_rope(&qkv, c.heads, hd, pos, &self.rope, &mut q, &mut k, &mut v)?;
+            let rope = Some((pos, &self.rope));
+            ops.qkv_split(&qkv, tokens, c.heads, hd, rope, &mut q, &mut k, &mut v)?;
             let (kc, vc) = (&mut pool.k[i], &mut pool.v[i]);
             ops.kv_write(&k, &v, slots, kc, vc, c.heads, hd, pool.block_size)?;
             match attend {

@@ -127,16 +127,16 @@ pub trait Ops: Send + Sync {
         inter: usize,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
-    /// Splits fused QKV rows `[tokens][3 * heads * head_dim]` into `q`, `k`, `v` with RoPE on
-    /// `q` and `k` at `positions` (one token per position).
+    /// Splits fused QKV rows `[tokens][3 * heads * head_dim]` into `q`, `k`, `v`, with RoPE on
+    /// `q` and `k` when `rope` gives the positions (one per token) and the table.
     #[allow(clippy::too_many_arguments)]
-    fn qkv_rope(
+    fn qkv_split(
         &self,
         qkv: &Self::Buf,
+        tokens: usize,
         heads: usize,
         head_dim: usize,
-        positions: &Self::Idx,
-        table: &Self::Rope,
+        rope: Option<(&Self::Idx, &Self::Rope)>,
         q: &mut Self::Buf,
         k: &mut Self::Buf,
         v: &mut Self::Buf,

@@ -15,9 +15,8 @@ const BRIDGE_LN_EPS: f32 = 1e-5;
 
 struct VitBlock<B> {
     norm1: Norm<B>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
+    /// `q_proj | k_proj | v_proj` fused into one GEMM (k has no bias: zeros).
+    qkv: Linear<B>,
     proj: Linear<B>,
     norm2: Norm<B>,
     fc1: Linear<B>,
@@ -68,9 +67,25 @@ impl<O: Ops> Vision<O> {
                 let b = format!("vision_encoder.blocks.{i}");
                 Ok(VitBlock {
                     norm1: l.layernorm(&format!("{b}.norm1"), w, VIT_LN_EPS)?,
-                    q: l.linear(&format!("{b}.attn.q_proj"), w, w, true)?,
-                    k: l.linear(&format!("{b}.attn.k_proj"), w, w, false)?,
-                    v: l.linear(&format!("{b}.attn.v_proj"), w, w, true)?,
+                    qkv: Linear {
+                        w: l.fused(
+                            &[
+                                &format!("{b}.attn.q_proj.weight"),
+                                &format!("{b}.attn.k_proj.weight"),
+                                &format!("{b}.attn.v_proj.weight"),
+                            ],
+                            &[w, w, w],
+                            w,
+                            Init::Fan(w),
+                        )?,
+                        b: Some(l.fused_bias(&[
+                            (Some(&format!("{b}.attn.q_proj.bias")), w),
+                            (None, w),
+                            (Some(&format!("{b}.attn.v_proj.bias")), w),
+                        ])?),
+                        out_dim: 3 * w,
+                        in_dim: w,
+                    },
                     proj: l.linear(&format!("{b}.attn.proj"), w, w, true)?,
                     norm2: l.layernorm(&format!("{b}.norm2"), w, VIT_LN_EPS)?,
                     fc1: l.linear(&format!("{b}.mlp.fc1"), w, v.mlp_hidden, true)?,
@@ -209,11 +224,11 @@ impl<O: Ops> Vision<O> {
             ops.alloc(rows * w)?,
         );
         let mut f = ops.alloc(rows * v.mlp_hidden)?;
+        let mut qkv = ops.alloc(3 * rows * w)?;
         for b in &self.blocks {
             ops.norm(&x, rows, &b.norm1, &mut h)?;
-            ops.linear(&h, rows, &b.q, &mut q)?;
-            ops.linear(&h, rows, &b.k, &mut k)?;
-            ops.linear(&h, rows, &b.v, &mut vv)?;
+            ops.linear(&h, rows, &b.qkv, &mut qkv)?;
+            ops.qkv_split(&qkv, rows, v.heads, hd, None, &mut q, &mut k, &mut vv)?;
             ops.attention(&attn, &q, &k, &vv, &mut a)?;
             ops.linear_add(&a, rows, &b.proj, &mut x)?;
             ops.norm(&x, rows, &b.norm2, &mut h)?;

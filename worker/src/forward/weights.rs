@@ -118,6 +118,28 @@ impl<'a, 'o, O: Ops> Loader<'a, 'o, O> {
         }
     }
 
+    /// The biases of several fused linear layers, `[sum of rows]`: a `None` part is a layer
+    /// without a bias (zeros; random weights give every part a small random bias).
+    pub fn fused_bias(&self, parts: &[(Option<&str>, usize)]) -> Result<O::Buf, ForwardError> {
+        match &self.source {
+            Source::Checkpoint(_) => {
+                let mut all = Vec::new();
+                for &(name, rows) in parts {
+                    match name {
+                        Some(name) => all.extend(self.host(name, &[rows], Init::Small)?),
+                        None => all.extend(std::iter::repeat_n(0.0, rows)),
+                    }
+                }
+                self.ops.upload(&all)
+            }
+            Source::Random(_) => {
+                let names: Vec<&str> = parts.iter().filter_map(|p| p.0).collect();
+                let rows = parts.iter().map(|p| p.1).sum::<usize>();
+                self.tensor(&names.join("|"), &[rows], Init::Small)
+            }
+        }
+    }
+
     /// `{prefix}.weight` (+ `{prefix}.bias`) of an `nn.Linear`.
     pub fn linear(
         &self,
