@@ -151,7 +151,7 @@ fn run_e2e(args: &BenchArgs, dtype: DType) -> Result<(), CliError> {
     .map_err(err)?;
     gpu.synchronize().map_err(kernel_err)?;
     tracing::info!(model = %cfg.model_name, seconds = started.elapsed().as_secs_f64(), "random weights ready");
-    let rows = run(&model, &opts, Some(copy_gb_s), 2).map_err(err)?;
+    let rows = run(&model, &opts, Some(copy_gb_s)).map_err(err)?;
     if args.device.json {
         println!("{}", json_line(gpu.info())?);
         println!(

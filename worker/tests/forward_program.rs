@@ -277,7 +277,7 @@ fn the_e2e_bench_measures_every_stage() {
         prompt_tokens: 6,
         iters: 1,
     };
-    let rows = run(&m, &opts, Some(10.0), 4).unwrap();
+    let rows = run(&m, &opts, Some(10.0)).unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -293,7 +293,7 @@ fn the_e2e_bench_measures_every_stage() {
     for r in &rows {
         assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
     }
-    let limit = llm_step_bytes(&m, 4) / 10e6;
+    let limit = llm_step_bytes(&m) / 10e6;
     for r in rows.iter().filter(|r| r.id.starts_with("decode")) {
         assert_eq!(r.limit_ms, Some(limit));
         let pct = r.pct_of_limit.unwrap();

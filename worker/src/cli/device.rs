@@ -124,7 +124,7 @@ pub fn load_served(
             .map_err(|e| CliError(e.to_string()))
     }
     let compute = match flags.device {
-        DeviceArg::Cpu => unreachable!("handled above"),
+        DeviceArg::Cpu => return Err(CliError("the CPU model is not a device program".into())),
         DeviceArg::Mirror => boxed(HostOps::default(), source, &config, blocks, kv_block_size)?,
         DeviceArg::Cuda(ordinal) => {
             let gpu =

@@ -82,8 +82,9 @@ fn timed<F: FnMut() -> Result<(), ForwardError>>(
 }
 
 /// Bytes of LLM weights one decode step reads (every layer, the adapters, the final norm and
-/// the LM head; the embedding table only by rows) at `elem_bytes` per weight.
-pub fn llm_step_bytes(m: &DeviceLynx<impl Ops>, elem_bytes: usize) -> f64 {
+/// the LM head; the embedding table only by rows) at the backend's element size.
+pub fn llm_step_bytes(m: &DeviceLynx<impl Ops>) -> f64 {
+    let elem_bytes = m.ops().elem_bytes();
     let l = &m.config().llm;
     let per_layer = 4 * l.hidden * l.hidden + 3 * l.hidden * l.intermediate + 2 * l.hidden;
     let adapters = l.adapter_layers.len() * (2 * l.hidden * l.adapter_dim + 3 * l.hidden);
@@ -91,12 +92,11 @@ pub fn llm_step_bytes(m: &DeviceLynx<impl Ops>, elem_bytes: usize) -> f64 {
 }
 
 /// Runs every measurement. `copy_gb_s` (device copy bandwidth, read + write) turns decode steps
-/// into a share of the weight-streaming limit; `elem_bytes` is the weights' element size.
+/// into a share of the weight-streaming limit.
 pub fn run<O: Ops>(
     m: &DeviceLynx<O>,
     opts: &E2eOptions,
     copy_gb_s: Option<f64>,
-    elem_bytes: usize,
 ) -> Result<Vec<E2eRow>, ForwardError> {
     let cfg = m.config();
     let ops = m.ops();
@@ -200,7 +200,7 @@ pub fn run<O: Ops>(
         1,
     ));
 
-    let limit_ms = copy_gb_s.map(|bw| llm_step_bytes(m, elem_bytes) / (bw * 1e6));
+    let limit_ms = copy_gb_s.map(|bw| llm_step_bytes(m) / (bw * 1e6));
     // Text-only prompts as long as an image prompt (latents + text), so the cache is the same.
     let long = cfg.bridge.num_latents + opts.prompt_tokens;
     for &b in &opts.decode_batches {
