@@ -5,7 +5,7 @@
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 
-use super::ops::Elem;
+use super::elem::Elem;
 use super::CudaAttention;
 use crate::problem::Precision;
 use crate::KernelError;

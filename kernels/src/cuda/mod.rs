@@ -5,14 +5,17 @@
 mod backend;
 mod decode;
 mod dense;
+mod elem;
 mod gemm;
+mod generic_attention;
 mod ops;
 mod params;
 mod projection;
+mod select;
 
 pub use cudarc::driver::CudaSlice;
+pub use elem::{DeviceIndices, Elem};
 pub use gemm::ensure_cublas;
-pub use ops::{DevicePositions, Elem};
 pub use projection::DeviceProjection;
 
 use std::collections::HashMap;

@@ -1,171 +1,16 @@
-//! Launches of the small kernels (ops.cu). Each launcher checks buffer extents against the shape
-//! it is given and that the buffer's element size matches the precision; values that index
-//! memory (token ids, RoPE positions, rows, cache slots) are validated on the host when they are
-//! uploaded ([`CudaAttention::upload_indices`]).
+//! Launches of the element-wise and row kernels of ops.cu (norms, activations, RoPE and the
+//! fused-QKV split, adds, weight init, row copies). Each launcher checks buffer extents against
+//! the shape it is given and that the buffer's element size matches the precision.
 #![allow(unsafe_code)] // kernel launches.
 
-use cudarc::driver::{
-    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::params::GenericAttnParams;
+use super::elem::{elem, flat_cfg, need, rows_cfg, DeviceIndices, Elem, ROW_THREADS};
 use super::{driver, CudaAttention};
-use crate::problem::{DenseAttention, Precision};
+use crate::problem::Precision;
 use crate::{source, KernelError};
 
-/// Threads per block of the row kernels.
-const ROW_THREADS: u32 = 256;
-
-/// A device element type: `u16` (bf16/f16 bits) or `f32`.
-pub trait Elem:
-    DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin + Send + Sync + 'static
-{
-    /// Bytes per element.
-    const BYTES: usize;
-    /// `x` stored at `precision` (rounded to nearest even).
-    fn store(x: f32, precision: Precision) -> Self;
-    /// The value stored at `precision`.
-    fn load(self, precision: Precision) -> f32;
-}
-
-impl Elem for u16 {
-    const BYTES: usize = 2;
-    fn store(x: f32, precision: Precision) -> Self {
-        precision.half().map_or(0, |d| d.encode(x))
-    }
-    fn load(self, precision: Precision) -> f32 {
-        precision.half().map_or(f32::NAN, |d| d.decode(self))
-    }
-}
-
-impl Elem for f32 {
-    const BYTES: usize = 4;
-    fn store(x: f32, _: Precision) -> Self {
-        x
-    }
-    fn load(self, _: Precision) -> f32 {
-        self
-    }
-}
-
-/// Indices on the device (positions, token ids, rows, cache slots), each checked against the
-/// bound of what it indexes when uploaded.
-#[derive(Debug)]
-pub struct DevicePositions {
-    data: CudaSlice<i32>,
-    bound: usize,
-}
-
-impl DevicePositions {
-    /// Entries.
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// The exclusive upper bound every entry was checked against.
-    pub fn bound(&self) -> usize {
-        self.bound
-    }
-
-    /// The device buffer.
-    pub fn data(&self) -> &CudaSlice<i32> {
-        &self.data
-    }
-}
-
-fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
-    if got < want {
-        return Err(KernelError::Invalid(format!(
-            "{what}: {got} elements, needs {want}"
-        )));
-    }
-    Ok(())
-}
-
-fn elem<S: Elem>(precision: Precision) -> Result<(), KernelError> {
-    if S::BYTES != precision.elem_bytes() {
-        return Err(KernelError::Invalid(format!(
-            "{precision} kernel called on {}-byte elements",
-            S::BYTES
-        )));
-    }
-    Ok(())
-}
-
-fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig, KernelError> {
-    if rows == 0 || rows > i32::MAX as usize {
-        return Err(KernelError::Invalid(format!("{rows} rows")));
-    }
-    Ok(LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-fn flat_cfg(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 impl CudaAttention {
-    /// Copies host values to the device stored at `precision`.
-    pub fn upload_as<S: Elem>(
-        &self,
-        precision: Precision,
-        values: &[f32],
-    ) -> Result<CudaSlice<S>, KernelError> {
-        elem::<S>(precision)?;
-        let stored: Vec<S> = values.iter().map(|&x| S::store(x, precision)).collect();
-        self.stream.clone_htod(&stored).map_err(driver("upload"))
-    }
-
-    /// Copies device values stored at `precision` back to the host as f32.
-    pub fn download_as<S: Elem>(
-        &self,
-        precision: Precision,
-        data: &CudaSlice<S>,
-    ) -> Result<Vec<f32>, KernelError> {
-        elem::<S>(precision)?;
-        let raw = self.stream.clone_dtoh(data).map_err(driver("download"))?;
-        Ok(raw.into_iter().map(|x| x.load(precision)).collect())
-    }
-
-    /// `len` device elements whose contents are unspecified until written.
-    pub fn alloc_as<S: Elem>(&self, len: usize) -> Result<CudaSlice<S>, KernelError> {
-        self.stream.alloc_zeros::<S>(len).map_err(driver("alloc"))
-    }
-
-    /// Uploads values that index something of `bound` entries; any value `>= bound` is an error
-    /// here, before it can reach a kernel.
-    pub fn upload_indices(
-        &self,
-        values: &[u32],
-        bound: usize,
-    ) -> Result<DevicePositions, KernelError> {
-        if let Some(bad) = values.iter().find(|&&v| v as usize >= bound) {
-            return Err(KernelError::Invalid(format!(
-                "index {bad} outside 0..{bound}"
-            )));
-        }
-        if bound > i32::MAX as usize + 1 {
-            return Err(KernelError::Invalid(format!("index bound {bound}")));
-        }
-        let ints: Vec<i32> = values.iter().map(|&v| v as i32).collect();
-        Ok(DevicePositions {
-            data: self.upload_i32(&ints)?,
-            bound,
-        })
-    }
-
     /// LayerNorm of `rows` rows of `cols` (`gamma`, `beta`: `[cols]`).
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm<S: Elem>(
@@ -302,7 +147,7 @@ impl CudaAttention {
         precision: Precision,
         x: &mut CudaSlice<S>,
         row_stride: usize,
-        positions: &DevicePositions,
+        positions: &DeviceIndices,
         cos: &CudaSlice<f32>,
         sin: &CudaSlice<f32>,
         heads: usize,
@@ -352,7 +197,7 @@ impl CudaAttention {
         precision: Precision,
         qkv: &CudaSlice<S>,
         tokens: usize,
-        rope: Option<(&DevicePositions, &CudaSlice<f32>, &CudaSlice<f32>)>,
+        rope: Option<(&DeviceIndices, &CudaSlice<f32>, &CudaSlice<f32>)>,
         heads: usize,
         head_dim: usize,
         out: (&mut CudaSlice<S>, &mut CudaSlice<S>, &mut CudaSlice<S>),
@@ -485,14 +330,14 @@ impl CudaAttention {
         &self,
         precision: Precision,
         src: &CudaSlice<S>,
-        src_rows: Option<&DevicePositions>,
+        src_rows: Option<&DeviceIndices>,
         dst: &mut CudaSlice<S>,
-        dst_rows: Option<&DevicePositions>,
+        dst_rows: Option<&DeviceIndices>,
         n: usize,
         cols: usize,
     ) -> Result<(), KernelError> {
         elem::<S>(precision)?;
-        let extent = |rows: Option<&DevicePositions>| -> Result<usize, KernelError> {
+        let extent = |rows: Option<&DeviceIndices>| -> Result<usize, KernelError> {
             match rows {
                 Some(r) if r.len() < n => Err(KernelError::Invalid(format!(
                     "{} row indices for {n} rows",
@@ -519,239 +364,6 @@ impl CudaAttention {
         // SAFETY: (src, src_rows or null, dst, dst_rows or null, cols) as in ops.cu; every index
         // is below its buffer's rows (checked at upload and above).
         unsafe { launch.launch(cfg) }.map_err(driver("copy_rows launch"))?;
-        Ok(())
-    }
-
-    /// Writes `slots.len()` token rows of `src = (k, v)` (`[n][heads * head_dim]` each, row
-    /// stride `src_row`) into the paged caches `cache = (k, v)`, `[num_blocks][heads]
-    /// [block_size][head_dim]` each, at flat slots: one launch for both.
-    #[allow(clippy::too_many_arguments)]
-    pub fn kv_write<S: Elem>(
-        &self,
-        precision: Precision,
-        src: (&CudaSlice<S>, &CudaSlice<S>),
-        src_row: usize,
-        slots: &DevicePositions,
-        cache: (&mut CudaSlice<S>, &mut CudaSlice<S>),
-        heads: usize,
-        head_dim: usize,
-        block_size: usize,
-    ) -> Result<(), KernelError> {
-        elem::<S>(precision)?;
-        if !block_size.is_power_of_two() || src_row < heads * head_dim {
-            return Err(KernelError::Invalid(format!(
-                "kv_write: block size {block_size}, row stride {src_row}"
-            )));
-        }
-        let n = slots.len();
-        let src_len = (n.max(1) - 1) * src_row + heads * head_dim;
-        need("k source", src.0.len(), src_len)?;
-        need("v source", src.1.len(), src_len)?;
-        need("k cache", cache.0.len(), slots.bound * heads * head_dim)?;
-        need("v cache", cache.1.len(), slots.bound * heads * head_dim)?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows_cfg(n, 128)?.grid_dim.0, 2, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let f = self.function(&source::op_kernel("kv_write", precision))?;
-        let (row, h, d, shift) = (
-            src_row as i64,
-            heads as i32,
-            head_dim as i32,
-            block_size.trailing_zeros() as i32,
-        );
-        let mut launch = self.stream.launch_builder(f);
-        launch
-            .arg(src.0)
-            .arg(src.1)
-            .arg(&row)
-            .arg(&slots.data)
-            .arg(cache.0)
-            .arg(cache.1)
-            .arg(&h)
-            .arg(&d)
-            .arg(&shift);
-        // SAFETY: (k_src, v_src, src_row, slots, k_cache, v_cache, heads, head_dim, block_shift)
-        // as in ops.cu; slots are below the caches' slots (bound checked against both sizes).
-        unsafe { launch.launch(cfg) }.map_err(driver("kv_write launch"))?;
-        Ok(())
-    }
-
-    /// Generic attention (any even head dim up to 128, any precision): dense `[B][S][H][D]`
-    /// queries, keys and values with `p`'s gaps and causal rule.
-    pub fn attention_generic<S: Elem>(
-        &self,
-        precision: Precision,
-        p: &DenseAttention,
-        q: &CudaSlice<S>,
-        k: &CudaSlice<S>,
-        v: &CudaSlice<S>,
-        out: &mut CudaSlice<S>,
-    ) -> Result<(), KernelError> {
-        p.validate()?;
-        elem::<S>(precision)?;
-        need("q", q.len(), p.q_len())?;
-        need("k", k.len(), p.kv_len())?;
-        need("v", v.len(), p.kv_len())?;
-        need("out", out.len(), p.q_len())?;
-        let gaps = self.upload_gaps(p)?;
-        let stream = &self.stream;
-        let gp = gaps.as_ref().map(|g| g.device_ptr(stream));
-        let params = GenericAttnParams {
-            kv_gap: gp.as_ref().map_or(0, |g| g.0),
-            batch: p.batch as i32,
-            heads: p.heads as i32,
-            seq_q: p.seq_q as i32,
-            seq_kv: p.seq_kv as i32,
-            head_dim: p.head_dim as i32,
-            causal: p.causal as i32,
-            scale: p.scale,
-            ..Default::default()
-        };
-        self.launch_generic(precision, params, q, k, v, out, p.batch * p.seq_q * p.heads)
-    }
-
-    /// Generic decode (any even head dim up to 128, any precision): one query per sequence,
-    /// `[B][H][D]`, over a paged cache holding `seq_lens[b]` tokens of sequence `b`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn decode_generic<S: Elem>(
-        &self,
-        precision: Precision,
-        p: &crate::DecodeAttention,
-        q: &CudaSlice<S>,
-        k_cache: &CudaSlice<S>,
-        v_cache: &CudaSlice<S>,
-        tables: super::DecodeTables<'_>,
-        out: &mut CudaSlice<S>,
-    ) -> Result<(), KernelError> {
-        p.validate()?;
-        elem::<S>(precision)?;
-        need("q", q.len(), p.batch * p.heads * p.head_dim)?;
-        need("out", out.len(), p.batch * p.heads * p.head_dim)?;
-        need("k cache", k_cache.len(), p.cache_len())?;
-        need("v cache", v_cache.len(), p.cache_len())?;
-        need("seq lens", tables.seq_lens.len(), p.batch)?;
-        need(
-            "block table",
-            tables.block_table.len(),
-            p.batch * p.max_blocks,
-        )?;
-        if !p.block_size.is_power_of_two() {
-            return Err(KernelError::Invalid(format!(
-                "cache block size {} is not a power of two",
-                p.block_size
-            )));
-        }
-        let stream = &self.stream;
-        let (bt, _g1) = tables.block_table.device_ptr(stream);
-        let (sl, _g2) = tables.seq_lens.device_ptr(stream);
-        let params = GenericAttnParams {
-            block_table: bt,
-            seq_lens: sl,
-            batch: p.batch as i32,
-            heads: p.heads as i32,
-            seq_q: 1,
-            seq_kv: 0,
-            head_dim: p.head_dim as i32,
-            block_shift: p.block_size.trailing_zeros() as i32,
-            max_blocks: p.max_blocks as i32,
-            scale: p.scale,
-            ..Default::default()
-        };
-        self.launch_generic(
-            precision,
-            params,
-            q,
-            k_cache,
-            v_cache,
-            out,
-            p.batch * p.heads,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn launch_generic<S: Elem>(
-        &self,
-        precision: Precision,
-        mut params: GenericAttnParams,
-        q: &CudaSlice<S>,
-        k: &CudaSlice<S>,
-        v: &CudaSlice<S>,
-        out: &mut CudaSlice<S>,
-        rows: usize,
-    ) -> Result<(), KernelError> {
-        let stream = &self.stream;
-        let (qp, _g1) = q.device_ptr(stream);
-        let (kp, _g2) = k.device_ptr(stream);
-        let (vp, _g3) = v.device_ptr(stream);
-        let (op, _g4) = out.device_ptr_mut(stream);
-        params.q = qp;
-        params.k = kp;
-        params.v = vp;
-        params.o = op;
-        let blocks = rows.div_ceil(4);
-        if blocks > i32::MAX as usize {
-            return Err(KernelError::Invalid("attention too large".into()));
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let f = self.function(&source::op_kernel("attn_generic", precision))?;
-        let mut launch = stream.launch_builder(f);
-        launch.arg(&params);
-        // SAFETY: `GenericAttnParams` mirrors the CUDA struct; the callers checked every extent
-        // (dense tensors or the paged cache and its tables) against the problem.
-        unsafe { launch.launch(cfg) }.map_err(driver("attn_generic launch"))?;
-        Ok(())
-    }
-
-    /// Greedy pick per row of f32 logits `[rows][cols]` into `out` (`[rows]`).
-    pub fn argmax(
-        &self,
-        logits: &CudaSlice<f32>,
-        rows: usize,
-        cols: usize,
-        out: &mut CudaSlice<i32>,
-    ) -> Result<(), KernelError> {
-        need("logits", logits.len(), rows * cols)?;
-        need("argmax output", out.len(), rows)?;
-        let cfg = rows_cfg(rows, ROW_THREADS)?;
-        let f = self.function("argmax_f32")?;
-        let c = cols as i32;
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(logits).arg(&c).arg(out);
-        // SAFETY: (logits, cols, out) as in ops.cu; extents checked above.
-        unsafe { launch.launch(cfg) }.map_err(driver("argmax launch"))?;
-        Ok(())
-    }
-
-    /// The `k` (<= 64) best log-probabilities per row and their indices, `[rows][k]` each.
-    pub fn topk_logprobs(
-        &self,
-        logits: &CudaSlice<f32>,
-        rows: usize,
-        cols: usize,
-        k: usize,
-        values: &mut CudaSlice<f32>,
-        indices: &mut CudaSlice<i32>,
-    ) -> Result<(), KernelError> {
-        if k == 0 || k > 64 || k > cols {
-            return Err(KernelError::Invalid(format!("top-{k} of {cols} (1..=64)")));
-        }
-        need("logits", logits.len(), rows * cols)?;
-        need("top-k values", values.len(), rows * k)?;
-        need("top-k indices", indices.len(), rows * k)?;
-        let cfg = rows_cfg(rows, ROW_THREADS)?;
-        let f = self.function("topk_logprobs_f32")?;
-        let (c, kk) = (cols as i32, k as i32);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(logits).arg(&c).arg(&kk).arg(values).arg(indices);
-        // SAFETY: (logits, cols, k, values, indices) as in ops.cu; k <= 64 (the kernel's
-        // bound), extents checked above.
-        unsafe { launch.launch(cfg) }.map_err(driver("topk launch"))?;
         Ok(())
     }
 }

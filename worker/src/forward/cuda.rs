@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use lynx_kernels::cuda::{
     CudaAttention, CudaSlice, DecodeOptions, DecodeTables, DenseInputs, DenseOptions,
-    DevicePositions, DeviceProjection, Elem,
+    DeviceIndices, DeviceProjection, Elem,
 };
 use lynx_kernels::problem::HEAD_DIMS;
 use lynx_kernels::projection::{FoldedProjection, ProjectionWeights, VisionProjection};
@@ -92,7 +92,7 @@ fn as_u16_mut<S: Elem>(b: &mut CudaSlice<S>) -> Option<&mut CudaSlice<u16>> {
 
 impl<S: Elem> Ops for CudaOps<S> {
     type Buf = CudaSlice<S>;
-    type Idx = DevicePositions;
+    type Idx = DeviceIndices;
     type Rope = (CudaSlice<f32>, CudaSlice<f32>);
     type Proj = CudaProjection<S>;
     type Tables = (CudaSlice<i32>, CudaSlice<i32>);
@@ -134,7 +134,7 @@ impl<S: Elem> Ops for CudaOps<S> {
         Ok(self.gpu.alloc_as::<S>(len)?)
     }
 
-    fn indices(&self, values: &[u32], bound: usize) -> Result<DevicePositions, ForwardError> {
+    fn indices(&self, values: &[u32], bound: usize) -> Result<DeviceIndices, ForwardError> {
         Ok(self.gpu.upload_indices(values, bound)?)
     }
 
@@ -252,7 +252,7 @@ impl<S: Elem> Ops for CudaOps<S> {
         tokens: usize,
         heads: usize,
         head_dim: usize,
-        rope: Option<(&DevicePositions, &Self::Rope)>,
+        rope: Option<(&DeviceIndices, &Self::Rope)>,
         q: &mut Self::Buf,
         k: &mut Self::Buf,
         v: &mut Self::Buf,
@@ -295,9 +295,9 @@ impl<S: Elem> Ops for CudaOps<S> {
     fn copy_rows(
         &self,
         src: &Self::Buf,
-        src_rows: Option<&DevicePositions>,
+        src_rows: Option<&DeviceIndices>,
         dst: &mut Self::Buf,
-        dst_rows: Option<&DevicePositions>,
+        dst_rows: Option<&DeviceIndices>,
         n: usize,
         cols: usize,
     ) -> Result<(), ForwardError> {
@@ -341,7 +341,7 @@ impl<S: Elem> Ops for CudaOps<S> {
         &self,
         k: &Self::Buf,
         v: &Self::Buf,
-        slots: &DevicePositions,
+        slots: &DeviceIndices,
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
         heads: usize,
