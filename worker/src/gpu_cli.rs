@@ -267,13 +267,11 @@ pub const HALF_LOGITS_TOLERANCE: f32 = 1e-2;
 /// Largest relative error of the first-step logits in f32.
 pub const F32_LOGITS_TOLERANCE: f32 = 1e-4;
 
-fn device_model<S: lynx_kernels::cuda::Elem>(
-    gpu: &std::sync::Arc<CudaAttention>,
-    precision: lynx_kernels::Precision,
+/// The fixture's merged weights loaded onto `ops`.
+fn fixture_model<O: crate::forward::ops::Ops>(
+    ops: O,
     merged: &crate::checkpoint::release::MergedCheckpoint,
-) -> Result<crate::forward::DeviceLynx<crate::forward::cuda::CudaOps<S>>, CliError> {
-    let err = |e: crate::forward::ForwardError| CliError(e.to_string());
-    let ops = crate::forward::cuda::CudaOps::<S>::new(gpu.clone(), precision).map_err(err)?;
+) -> Result<crate::forward::DeviceLynx<O>, CliError> {
     let vb = candle_nn::VarBuilder::from_tensors(
         merged.tensors.clone(),
         candle_core::DType::F32,
@@ -286,7 +284,17 @@ fn device_model<S: lynx_kernels::cuda::Elem>(
         CHECK_KV_BLOCKS,
         CHECK_BLOCK_SIZE,
     )
-    .map_err(err)
+    .map_err(|e| CliError(e.to_string()))
+}
+
+fn device_model<S: lynx_kernels::cuda::Elem>(
+    gpu: &std::sync::Arc<CudaAttention>,
+    precision: lynx_kernels::Precision,
+    merged: &crate::checkpoint::release::MergedCheckpoint,
+) -> Result<crate::forward::DeviceLynx<crate::forward::cuda::CudaOps<S>>, CliError> {
+    let ops = crate::forward::cuda::CudaOps::<S>::new(gpu.clone(), precision)
+        .map_err(|e| CliError(e.to_string()))?;
+    fixture_model(ops, merged)
 }
 
 const CHECK_KV_BLOCKS: usize = 1024;
@@ -302,19 +310,7 @@ pub fn run_check_model(args: &CheckModelArgs) -> Result<(), CliError> {
     let merged = crate::checkpoint::release::load_release(&args.fixture.join("model"), None)
         .map_err(|e| CliError(e.to_string()))?;
     let cases = fixture_cases(&args.fixture).map_err(err)?;
-    let vb = candle_nn::VarBuilder::from_tensors(
-        merged.tensors.clone(),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    );
-    let reference = crate::forward::DeviceLynx::load(
-        crate::forward::host::HostOps::default(),
-        crate::forward::weights::Source::Checkpoint(vb),
-        &merged.config,
-        CHECK_KV_BLOCKS,
-        CHECK_BLOCK_SIZE,
-    )
-    .map_err(err)?;
+    let reference = fixture_model(crate::forward::host::HostOps::default(), &merged)?;
     let mut failed = 0;
     for name in &args.precision {
         let precision: Precision = name

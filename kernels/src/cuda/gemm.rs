@@ -86,40 +86,11 @@ impl CudaAttention {
         Ok(self.blas.get_or_init(|| blas))
     }
 
-    /// `y[rows][n] = x[rows][k] W[n][k]^T (+ bias[n])`, all row-major, stored at `precision`.
+    /// `y[rows][n] = x[rows][k] W[n][k]^T (+ bias[n])`, all row-major, stored at `precision`;
+    /// with `accumulate`, `y +=` instead (a residual add folded into the GEMM: one launch, one
+    /// rounding).
     #[allow(clippy::too_many_arguments)]
     pub fn linear<S: Elem>(
-        &self,
-        precision: Precision,
-        x: &CudaSlice<S>,
-        rows: usize,
-        w: &CudaSlice<S>,
-        bias: Option<&CudaSlice<S>>,
-        n: usize,
-        k: usize,
-        y: &mut CudaSlice<S>,
-    ) -> Result<(), KernelError> {
-        self.gemm_into(precision, x, rows, w, bias, n, k, y, false)
-    }
-
-    /// `y += x W^T (+ bias)`: the residual add folded into the GEMM (one launch, one rounding).
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear_accumulate<S: Elem>(
-        &self,
-        precision: Precision,
-        x: &CudaSlice<S>,
-        rows: usize,
-        w: &CudaSlice<S>,
-        bias: Option<&CudaSlice<S>>,
-        n: usize,
-        k: usize,
-        y: &mut CudaSlice<S>,
-    ) -> Result<(), KernelError> {
-        self.gemm_into(precision, x, rows, w, bias, n, k, y, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_into<S: Elem>(
         &self,
         precision: Precision,
         x: &CudaSlice<S>,

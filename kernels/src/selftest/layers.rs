@@ -14,17 +14,18 @@ use crate::projection::{self, FoldedProjection, ProjectionWeights, VisionProject
 use crate::AttentionBackend;
 use crate::{ops, KernelError};
 
-/// Values uniform in `offset ± amplitude`, rounded to `dtype`.
+/// Values uniform in `offset ± amplitude`, rounded to `precision`.
 fn shifted(
     rng: &mut ChaCha20Rng,
-    dtype: DType,
+    precision: impl Into<Precision>,
     len: usize,
     amplitude: f32,
     offset: f32,
 ) -> Vec<f32> {
-    random_values(rng, dtype, len, amplitude)
+    let precision = precision.into();
+    random_values(rng, precision, len, amplitude)
         .into_iter()
-        .map(|v| dtype.decode(dtype.encode(v + offset)))
+        .map(|v| ops::round(precision, (v + offset) as f64))
         .collect()
 }
 
@@ -100,16 +101,6 @@ fn elementwise(name: &str, precision: Precision, got: &[f32], want: &[f32]) -> C
     case
 }
 
-/// Values uniform in `±amplitude`, rounded to `precision`.
-fn values(rng: &mut ChaCha20Rng, precision: Precision, len: usize, amplitude: f32) -> Vec<f32> {
-    (0..len)
-        .map(|_| {
-            let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-            ops::round(precision, ((2.0 * unit - 1.0) * amplitude) as f64)
-        })
-        .collect()
-}
-
 fn op_cases<S: Elem>(
     gpu: &CudaAttention,
     pr: Precision,
@@ -119,38 +110,32 @@ fn op_cases<S: Elem>(
     let up = |v: &[f32]| gpu.upload_as::<S>(pr, v);
     let down = |v: &CudaSlice<S>| gpu.download_as::<S>(pr, v);
     let poisoned = |n: usize| up(&vec![f32::NAN; n]);
-    let shift = |v: Vec<f32>, offset: f32| -> Vec<f32> {
-        v.into_iter()
-            .map(|x| ops::round(pr, (x + offset) as f64))
-            .collect()
-    };
-
     let (rows, cols) = (5, 1408);
-    let x = shift(values(rng, pr, rows * cols, 3.0), 0.7);
-    let g = shift(values(rng, pr, cols, 0.5), 1.0);
-    let b = values(rng, pr, cols, 0.5);
+    let x = shifted(rng, pr, rows * cols, 3.0, 0.7);
+    let g = shifted(rng, pr, cols, 0.5, 1.0);
+    let b = random_values(rng, pr, cols, 0.5);
     let mut y = poisoned(rows * cols)?;
     gpu.layernorm(pr, &up(&x)?, &up(&g)?, &up(&b)?, &mut y, rows, cols, 1e-6)?;
     let want = ops::layernorm(pr, &x, &g, &b, 1e-6);
     out.push(elementwise("layernorm 5x1408", pr, &down(&y)?, &want));
 
     let (rows, cols) = (3, 4096);
-    let x = values(rng, pr, rows * cols, 4.0);
-    let w = shift(values(rng, pr, cols, 0.5), 1.0);
+    let x = random_values(rng, pr, rows * cols, 4.0);
+    let w = shifted(rng, pr, cols, 0.5, 1.0);
     let mut y = poisoned(rows * cols)?;
     gpu.rmsnorm(pr, &up(&x)?, &up(&w)?, &mut y, rows, cols, 1e-6)?;
     let want = ops::rmsnorm(pr, &x, &w, 1e-6);
     out.push(elementwise("rmsnorm 3x4096", pr, &down(&y)?, &want));
 
     let (rows, cols) = (4, 1000);
-    let x = values(rng, pr, rows * cols, 4.0);
-    let bias = values(rng, pr, cols, 1.0);
+    let x = random_values(rng, pr, rows * cols, 4.0);
+    let bias = random_values(rng, pr, cols, 1.0);
     let mut xd = up(&x)?;
     gpu.bias_gelu(pr, &mut xd, Some(&up(&bias)?), rows * cols, cols)?;
     let want = ops::bias_gelu(pr, &x, Some(&bias));
     out.push(elementwise("bias+gelu 4x1000", pr, &down(&xd)?, &want));
 
-    let x = values(rng, pr, 3000, 6.0);
+    let x = random_values(rng, pr, 3000, 6.0);
     let mut xd = up(&x)?;
     gpu.silu(pr, &mut xd, x.len())?;
     out.push(elementwise(
@@ -161,7 +146,7 @@ fn op_cases<S: Elem>(
     ));
 
     let (rows, inter) = (3, 1000);
-    let gu = values(rng, pr, rows * 2 * inter, 5.0);
+    let gu = random_values(rng, pr, rows * 2 * inter, 5.0);
     let mut y = poisoned(rows * inter)?;
     gpu.silu_mul(pr, &up(&gu)?, &mut y, rows, inter)?;
     let want = ops::silu_mul(pr, &gu, inter);
@@ -170,7 +155,7 @@ fn op_cases<S: Elem>(
     // RoPE on the q part of a packed [tokens][q | k | v] row, at scattered positions.
     let (tokens, heads, hd, max_pos) = (7, 4, 128, 2048);
     let stride = 3 * heads * hd;
-    let x = values(rng, pr, tokens * stride, 2.0);
+    let x = random_values(rng, pr, tokens * stride, 2.0);
     let positions: Vec<u32> = (0..tokens)
         .map(|_| rng.next_u32() % max_pos as u32)
         .collect();
@@ -208,7 +193,7 @@ fn op_cases<S: Elem>(
     out.push(case);
 
     // Fused QKV split with RoPE on q and k.
-    let qkv = values(rng, pr, tokens * stride, 2.0);
+    let qkv = random_values(rng, pr, tokens * stride, 2.0);
     let pos = gpu.upload_indices(
         &positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
         max_pos,
@@ -241,7 +226,10 @@ fn op_cases<S: Elem>(
     ));
 
     let n = 5000;
-    let (a, b) = (values(rng, pr, n, 3.0), values(rng, pr, n, 3.0));
+    let (a, b) = (
+        random_values(rng, pr, n, 3.0),
+        random_values(rng, pr, n, 3.0),
+    );
     let mut acc = up(&a)?;
     gpu.accumulate(pr, &mut acc, &up(&b)?, n, 0.25)?;
     let want = ops::add_scaled(pr, &a, &b, 0.25);
@@ -254,8 +242,8 @@ fn op_cases<S: Elem>(
 
     // Frame-embedding style broadcast: row r gets table[(r / 3) % 4].
     let (rows, cols, div, period) = (30, 40, 3, 4);
-    let x = values(rng, pr, rows * cols, 2.0);
-    let t = values(rng, pr, period * cols, 2.0);
+    let x = random_values(rng, pr, rows * cols, 2.0);
+    let t = random_values(rng, pr, period * cols, 2.0);
     let mut xd = up(&x)?;
     gpu.add_rows(pr, &mut xd, &up(&t)?, rows, cols, div, period)?;
     let want: Vec<f32> = x
@@ -270,7 +258,7 @@ fn op_cases<S: Elem>(
 
     // Row gather and scatter: dst[dr[i]] = src[sr[i]]; untouched rows stay NaN-free zeros.
     let (src_rows, dst_rows, cols) = (100, 12, 64);
-    let src = values(rng, pr, src_rows * cols, 1.0);
+    let src = random_values(rng, pr, src_rows * cols, 1.0);
     let sr: Vec<u32> = (0..9).map(|_| rng.next_u32() % src_rows as u32).collect();
     let dr: Vec<u32> = vec![11, 0, 3, 4, 5, 6, 7, 8, 1];
     let mut dst = up(&vec![0.0; dst_rows * cols])?;
@@ -319,9 +307,9 @@ fn generic_attention_cases<S: Elem>(
         DenseAttention::new(2, 3, 8, 70, 88),
         DenseAttention::new(1, 2, 33, 33, 128).causal(),
     ] {
-        let q = values(rng, pr, p.q_len(), 2.0);
-        let k = values(rng, pr, p.kv_len(), 2.0);
-        let v = values(rng, pr, p.kv_len(), 1.0);
+        let q = random_values(rng, pr, p.q_len(), 2.0);
+        let k = random_values(rng, pr, p.kv_len(), 2.0);
+        let v = random_values(rng, pr, p.kv_len(), 1.0);
         let mut want = vec![0f32; p.q_len()];
         cpu.dense(&p, &q, &k, &v, &mut want, None)?;
         let mut o = up(&vec![f32::NAN; p.q_len()])?;
@@ -366,8 +354,8 @@ fn generic_attention_cases<S: Elem>(
             slots.push((block * block_size + pos % block_size) as u32);
         }
     }
-    let k_rows = values(rng, pr, slots.len() * row, 2.0);
-    let v_rows = values(rng, pr, slots.len() * row, 1.0);
+    let k_rows = random_values(rng, pr, slots.len() * row, 2.0);
+    let v_rows = random_values(rng, pr, slots.len() * row, 1.0);
     let mut kc = up(&vec![0.0; p.cache_len()])?;
     let mut vc = up(&vec![0.0; p.cache_len()])?;
     let slot_dev = gpu.upload_indices(&slots, num_blocks * block_size)?;
@@ -391,7 +379,7 @@ fn generic_attention_cases<S: Elem>(
             vh[at..][..hd].copy_from_slice(&v_rows[t * row + h * hd..][..hd]);
         }
     }
-    let q = values(rng, pr, lens.len() * row, 2.0);
+    let q = random_values(rng, pr, lens.len() * row, 2.0);
     let mut want = vec![0f32; q.len()];
     cpu.decode(&p, &q, &kh, &vh, &mut want)?;
     let lens_dev = gpu.upload_i32(&lens.iter().map(|&l| l as i32).collect::<Vec<_>>())?;

@@ -170,11 +170,18 @@ fn dense_cases() -> Vec<DenseCase> {
     cases
 }
 
-fn random_values(rng: &mut ChaCha20Rng, dtype: DType, len: usize, amplitude: f32) -> Vec<f32> {
+/// Values uniform in `±amplitude`, rounded to `precision`.
+fn random_values(
+    rng: &mut ChaCha20Rng,
+    precision: impl Into<crate::Precision>,
+    len: usize,
+    amplitude: f32,
+) -> Vec<f32> {
+    let precision = precision.into();
     (0..len)
         .map(|_| {
             let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-            dtype.decode(dtype.encode((2.0 * unit - 1.0) * amplitude))
+            crate::ops::round(precision, ((2.0 * unit - 1.0) * amplitude) as f64)
         })
         .collect()
 }

@@ -55,13 +55,11 @@ impl<S: Elem> CudaOps<S> {
         y: &mut CudaSlice<S>,
         accumulate: bool,
     ) -> Result<(), ForwardError> {
-        let (p, b) = (self.precision, w.b.as_ref());
         let (n, k) = (w.out_dim, w.in_dim);
-        Ok(if accumulate {
-            self.gpu.linear_accumulate(p, x, rows, &w.w, b, n, k, y)
-        } else {
-            self.gpu.linear(p, x, rows, &w.w, b, n, k, y)
-        }?)
+        let b = w.b.as_ref();
+        Ok(self
+            .gpu
+            .linear(self.precision, x, rows, &w.w, b, n, k, y, accumulate)?)
     }
 }
 

@@ -147,47 +147,39 @@ impl<O: Ops> KvPool<O> {
         }
         let mut out: Vec<RowCache> = Vec::with_capacity(from.len());
         // Where each old row went first (its later takers copy it).
-        let mut first_taker: Vec<Option<usize>> = vec![None; old.len()];
+        let mut first_taker: Vec<usize> = vec![0; old.len()];
         let (mut src, mut dst) = (Vec::new(), Vec::new());
         for &f in from {
             let f = f as usize;
             if let Some(row) = old[f].take() {
-                first_taker[f] = Some(out.len());
+                first_taker[f] = out.len();
                 out.push(row);
                 continue;
             }
-            let at = first_taker[f]
-                .ok_or_else(|| ForwardError::Shape(format!("row {f} reordered twice")))?;
-            let len = out[at].len;
+            let template = &out[first_taker[f]];
             let mut copy = RowCache {
                 blocks: Vec::new(),
-                len,
+                len: template.len,
             };
-            if let Err(e) = self.reserve(&mut copy, len) {
+            if let Err(e) = self.reserve(&mut copy, template.len) {
                 // Nothing leaks: every row of the batch goes back to the pool.
-                for mut row in out
-                    .into_iter()
-                    .chain(old.into_iter().flatten())
-                    .chain([copy])
-                {
+                let rest = old.into_iter().flatten();
+                for mut row in out.into_iter().chain(rest).chain([copy]) {
                     self.release(&mut row);
                 }
                 return Err(e);
             }
-            src.extend_from_slice(&out[at].blocks[..copy.blocks.len()]);
+            src.extend_from_slice(&out[first_taker[f]].blocks[..copy.blocks.len()]);
             dst.extend_from_slice(&copy.blocks);
             out.push(copy);
-        }
-        for mut row in old.into_iter().flatten() {
-            self.release(&mut row);
         }
         if !src.is_empty() {
             let block_elems = self.block_size * row_width;
             let si = ops.indices(&src, self.num_blocks)?;
             let di = ops.indices(&dst, self.num_blocks)?;
+            // Copy through a staging buffer: source and destination are the same cache.
+            let mut stage = ops.alloc(src.len() * block_elems)?;
             for cache in self.k.iter_mut().chain(self.v.iter_mut()) {
-                // Copy through a staging buffer: source and destination are the same cache.
-                let mut stage = ops.alloc(src.len() * block_elems)?;
                 ops.copy_rows(cache, Some(&si), &mut stage, None, src.len(), block_elems)?;
                 ops.copy_rows(&stage, None, cache, Some(&di), src.len(), block_elems)?;
             }
@@ -359,7 +351,7 @@ impl<O: Ops> Llm<O> {
         // Positions, gaps and cache slots.
         let mut rows = Vec::with_capacity(r);
         let (mut positions, mut slots, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
-        for (row, &pads) in batch.pads.iter().enumerate() {
+        for &pads in batch.pads {
             let mut cache = RowCache::default();
             let cached = s - pads;
             if let Err(e) = pool.reserve(&mut cache, cached) {
@@ -369,7 +361,6 @@ impl<O: Ops> Llm<O> {
                 pool.release(&mut cache);
                 return Err(e);
             }
-            let _ = row;
             gaps.push((l, l + pads));
             let mut n = 0usize;
             for j in 0..s {
@@ -527,10 +518,17 @@ impl<O: Ops> Llm<O> {
         rows: usize,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let h = self.cfg.hidden;
-        let mut last = ops.alloc(rows * h)?;
-        ops.copy_rows(x, select, &mut last, None, rows, h)?;
         let mut normed = ops.alloc(rows * h)?;
-        ops.norm(&last, rows, &self.norm, &mut normed)?;
+        match select {
+            // Prefill: the last position of each row.
+            Some(rows_idx) => {
+                let mut last = ops.alloc(rows * h)?;
+                ops.copy_rows(x, Some(rows_idx), &mut last, None, rows, h)?;
+                ops.norm(&last, rows, &self.norm, &mut normed)?;
+            }
+            // Decode: every row is a last position.
+            None => ops.norm(x, rows, &self.norm, &mut normed)?,
+        }
         let mut logits = ops.alloc(rows * self.cfg.vocab_size)?;
         ops.linear(&normed, rows, &self.lm_head, &mut logits)?;
         let flat = ops.download(&logits)?;

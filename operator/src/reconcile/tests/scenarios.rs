@@ -93,6 +93,16 @@ async fn expect_service_and_no_optional_children(server: &mut ApiServer, name: &
         .not_found();
 }
 
+/// Echoes the server-side apply of each `kind` of child named `name`, in order.
+async fn expect_applies_echoed(server: &mut ApiServer, kinds: &[&str], name: &str) {
+    for kind in kinds {
+        server
+            .expect("PATCH", &format!("{kind}/{name}"))
+            .await
+            .echo();
+    }
+}
+
 /// Answers the status patch with the object carrying the patched status; returns that status.
 async fn expect_status(server: &mut ApiServer, ld: &LynxDeployment) -> LynxDeploymentStatus {
     let name = ld.metadata.name.clone().unwrap_or_default();
@@ -253,14 +263,7 @@ async fn switching_the_engine_from_hpa_to_none_prunes_the_hpa() {
     let ld = full_with_engine(AutoscalingEngine::None);
     let expected = ld.clone();
     let run = run(ld, CUSTOM_METRICS, |mut server| async move {
-        server
-            .expect("PATCH", &format!("{DEPLOYMENT}/lynx-full"))
-            .await
-            .echo();
-        server
-            .expect("PATCH", &format!("{SERVICE}/lynx-full"))
-            .await
-            .echo();
+        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE], "lynx-full").await;
         let pdb = server.expect("PATCH", &format!("{PDB}/lynx-full")).await;
         pdb.assert_server_side_apply();
         pdb.echo();
@@ -290,18 +293,7 @@ async fn an_hpa_of_the_same_name_not_controlled_by_the_lynx_deployment_is_left_a
     let ld = full_with_engine(AutoscalingEngine::None);
     let expected = ld.clone();
     let run = run(ld, CUSTOM_METRICS, |mut server| async move {
-        server
-            .expect("PATCH", &format!("{DEPLOYMENT}/lynx-full"))
-            .await
-            .echo();
-        server
-            .expect("PATCH", &format!("{SERVICE}/lynx-full"))
-            .await
-            .echo();
-        server
-            .expect("PATCH", &format!("{PDB}/lynx-full"))
-            .await
-            .echo();
+        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE, PDB], "lynx-full").await;
         let mut foreign = owned_child(&expected, "autoscaling/v2", "HorizontalPodAutoscaler");
         foreign["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
         server
@@ -332,18 +324,7 @@ async fn keda_found_by_discovery_gets_a_scaled_object() {
     let ld = stored("full");
     let expected = ld.clone();
     let run = run(ld, caps, |mut server| async move {
-        server
-            .expect("PATCH", &format!("{DEPLOYMENT}/lynx-full"))
-            .await
-            .echo();
-        server
-            .expect("PATCH", &format!("{SERVICE}/lynx-full"))
-            .await
-            .echo();
-        server
-            .expect("PATCH", &format!("{PDB}/lynx-full"))
-            .await
-            .echo();
+        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE, PDB], "lynx-full").await;
         server
             .expect("GET", &format!("{HPA}/lynx-full"))
             .await
