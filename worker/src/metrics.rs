@@ -50,6 +50,14 @@ pub struct Metrics {
     pub encoder_cache_misses: IntCounter,
     /// Scheduler decisions by reason (`admitted`, `token_budget`, ...).
     pub scheduler_decisions: IntCounterVec,
+    /// Images and video frames whose decoding started.
+    pub vision_inputs_decoded: IntCounter,
+    /// Bytes of image-decoding memory reserved now (at most `--prepare-memory-mib`).
+    pub prepare_memory: IntGauge,
+    /// The process's peak resident memory (Linux `VmHWM`), read at each scrape.
+    pub peak_resident_memory: IntGauge,
+    /// The process's CPU time, user + system, in seconds (Linux), read at each scrape.
+    pub cpu_seconds: Gauge,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -160,14 +168,67 @@ impl Metrics {
                 "Encoder-output cache lookups that ran the vision encoder.",
             )?,
             scheduler_decisions,
+            vision_inputs_decoded: counter(
+                "lynx_vision_inputs_decoded_total",
+                "Images and video frames whose decoding started.",
+            )?,
+            prepare_memory: int_gauge(
+                "lynx_prepare_memory_bytes",
+                "Image-decoding memory reserved now (at most --prepare-memory-mib).",
+            )?,
+            peak_resident_memory: int_gauge(
+                "lynx_process_peak_resident_memory_bytes",
+                "Peak resident memory of the process (VmHWM; 0 where unknown).",
+            )?,
+            cpu_seconds: {
+                let g = Gauge::new(
+                    "lynx_process_cpu_seconds",
+                    "CPU time of the process, user + system, in seconds (0 where unknown).",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         })
     }
 
+    /// Counts one finished generation request with the gRPC status its client got.
+    pub fn count_request(&self, code: tonic::Code, duration: std::time::Duration) {
+        self.requests
+            .with_label_values(&[crate::serve::status::code_label(code)])
+            .inc();
+        self.request_duration.observe(duration.as_secs_f64());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
+        if let Some(peak) = peak_resident_bytes() {
+            self.peak_resident_memory.set(peak);
+        }
+        if let Some(cpu) = cpu_seconds() {
+            self.cpu_seconds.set(cpu);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
+}
+
+/// `VmHWM` of `/proc/self/status`, in bytes (Linux only).
+fn peak_resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// User + system CPU time of the whole process from `/proc/self/stat` (Linux; clock ticks of
+/// the fixed `USER_HZ` = 100).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), starting at field 3 (state).
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: f64 = rest.nth(11)?.parse().ok()?;
+    let stime: f64 = rest.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser};
 use lynx_proto::v1::lynx_client::LynxClient;
 use lynx_proto::v1::GetModelInfoRequest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::{load_model, CliError, ModelArgs};
@@ -74,16 +73,6 @@ async fn wait_ready(addr: &str, timeout: Duration) -> Result<String, CliError> {
     }
 }
 
-/// One plain HTTP/1.0 GET on loopback (the worker's own `/metrics`).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, CliError> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(err)?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.map_err(err)?;
-    Ok(body)
-}
-
 /// Runs the demo.
 pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
     let cfg = serve_config()?;
@@ -119,7 +108,9 @@ pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
             return Err(CliError("internal: demo client arguments".into()));
         };
         generate::run(&request).await.map_err(err)?;
-        let metrics = http_get(http, "/metrics").await?;
+        let metrics = crate::client::http::get(&http.to_string(), "/metrics")
+            .await
+            .map_err(err)?;
         for line in metrics
             .lines()
             .filter(|l| l.starts_with("lynx_requests_total"))

@@ -13,6 +13,7 @@ use crate::engine::SchedulerConfig;
 use crate::runner::RunnerConfig;
 use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
+use crate::serve::prepare::PrepareConfig;
 use crate::serve::{ServeConfig, Server, TlsFiles};
 
 /// Which layout `--model` must have.
@@ -147,6 +148,14 @@ pub struct ServeArgs {
         help_heading = "Limits"
     )]
     pub max_prompt_tokens: u64,
+    /// UTF-8 bytes of the instruction, checked before it is tokenized.
+    #[arg(long, env = "LYNX_MAX_PROMPT_BYTES", default_value_t = crate::serve::limits::DEFAULT_MAX_PROMPT_BYTES as u64, help_heading = "Limits")]
+    pub max_prompt_bytes: u64,
+    /// A whole request message on the wire (default: max images per request x max image
+    /// bytes + max prompt bytes + max stop strings x 256 + 64 KiB); larger ones are refused
+    /// with RESOURCE_EXHAUSTED before their body is buffered.
+    #[arg(long, env = "LYNX_MAX_REQUEST_BYTES", help_heading = "Limits")]
+    pub max_request_bytes: Option<u64>,
     /// New tokens per request (also caps the model's default).
     #[arg(long, env = "LYNX_MAX_NEW_TOKENS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     pub max_new_tokens: u64,
@@ -158,6 +167,14 @@ pub struct ServeArgs {
         help_heading = "Limits"
     )]
     pub max_stop_strings: u64,
+
+    /// Requests decoded and tokenized at once (default: the number of CPUs).
+    #[arg(long, env = "LYNX_PREPARE_THREADS", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
+    pub prepare_threads: Option<u64>,
+    /// Memory that image decoding may hold at once over all requests, in MiB; each image's
+    /// share is read from its header before it is decoded.
+    #[arg(long, env = "LYNX_PREPARE_MEMORY_MIB", default_value_t = crate::serve::prepare::DEFAULT_PREPARE_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
+    pub prepare_memory_mib: u64,
 
     /// TLS certificate chain (PEM) of the gRPC listener; with --tls-key, gRPC is served over TLS.
     #[arg(
@@ -218,6 +235,20 @@ impl ServeArgs {
         if auth_tokens.iter().any(String::is_empty) {
             return Err(CliError("--auth-token is empty".into()));
         }
+        let mut limits = Limits {
+            max_image_bytes: usize_of(self.max_image_bytes),
+            max_image_pixels: self.max_image_pixels,
+            max_images_per_request: usize_of(self.max_images_per_request),
+            max_video_frames: usize_of(self.max_video_frames),
+            max_prompt_tokens: usize_of(self.max_prompt_tokens),
+            max_prompt_bytes: usize_of(self.max_prompt_bytes),
+            max_request_bytes: 0,
+            max_new_tokens: usize_of(self.max_new_tokens),
+            max_stop_strings: usize_of(self.max_stop_strings),
+        };
+        limits.max_request_bytes = self
+            .max_request_bytes
+            .map_or_else(|| limits.request_bytes_for(), usize_of);
         let block = usize_of(self.kv_block_size).max(1);
         let budget = usize_of(self.max_batch_total_tokens);
         let batch = usize_of(self.max_batch_size).max(1);
@@ -238,14 +269,12 @@ impl ServeArgs {
                 },
                 encoder_cache_bytes: usize_of(self.encoder_cache_mib.saturating_mul(1 << 20)),
             },
-            limits: Limits {
-                max_image_bytes: usize_of(self.max_image_bytes),
-                max_image_pixels: self.max_image_pixels,
-                max_images_per_request: usize_of(self.max_images_per_request),
-                max_video_frames: usize_of(self.max_video_frames),
-                max_prompt_tokens: usize_of(self.max_prompt_tokens),
-                max_new_tokens: usize_of(self.max_new_tokens),
-                max_stop_strings: usize_of(self.max_stop_strings),
+            limits,
+            prepare: PrepareConfig {
+                threads: self
+                    .prepare_threads
+                    .map_or_else(|| PrepareConfig::default().threads, usize_of),
+                memory_bytes: self.prepare_memory_mib.saturating_mul(1 << 20),
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
             tls: match (&self.tls_cert, &self.tls_key) {

@@ -41,6 +41,20 @@ pub struct BenchArgs {
     /// No progress bar on stderr (there is none when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Goodput mode: each level runs this many seconds of closed-loop unary requests (refused
+    /// ones sent again at once) and the table counts every answer by status.
+    #[arg(long)]
+    pub goodput_seconds: Option<f64>,
+    /// The worker's `/metrics` URL (`http://host:port/metrics`): goodput mode reports its CPU
+    /// time per OK answer and its peak resident memory.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// Goodput mode: every request carries this image file instead of the generated mix.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Goodput mode: every request's instruction is this file's text instead of the mix.
+    #[arg(long)]
+    pub instruction_file: Option<PathBuf>,
 }
 
 /// Results of one concurrency level.
@@ -247,11 +261,38 @@ pub fn table(levels: &[Level]) -> String {
     s
 }
 
+/// The requests of goodput mode: the generated mix, or one request of the given image and/or
+/// instruction.
+fn goodput_pool(args: &BenchArgs) -> Result<Vec<v1::GenerateRequest>, ClientError> {
+    if args.image.is_none() && args.instruction_file.is_none() {
+        return (0..64).map(|i| request_for(i, 0, args)).collect();
+    }
+    let mut req = request_for(3, 0, args)?;
+    if let Some(path) = &args.image {
+        req.images = vec![v1::Image {
+            data: inputs::read(path)?,
+        }];
+    }
+    if let Some(path) = &args.instruction_file {
+        req.instruction = String::from_utf8(inputs::read(path)?)
+            .map_err(|_| ClientError(format!("{} is not UTF-8", path.display())))?;
+    }
+    Ok(vec![req])
+}
+
 /// Runs `bench`.
 pub async fn run(args: &BenchArgs) -> Result<(), ClientError> {
     if args.concurrency.is_empty() || args.requests == 0 {
         return Err(ClientError(
             "nothing to run: --concurrency and --requests".into(),
+        ));
+    }
+    if let Some(seconds) = args.goodput_seconds {
+        return super::goodput::run(args, seconds, goodput_pool(args)?).await;
+    }
+    if args.image.is_some() || args.instruction_file.is_some() {
+        return Err(ClientError(
+            "--image and --instruction-file need --goodput-seconds".into(),
         ));
     }
     // One unmeasured request so that connection set-up does not count.

@@ -1,10 +1,13 @@
 //! `lynx`: a command-line client of a running worker. `generate` sends one request and streams
 //! the answer to the terminal; `bench` measures throughput and latency at several concurrencies
-//! with a mix of images, videos and prompt lengths, prints a table and writes an SVG plot.
+//! with a mix of images, videos and prompt lengths, prints a table and writes an SVG plot; with
+//! `--goodput-seconds` it measures goodput and refusals under overload instead.
 
 pub mod bench;
 mod connect;
 pub mod generate;
+pub mod goodput;
+pub mod http;
 mod inputs;
 mod plot;
 

@@ -178,11 +178,10 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
-    /// Queues `job`. Refuses it at once when `max_queue` requests already wait.
-    pub fn submit(&self, job: Job) -> Result<(), RequestError> {
-        let full = RequestError::QueueFull {
-            max_queue: self.max_queue,
-        };
+    /// Reserves a place in the waiting queue for a request that is still to be prepared.
+    /// Refuses at once (RESOURCE_EXHAUSTED) when `max_queue` requests already wait or hold a
+    /// reservation, so that a refused request costs no preparation.
+    pub fn reserve(&self) -> Result<QueueSlot, RequestError> {
         if self
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
@@ -190,39 +189,74 @@ impl EngineHandle {
             })
             .is_err()
         {
-            return Err(full);
+            return Err(RequestError::QueueFull {
+                max_queue: self.max_queue,
+            });
         }
+        Ok(QueueSlot {
+            engine: self.clone(),
+            held: true,
+        })
+    }
+
+    /// Queues `job`: [`EngineHandle::reserve`] then [`QueueSlot::submit`].
+    pub fn submit(&self, job: Job) -> Result<(), RequestError> {
+        self.reserve()?.submit(job)
+    }
+
+    /// Requests submitted or reserved and not yet admitted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// A reserved place in the waiting queue ([`EngineHandle::reserve`]); released when dropped
+/// without [`QueueSlot::submit`].
+#[derive(Debug)]
+pub struct QueueSlot {
+    engine: EngineHandle,
+    held: bool,
+}
+
+impl QueueSlot {
+    /// Hands `job` to the model thread; the place becomes the job's until it is admitted.
+    pub fn submit(mut self, job: Job) -> Result<(), RequestError> {
+        let e = &self.engine;
         let cost = RequestCost {
             prompt_tokens: job.prompt_ids.len(),
-            vision_tokens: job.vision.len() * self.vision_tokens_per_item,
+            vision_tokens: job.vision.len() * e.vision_tokens_per_item,
             max_new_tokens: job.params.max_new_tokens,
             beams: job.params.rows_per_request(),
         };
         let entry = Entry {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id: e.next_id.fetch_add(1, Ordering::Relaxed),
             priority: job.priority,
             arrived: job.received,
             deadline: job.deadline,
             cost,
             payload: job,
         };
-        match self.tx.try_send(Submission(entry)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                Err(match e {
-                    TrySendError::Full(_) => full,
-                    TrySendError::Disconnected(_) => {
-                        RequestError::Unavailable("the model thread has stopped")
-                    }
-                })
+        match e.tx.try_send(Submission(entry)) {
+            Ok(()) => {
+                // The model thread releases the place when it admits or drops the job.
+                self.held = false;
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(RequestError::QueueFull {
+                max_queue: e.max_queue,
+            }),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(RequestError::Unavailable("the model thread has stopped"))
             }
         }
     }
+}
 
-    /// Requests submitted and not yet admitted.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if self.held {
+            self.engine.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -1,18 +1,24 @@
 //! Optional bearer-token authentication of `lynx.v1.Lynx`: without the header
-//! `authorization: Bearer <token>` naming one of the configured tokens, UNAUTHENTICATED. Health,
-//! reflection and the HTTP listener stay open (probes and scrapers carry no credentials).
+//! `authorization: Bearer <token>` naming one of the configured tokens, UNAUTHENTICATED (the
+//! scheme name is case-insensitive, RFC 7235). Health, reflection and the HTTP listener stay open
+//! (probes and scrapers carry no credentials). Refused generation requests are counted in
+//! `lynx_requests_total{code="UNAUTHENTICATED"}`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::Status;
+
+use super::decode_errors::is_generation;
+use crate::metrics::Metrics;
 
 /// The accepted tokens.
 #[derive(Clone, Default)]
@@ -59,7 +65,9 @@ impl Tokens {
         let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
         // Compare with every token so that the time does not tell which one matched.
         let matched = self.0.iter().fold(false, |any, t| {
@@ -78,12 +86,18 @@ impl Tokens {
 pub struct BearerAuth<S> {
     inner: S,
     tokens: Tokens,
+    metrics: Metrics,
 }
 
 impl<S> BearerAuth<S> {
-    /// `inner`, answering only requests that carry one of `tokens`.
-    pub fn new(inner: S, tokens: Tokens) -> Self {
-        Self { inner, tokens }
+    /// `inner`, answering only requests that carry one of `tokens`; refusals of generation
+    /// requests are counted in `metrics`.
+    pub fn new(inner: S, tokens: Tokens, metrics: Metrics) -> Self {
+        Self {
+            inner,
+            tokens,
+            metrics,
+        }
     }
 }
 
@@ -107,7 +121,12 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         match self.tokens.check(req.headers()) {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                if is_generation(req.uri().path()) {
+                    self.metrics.count_request(status.code(), Duration::ZERO);
+                }
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }
@@ -127,11 +146,16 @@ mod tests {
         let t = Tokens::new(Tokens::parse_file("# team a\nsecret-1\n\n  secret-2  \n"));
         assert!(t.check(&headers("Bearer secret-1")).is_ok());
         assert!(t.check(&headers("Bearer secret-2")).is_ok());
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let h = headers(&format!("{scheme} secret-1"));
+            assert!(t.check(&h).is_ok(), "scheme {scheme}");
+        }
         for bad in [
             "Bearer secret-3",
             "Bearer secret-1x",
             "secret-1",
             "Basic c2VjcmV0LTE=",
+            "Bearers secret-1",
         ] {
             let e = t.check(&headers(bad)).map_err(|s| s.code());
             assert_eq!(e, Err(tonic::Code::Unauthenticated), "{bad}");

@@ -1,6 +1,13 @@
-//! The `lynx.v1.Lynx` gRPC service: validates a request (on the blocking pool), submits it to the
-//! model thread and relays its events, as one response or as a stream.
+//! The `lynx.v1.Lynx` gRPC service: the front door of a request, then its events relayed as one
+//! response or as a stream.
+//!
+//! The front door, cheapest first, so that a request that will be refused costs microseconds:
+//! authentication and the message size (in front of this service: [`super::auth`],
+//! [`super::decode_errors`]), draining, the cheap checks ([`check`]: counts and byte lengths),
+//! a place in the queue ([`EngineHandle::reserve`]: RESOURCE_EXHAUSTED at once when full), and
+//! only then the bounded, budgeted preparation ([`Preparer`]: decoding, tokenizing).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +20,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 use super::lifecycle::Lifecycle;
-use super::limits::{prepare, Delivery, Limits};
+use super::limits::{check, Limits};
+use super::prepare::{Delivery, Preparer};
 use super::status::RequestGuard;
 use crate::metrics::Metrics;
 use crate::runner::{EngineHandle, Event, Finish, Finished, RequestError};
@@ -36,6 +44,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Readiness and drain state.
     pub lifecycle: Arc<Lifecycle>,
+    /// Decoding and tokenizing, bounded.
+    pub preparer: Preparer,
 }
 
 /// The `lynx.v1.Lynx` service.
@@ -50,63 +60,85 @@ impl LynxService {
         Self { shared }
     }
 
-    /// Validates and submits a request; returns its event receiver and deadline.
+    /// Takes a request through the front door to the model thread; returns its event receiver.
     async fn submit(
         &self,
-        request: Request<v1::GenerateRequest>,
+        req: v1::GenerateRequest,
         stream: bool,
         received: Instant,
-    ) -> Result<(mpsc::Receiver<Event>, Option<Instant>), Status> {
-        if self.shared.lifecycle.is_draining() {
+        deadline: Option<Instant>,
+    ) -> Result<mpsc::Receiver<Event>, Status> {
+        let shared = &self.shared;
+        if shared.lifecycle.is_draining() {
             return Err(RequestError::Unavailable("the worker is draining").into());
         }
-        let deadline =
-            grpc_timeout(request.metadata()).map(|t| received + t.saturating_sub(DEADLINE_MARGIN));
-        let req = request.into_inner();
+        let checked = check(&req, &shared.model.config, &shared.limits)?;
+        let slot = shared.engine.reserve()?;
         // One delta per token plus the final event: sends from the model thread never block.
-        let (tx, rx) = mpsc::channel(self.shared.limits.max_new_tokens + 2);
-        let shared = Arc::clone(&self.shared);
+        let (tx, rx) = mpsc::channel(checked.params.max_new_tokens + 2);
         let delivery = Delivery {
             stream,
             received,
             deadline,
             events: tx,
         };
-        let job = tokio::task::spawn_blocking(move || {
-            prepare(&req, &shared.model, &shared.limits, delivery)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("request validation failed: {e}")))??;
-        self.shared.engine.submit(job)?;
-        Ok((rx, deadline))
+        let job = shared
+            .preparer
+            .prepare(req, checked, &shared.model, &shared.limits, delivery)
+            .await?;
+        slot.submit(job)?;
+        Ok(rx)
     }
 
     async fn generate_unary(
         &self,
-        request: Request<v1::GenerateRequest>,
+        req: v1::GenerateRequest,
         received: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Response<v1::GenerateResponse>, Status> {
-        let client_request_id = request.get_ref().client_request_id.clone();
-        let (mut rx, deadline) = self.submit(request, false, received).await?;
-        let answer = async {
-            loop {
-                match rx.recv().await {
-                    Some(Event::Done(result)) => return result.map_err(Status::from),
-                    Some(Event::Delta { .. }) => {}
-                    None => return Err(Status::internal("the model thread dropped the request")),
+        let client_request_id = req.client_request_id.clone();
+        let mut rx = self.submit(req, false, received, deadline).await?;
+        loop {
+            match rx.recv().await {
+                Some(Event::Done(result)) => {
+                    let finished = result.map_err(Status::from)?;
+                    return Ok(Response::new(response(finished, client_request_id)));
                 }
+                Some(Event::Delta { .. }) => {}
+                None => return Err(Status::internal("the model thread dropped the request")),
             }
-        };
-        let finished = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), answer)
+        }
+    }
+}
+
+/// Runs `work` until the request's deadline (DEADLINE_EXCEEDED) or until the drain timeout cuts
+/// it off (UNAVAILABLE saying so), whichever comes first.
+async fn bounded<T>(
+    work: impl Future<Output = Result<T, Status>>,
+    deadline: Option<Instant>,
+    lifecycle: &Lifecycle,
+) -> Result<T, Status> {
+    let cut_off = lifecycle.cut_off_signal();
+    let timed = async {
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), work)
                 .await
                 .unwrap_or_else(|_| {
                     Err(RequestError::DeadlineExceeded("before the answer was ready").into())
-                })?,
-            None => answer.await?,
-        };
-        Ok(Response::new(response(finished, client_request_id)))
+                }),
+            None => work.await,
+        }
+    };
+    tokio::select! {
+        result = timed => result,
+        status = cut_off => Err(status),
     }
+}
+
+/// The worker's deadline for a request that arrived at `received`: [`DEADLINE_MARGIN`] before
+/// the client's `grpc-timeout` runs out.
+fn deadline_of(md: &MetadataMap, received: Instant) -> Option<Instant> {
+    grpc_timeout(md).map(|t| received + t.saturating_sub(DEADLINE_MARGIN))
 }
 
 /// The `grpc-timeout` header of a request (`<digits><unit>`, unit one of H M S m u n).
@@ -151,13 +183,23 @@ fn response(f: Finished, client_request_id: String) -> v1::GenerateResponse {
     }
 }
 
-/// A streaming request's events as gRPC messages; ends after the final message or the error.
-#[derive(Debug)]
+/// A streaming request's events as gRPC messages; ends after the final message or the error
+/// (or the drain timeout's cut-off).
 pub struct EventStream {
     rx: mpsc::Receiver<Event>,
     guard: RequestGuard,
     client_request_id: String,
+    cut_off: Pin<Box<dyn Future<Output = Status> + Send>>,
     done: bool,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("client_request_id", &self.client_request_id)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stream for EventStream {
@@ -167,6 +209,11 @@ impl Stream for EventStream {
         use v1::generate_stream_response::Event as Out;
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Poll::Ready(status) = self.cut_off.as_mut().poll(cx) {
+            self.done = true;
+            self.guard.record(status.code());
+            return Poll::Ready(Some(Err(status)));
         }
         let item = match self.rx.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
@@ -205,7 +252,10 @@ impl v1::lynx_server::Lynx for LynxService {
         let lifecycle = &self.shared.lifecycle;
         let mut guard =
             RequestGuard::new(self.shared.metrics.clone(), lifecycle.in_flight(), received);
-        let result = self.generate_unary(request, received).await;
+        let deadline = deadline_of(request.metadata(), received);
+        guard.set_deadline(deadline);
+        let work = self.generate_unary(request.into_inner(), received, deadline);
+        let result = bounded(work, deadline, lifecycle).await;
         guard.record(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         result
     }
@@ -220,12 +270,17 @@ impl v1::lynx_server::Lynx for LynxService {
         let lifecycle = &self.shared.lifecycle;
         let mut guard =
             RequestGuard::new(self.shared.metrics.clone(), lifecycle.in_flight(), received);
-        let client_request_id = request.get_ref().client_request_id.clone();
-        match self.submit(request, true, received).await {
-            Ok((rx, _)) => Ok(Response::new(EventStream {
+        let deadline = deadline_of(request.metadata(), received);
+        guard.set_deadline(deadline);
+        let req = request.into_inner();
+        let client_request_id = req.client_request_id.clone();
+        let work = self.submit(req, true, received, deadline);
+        match bounded(work, deadline, lifecycle).await {
+            Ok(rx) => Ok(Response::new(EventStream {
                 rx,
                 guard,
                 client_request_id,
+                cut_off: Box::pin(lifecycle.cut_off_signal()),
                 done: false,
             })),
             Err(status) => {

@@ -1,18 +1,15 @@
-//! Input limits and the validation of a `lynx.v1.GenerateRequest` into a [`Job`]: decoding and
-//! preprocessing of the images / frames, prompt tokenization, decoding parameters. Blocking CPU
-//! work: handlers run it on the blocking pool. Every refusal is an INVALID_ARGUMENT whose message
-//! names the limit or the field.
-
-use std::time::Instant;
+//! Input limits and the cheap half of the front door: [`check`] looks at the counts and byte
+//! lengths of every field and resolves the decoding parameters, without decoding an image or
+//! tokenizing the prompt, so that a request that will be refused costs microseconds. Every
+//! refusal is an INVALID_ARGUMENT whose message names the limit or the field. The expensive half
+//! (decoding, tokenizing) is [`super::prepare`].
 
 use lynx_proto::v1;
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
+use crate::config::LynxConfig;
 use crate::generation::{DecodingMode, GenerationParams};
-use crate::runner::{ContentKey, Event, Job, Pixels, RequestError, VisionItem};
-use crate::served::ServedModel;
-use crate::vision::{self, PreprocessConfig, VisionError, VisionLimits};
+use crate::runner::RequestError;
+use crate::vision;
 
 /// Longest accepted stop string, in bytes.
 pub const MAX_STOP_STRING_BYTES: usize = 256;
@@ -30,27 +27,53 @@ pub struct Limits {
     pub max_video_frames: usize,
     /// Prompt tokens (BOS + the formatted instruction, before the model's truncation).
     pub max_prompt_tokens: usize,
+    /// UTF-8 bytes of the instruction, checked before it is tokenized.
+    pub max_prompt_bytes: usize,
+    /// A whole request message on the wire; larger ones are refused after their 5-byte gRPC
+    /// prefix, before their body is buffered (RESOURCE_EXHAUSTED).
+    pub max_request_bytes: usize,
     /// `max_new_tokens` of a request (also caps the model's default).
     pub max_new_tokens: usize,
     /// Stop strings per request.
     pub max_stop_strings: usize,
 }
 
+/// Default [`Limits::max_prompt_bytes`]: 64 KiB (32 bytes per token of the default 2048).
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 64 * 1024;
+
+/// Room in [`Limits::request_bytes_for`] for everything but images and the instruction.
+pub const REQUEST_SLACK_BYTES: usize = 64 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
+        let mut limits = Self {
             max_image_bytes: vision::decode::DEFAULT_MAX_IMAGE_BYTES,
             max_image_pixels: vision::decode::DEFAULT_MAX_PIXELS,
             max_images_per_request: 8,
             max_video_frames: vision::decode::DEFAULT_MAX_VIDEO_FRAMES,
             max_prompt_tokens: 2048,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            max_request_bytes: 0,
             max_new_tokens: 512,
             max_stop_strings: 8,
-        }
+        };
+        limits.max_request_bytes = limits.request_bytes_for();
+        limits
     }
 }
 
 impl Limits {
+    /// The message size the other limits imply: `max_images_per_request x max_image_bytes +
+    /// max_prompt_bytes + max_stop_strings x 256 + 64 KiB`. A video's frames together must fit
+    /// in it as well.
+    pub fn request_bytes_for(&self) -> usize {
+        self.max_images_per_request
+            .saturating_mul(self.max_image_bytes)
+            .saturating_add(self.max_prompt_bytes)
+            .saturating_add(self.max_stop_strings.saturating_mul(MAX_STOP_STRING_BYTES))
+            .saturating_add(REQUEST_SLACK_BYTES)
+    }
+
     /// As advertised by `GetModelInfo`.
     pub fn to_proto(&self) -> v1::Limits {
         let u32_sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
@@ -62,6 +85,8 @@ impl Limits {
             max_prompt_tokens: u32_sat(self.max_prompt_tokens),
             max_new_tokens: u32_sat(self.max_new_tokens),
             max_stop_strings: u32_sat(self.max_stop_strings),
+            max_prompt_bytes: self.max_prompt_bytes as u64,
+            max_request_bytes: self.max_request_bytes as u64,
         }
     }
 }
@@ -70,60 +95,19 @@ fn invalid(msg: impl Into<String>) -> RequestError {
     RequestError::InvalidArgument(msg.into())
 }
 
-fn content_key(chunks: &[&[u8]]) -> ContentKey {
-    let mut h = Sha256::new();
-    for c in chunks {
-        h.update((c.len() as u64).to_le_bytes());
-        h.update(c);
-    }
-    h.finalize().into()
-}
-
-/// Decodes and preprocesses one image or frame, checking the byte and pixel limits first.
-fn pixels(
-    what: &str,
-    bytes: &[u8],
-    limits: &Limits,
-    pre: &PreprocessConfig,
-) -> Result<Vec<f32>, RequestError> {
-    if bytes.is_empty() {
-        return Err(invalid(format!("{what} is empty")));
-    }
-    if bytes.len() > limits.max_image_bytes {
-        return Err(invalid(format!(
-            "{what} is {} bytes, more than max_image_bytes = {}",
-            bytes.len(),
-            limits.max_image_bytes
-        )));
-    }
-    let vl = VisionLimits {
-        max_image_bytes: limits.max_image_bytes,
-        max_pixels: limits.max_image_pixels,
-        max_video_frames: limits.max_video_frames,
-    };
-    match vision::decode_image(bytes, &vl) {
-        Ok(img) => Ok(vision::preprocess(&img, pre)),
-        Err(e) => Err(invalid(match e.root() {
-            VisionError::TooManyPixels {
-                width,
-                height,
-                limit,
-            } => format!("{what} is {width}x{height} pixels, more than max_image_pixels = {limit}"),
-            _ => format!("{what} cannot be decoded: {e}"),
-        })),
-    }
-}
-
-/// The vision inputs of `req`.
-fn vision_items(
-    req: &v1::GenerateRequest,
-    m: &ServedModel,
-    limits: &Limits,
-) -> Result<Vec<VisionItem>, RequestError> {
-    let pre = PreprocessConfig {
-        image_res: m.config.vision.image_res,
-        mean: m.config.image_norm.mean,
-        std: m.config.image_norm.std,
+/// Checks the counts and byte sizes of the images or the video of `req`.
+fn check_vision(req: &v1::GenerateRequest, limits: &Limits) -> Result<(), RequestError> {
+    let image_bytes = |what: String, len: usize| {
+        if len == 0 {
+            return Err(invalid(format!("{what} is empty")));
+        }
+        if len > limits.max_image_bytes {
+            return Err(invalid(format!(
+                "{what} is {len} bytes, more than max_image_bytes = {}",
+                limits.max_image_bytes
+            )));
+        }
+        Ok(())
     };
     if let Some(video) = &req.video {
         if !req.images.is_empty() {
@@ -139,30 +123,10 @@ fn vision_items(
                 limits.max_video_frames
             )));
         }
-        if let Some((i, f)) = video
-            .frames
-            .iter()
-            .enumerate()
-            .find(|(_, f)| f.len() > limits.max_image_bytes)
-        {
-            return Err(invalid(format!(
-                "video frame {i} is {} bytes, more than max_image_bytes = {}",
-                f.len(),
-                limits.max_image_bytes
-            )));
+        for (i, f) in video.frames.iter().enumerate() {
+            image_bytes(format!("video frame {i}"), f.len())?;
         }
-        let ids = vision::sample_frame_ids(n, m.config.num_frames);
-        let mut frames = Vec::with_capacity(ids.len());
-        let mut chosen: Vec<&[u8]> = Vec::with_capacity(ids.len());
-        for i in ids {
-            let bytes = &video.frames[i];
-            frames.push(pixels(&format!("video frame {i}"), bytes, limits, &pre)?);
-            chosen.push(bytes);
-        }
-        return Ok(vec![VisionItem {
-            key: content_key(&chosen),
-            pixels: Pixels::Video(frames),
-        }]);
+        return Ok(());
     }
     if req.images.len() > limits.max_images_per_request {
         return Err(invalid(format!(
@@ -171,22 +135,16 @@ fn vision_items(
             limits.max_images_per_request
         )));
     }
-    req.images
-        .iter()
-        .enumerate()
-        .map(|(i, img)| {
-            Ok(VisionItem {
-                pixels: Pixels::Image(pixels(&format!("image {i}"), &img.data, limits, &pre)?),
-                key: content_key(&[&img.data]),
-            })
-        })
-        .collect()
+    for (i, img) in req.images.iter().enumerate() {
+        image_bytes(format!("image {i}"), img.data.len())?;
+    }
+    Ok(())
 }
 
 /// Resolved decoding parameters and stop strings of `req`.
 fn decoding(
     p: Option<&v1::DecodingParameters>,
-    m: &ServedModel,
+    config: &LynxConfig,
     limits: &Limits,
 ) -> Result<(GenerationParams, Vec<String>), RequestError> {
     let default = v1::DecodingParameters::default();
@@ -198,7 +156,7 @@ fn decoding(
         Ok(v1::DecodingMode::Lynx | v1::DecodingMode::Unspecified) => DecodingMode::Lynx,
         Err(_) => return Err(invalid(format!("unknown decoding mode {}", p.mode))),
     };
-    let mut g = GenerationParams::from_defaults(&m.config.generation, mode);
+    let mut g = GenerationParams::from_defaults(&config.generation, mode);
     g.max_new_tokens = match p.max_new_tokens {
         Some(n) if n as usize > limits.max_new_tokens => {
             return Err(invalid(format!(
@@ -256,64 +214,43 @@ fn priority(p: i32) -> Result<u8, RequestError> {
     }
 }
 
-/// Where a validated request's answer goes, and its timing.
-#[derive(Debug)]
-pub struct Delivery {
-    /// Whether deltas are wanted.
-    pub stream: bool,
-    /// Arrival.
-    pub received: Instant,
-    /// The client's deadline.
-    pub deadline: Option<Instant>,
-    /// The request's event channel.
-    pub events: mpsc::Sender<Event>,
+/// What [`check`] resolved: everything about a request but its pixels and tokens.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Decoding parameters.
+    pub params: GenerationParams,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Scheduling priority, higher first.
+    pub priority: u8,
 }
 
-/// Validates `req` against `limits` and prepares it for the model.
-pub fn prepare(
+/// The cheap checks of the front door, in order: an empty request, the vision counts and byte
+/// sizes, the instruction's byte length, the priority, the decoding parameters and stop
+/// strings. No image is decoded and nothing is tokenized.
+pub fn check(
     req: &v1::GenerateRequest,
-    m: &ServedModel,
+    config: &LynxConfig,
     limits: &Limits,
-    delivery: Delivery,
-) -> Result<Job, RequestError> {
+) -> Result<Checked, RequestError> {
     if req.images.is_empty() && req.video.is_none() && req.instruction.trim().is_empty() {
         return Err(invalid(
             "empty request: no image, no video and no instruction",
         ));
     }
-    let priority = priority(req.priority)?;
-    let (params, stop) = decoding(req.parameters.as_ref(), m, limits)?;
-    let text = m.config.format_prompt(&req.instruction);
-    let tokens = m
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| invalid(format!("instruction cannot be tokenized: {e}")))?;
-    let prompt_tokens = tokens.len() + 1;
-    if prompt_tokens > limits.max_prompt_tokens {
+    check_vision(req, limits)?;
+    if req.instruction.len() > limits.max_prompt_bytes {
         return Err(invalid(format!(
-            "prompt has {prompt_tokens} tokens, more than max_prompt_tokens = {}",
-            limits.max_prompt_tokens
+            "instruction is {} bytes, more than max_prompt_bytes = {}",
+            req.instruction.len(),
+            limits.max_prompt_bytes
         )));
     }
-    // As the official code: BOS + tokens, the last `max_input_tokens` kept.
-    let mut prompt_ids = Vec::with_capacity(prompt_tokens);
-    prompt_ids.push(m.config.tokens.bos);
-    prompt_ids.extend(tokens);
-    let keep = m.config.prompt.max_input_tokens;
-    if prompt_ids.len() > keep {
-        prompt_ids.drain(..prompt_ids.len() - keep);
-    }
-    let vision = vision_items(req, m, limits)?;
-    Ok(Job {
-        prompt_ids,
-        vision,
+    let priority = priority(req.priority)?;
+    let (params, stop) = decoding(req.parameters.as_ref(), config, limits)?;
+    Ok(Checked {
         params,
         stop,
-        stream: delivery.stream,
-        wait_for_batch: true,
         priority,
-        deadline: delivery.deadline,
-        received: delivery.received,
-        events: delivery.events,
     })
 }

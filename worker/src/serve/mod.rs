@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
+pub mod prepare;
 pub mod status;
 
 use std::future::Future;
@@ -31,10 +32,11 @@ use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
 use crate::served::ServedModel;
 use auth::BearerAuth;
-use decode_errors::DecodeErrorsAsInvalid;
+use decode_errors::DecodeErrors;
 use grpc::{LynxService, Shared};
 use lifecycle::Lifecycle;
 use limits::Limits;
+use prepare::{PrepareConfig, Preparer};
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct ServeConfig {
     pub runner: RunnerConfig,
     /// Input limits.
     pub limits: Limits,
+    /// Bounds of request preparation (decoding, tokenizing).
+    pub prepare: PrepareConfig,
     /// How long admitted requests may take to finish after the shutdown signal.
     pub drain_timeout: Duration,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
@@ -98,6 +102,9 @@ pub enum ServeError {
     Server(&'static str, String),
 }
 
+/// How long the handlers cut off by the drain timeout get to send their UNAVAILABLE.
+const CUT_OFF_FLUSH: Duration = Duration::from_millis(500);
+
 /// Bound listeners, before the model is loaded.
 #[derive(Debug)]
 pub struct Server {
@@ -148,9 +155,13 @@ impl Server {
         // TLS problems are start-up errors, before the model loads.
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &cfg.tls {
-            builder = builder
-                .tls_config(tls_config(tls)?)
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            builder = builder.tls_config(tls_config(tls)?).map_err(|e| {
+                ServeError::Tls(format!(
+                    "certificate {} with key {}: {e}",
+                    tls.cert.display(),
+                    tls.key.display()
+                ))
+            })?;
         }
         let metrics = Metrics::new()?;
         let lifecycle = Arc::new(Lifecycle::default());
@@ -199,6 +210,7 @@ impl Server {
             engine: engine.clone(),
             metrics: metrics.clone(),
             lifecycle: Arc::clone(&lifecycle),
+            preparer: Preparer::new(cfg.prepare, metrics.clone()),
         });
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
         let tokens = auth::Tokens::new(cfg.auth_tokens.clone());
@@ -209,8 +221,13 @@ impl Server {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(BearerAuth::new(
-                    DecodeErrorsAsInvalid::new(LynxServer::new(LynxService::new(shared))),
+                    DecodeErrors::new(
+                        LynxServer::new(LynxService::new(shared))
+                            .max_decoding_message_size(cfg.limits.max_request_bytes),
+                        metrics.clone(),
+                    ),
                     tokens.clone(),
+                    metrics.clone(),
                 ))
                 .serve_with_incoming_shutdown(incoming, async {
                     grpc_stopped.await.ok();
@@ -249,7 +266,13 @@ impl Server {
         }
         let left = lifecycle.in_flight_now();
         if left > 0 {
-            tracing::warn!(left, "drain timeout: closing with requests in flight");
+            tracing::warn!(left, "drain timeout: cutting off the requests in flight");
+            // Their handlers answer UNAVAILABLE saying why; give them a moment to send it.
+            lifecycle.cut_off(cfg.drain_timeout);
+            let flushed = Instant::now() + CUT_OFF_FLUSH;
+            while lifecycle.in_flight_now() > 0 && Instant::now() < flushed {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         grpc_stop.send(()).ok();
         http_stop.send(()).ok();
@@ -273,12 +296,30 @@ impl Server {
     }
 }
 
-/// The server TLS configuration of `files`.
+/// The server TLS configuration of `files`; every problem names the file it is in.
 fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", p.display())))
     };
-    let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    let (cert, key) = (read(&files.cert)?, read(&files.key)?);
+    let certs = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.cert.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+        ServeError::Tls(format!(
+            "{} holds no usable PEM private key: {e}",
+            files.key.display()
+        ))
+    })?;
+    let identity = tonic::transport::Identity::from_pem(cert, key);
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 

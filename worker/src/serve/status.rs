@@ -51,13 +51,15 @@ pub fn code_label(code: Code) -> &'static str {
 ///
 /// # Guarantees
 /// - The request counts as in flight (for the drain) until the guard is dropped.
-/// - Exactly one status is recorded per request: the first [`RequestGuard::record`], or
-///   `CANCELLED` when the guard is dropped without one (the client left).
+/// - Exactly one status is recorded per request: the first [`RequestGuard::record`], or, when
+///   the guard is dropped without one (the client left), `DEADLINE_EXCEEDED` if the request's
+///   deadline had passed (the client's own deadline ended it) and `CANCELLED` otherwise.
 #[derive(Debug)]
 pub struct RequestGuard {
     metrics: Metrics,
     in_flight: Arc<AtomicUsize>,
     received: Instant,
+    deadline: Option<Instant>,
     recorded: bool,
 }
 
@@ -69,8 +71,14 @@ impl RequestGuard {
             metrics,
             in_flight,
             received,
+            deadline: None,
             recorded: false,
         }
+    }
+
+    /// Sets the request's deadline (the worker's, a margin before the client's).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// Records the request's status (only the first call counts).
@@ -79,19 +87,18 @@ impl RequestGuard {
             return;
         }
         self.recorded = true;
-        self.metrics
-            .requests
-            .with_label_values(&[code_label(code)])
-            .inc();
-        self.metrics
-            .request_duration
-            .observe(self.received.elapsed().as_secs_f64());
+        self.metrics.count_request(code, self.received.elapsed());
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.record(Code::Cancelled);
+        let expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+        self.record(if expired {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
+        });
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -19,7 +19,9 @@ pub mod preprocess;
 pub mod resize;
 pub mod video;
 
-pub use decode::{decode_image, VisionError, VisionLimits};
+pub use decode::{
+    decode_image, decode_with_header, read_header, ImageHeader, VisionError, VisionLimits,
+};
 pub use preprocess::{
     preprocess, resize_and_crop, PreprocessConfig, LYNX_IMAGE_RES, OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,

@@ -12,6 +12,7 @@ use lynx_worker::engine::SchedulerConfig;
 use lynx_worker::loader::LoadedModel;
 use lynx_worker::runner::RunnerConfig;
 use lynx_worker::serve::limits::Limits;
+use lynx_worker::serve::prepare::PrepareConfig;
 use lynx_worker::serve::{ServeConfig, ServeError, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -38,6 +39,7 @@ pub fn config() -> ServeConfig {
             encoder_cache_bytes: 64 << 20,
         },
         limits: Limits::default(),
+        prepare: PrepareConfig::default(),
         drain_timeout: Duration::from_secs(30),
         tls: None,
         auth_tokens: Vec::new(),

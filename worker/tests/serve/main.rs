@@ -8,6 +8,7 @@ mod harness;
 
 mod batching;
 mod client;
+mod front_door;
 mod lifecycle;
 mod limits;
 mod scheduling;

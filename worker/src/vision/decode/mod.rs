@@ -197,12 +197,47 @@ fn check_size(width: u32, height: u32, limits: &VisionLimits) -> Result<(), Visi
     Ok(())
 }
 
-/// Decode an encoded image (any supported format) to 8-bit RGB, like Pillow's
-/// `Image.open(BytesIO(bytes)).convert("RGB")`.
-///
-/// The byte limit is checked first, then the pixel limit from the header, then the data is
-/// decoded. JPEG uses a libjpeg-turbo compatible decoder (see the module docs).
-pub fn decode_image(bytes: &[u8], limits: &VisionLimits) -> Result<RgbImage, VisionError> {
+/// How [`decode_with_header`] decodes an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// mozjpeg straight to RGB.
+    Libjpeg,
+    /// A non-interlaced 16-bit PNG, reduced to 8-bit RGB row by row as it decodes.
+    Png16Rows,
+    /// The `image` crate's decoder, then the conversion to RGB.
+    Image,
+}
+
+/// What an encoded image's header says, read without decoding any pixel data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// The format sniffed from the content.
+    pub format: ImageFormat,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes the decoder holds at its peak: the decoded samples (width x height x channels x
+    /// bytes per sample) plus the 8-bit RGB copy when the samples are not already 8-bit RGB.
+    /// 16-bit PNGs are reduced to 8 bits row by row, so they cost only the RGB copy.
+    pub decode_bytes: u64,
+    plan: Plan,
+}
+
+impl ImageHeader {
+    /// Peak bytes of decoding and preprocessing this image to `res` x `res`: the decoder's
+    /// [`ImageHeader::decode_bytes`], the resize's intermediate (`height x res x 3`), the crop
+    /// and its normalised `f32` copy (`res x res x 3 x 5`).
+    pub fn prepare_bytes(&self, res: u32) -> u64 {
+        let res = u64::from(res);
+        let tall = u64::from(self.width.max(self.height));
+        self.decode_bytes + tall * res * 3 + res * res * 15
+    }
+}
+
+/// Reads the header of an encoded image: the byte limit first, then the format, the size and
+/// the sample layout; the pixel limit is checked here, before anything is decoded.
+pub fn read_header(bytes: &[u8], limits: &VisionLimits) -> Result<ImageHeader, VisionError> {
     if bytes.len() > limits.max_image_bytes {
         return Err(VisionError::TooManyBytes {
             size: bytes.len(),
@@ -215,26 +250,97 @@ pub fn decode_image(bytes: &[u8], limits: &VisionLimits) -> Result<RgbImage, Vis
     let format = reader.format().ok_or_else(|| {
         VisionError::UnsupportedFormat("content does not match any known image signature".into())
     })?;
+    let rgb_bytes = |w: u32, h: u32| u64::from(w) * u64::from(h) * 3;
     if format == ImageFormat::Jpeg {
-        // libjpeg reads the header itself and checks the limits before decompressing.
-        if let Some(img) = decode_jpeg_libjpeg(bytes, limits)? {
-            return Ok(img);
+        if let Some((width, height)) = libjpeg_rgb_header(bytes)? {
+            check_size(width, height, limits)?;
+            return Ok(ImageHeader {
+                format,
+                width,
+                height,
+                decode_bytes: rgb_bytes(width, height),
+                plan: Plan::Libjpeg,
+            });
         }
     }
-    let (width, height) = reader.into_dimensions().map_err(map_image_error)?;
-    check_size(width, height, limits)?;
-
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut image_limits = image::Limits::default();
-    image_limits.max_image_width = Some(width);
-    image_limits.max_image_height = Some(height);
-    reader.limits(image_limits);
-    // The decoders are not supposed to panic on bad data; contain it if one does anyway.
-    let img = catch_unwind(AssertUnwindSafe(|| reader.decode()))
+    if format == ImageFormat::Png {
+        if let Some((width, height)) = png16::header(bytes)? {
+            check_size(width, height, limits)?;
+            return Ok(ImageHeader {
+                format,
+                width,
+                height,
+                decode_bytes: rgb_bytes(width, height),
+                plan: Plan::Png16Rows,
+            });
+        }
+    }
+    let decoder = catch_unwind(AssertUnwindSafe(|| reader.into_decoder()))
         .map_err(|_| VisionError::CorruptImage("image decoder panicked".into()))?
         .map_err(map_image_error)?;
-    check_size(img.width(), img.height(), limits)?;
-    Ok(to_rgb_like_pillow(img))
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    check_size(width, height, limits)?;
+    let color = image::ImageDecoder::color_type(&decoder);
+    let samples = u64::from(width) * u64::from(height) * u64::from(color.bytes_per_pixel());
+    let copy = if color == image::ColorType::Rgb8 {
+        0
+    } else {
+        rgb_bytes(width, height)
+    };
+    Ok(ImageHeader {
+        format,
+        width,
+        height,
+        decode_bytes: samples + copy,
+        plan: Plan::Image,
+    })
+}
+
+/// Decode an encoded image (any supported format) to 8-bit RGB, like Pillow's
+/// `Image.open(BytesIO(bytes)).convert("RGB")`.
+///
+/// The byte limit is checked first, then the pixel limit from the header, then the data is
+/// decoded. JPEG uses a libjpeg-turbo compatible decoder (see the module docs).
+pub fn decode_image(bytes: &[u8], limits: &VisionLimits) -> Result<RgbImage, VisionError> {
+    let header = read_header(bytes, limits)?;
+    decode_with_header(bytes, &header, limits)
+}
+
+/// Decodes an image whose header [`read_header`] already read (and whose cost the caller may
+/// have reserved from [`ImageHeader::decode_bytes`]).
+pub fn decode_with_header(
+    bytes: &[u8],
+    header: &ImageHeader,
+    limits: &VisionLimits,
+) -> Result<RgbImage, VisionError> {
+    let img = match header.plan {
+        Plan::Libjpeg => decode_jpeg_libjpeg(bytes, limits)?.ok_or_else(|| {
+            VisionError::CorruptImage("JPEG colour space changed between header and data".into())
+        })?,
+        Plan::Png16Rows => png16::decode(bytes)?,
+        Plan::Image => {
+            let mut reader = ImageReader::with_format(Cursor::new(bytes), header.format);
+            let mut image_limits = image::Limits::default();
+            image_limits.max_image_width = Some(header.width);
+            image_limits.max_image_height = Some(header.height);
+            reader.limits(image_limits);
+            // The decoders are not supposed to panic on bad data; contain it if one does anyway.
+            let img = catch_unwind(AssertUnwindSafe(|| reader.decode()))
+                .map_err(|_| VisionError::CorruptImage("image decoder panicked".into()))?
+                .map_err(map_image_error)?;
+            to_rgb_like_pillow(img)
+        }
+    };
+    if (img.width(), img.height()) != (header.width, header.height) {
+        return Err(VisionError::CorruptImage(format!(
+            "decoded {}x{} pixels, the header said {}x{}",
+            img.width(),
+            img.height(),
+            header.width,
+            header.height
+        )));
+    }
+    Ok(img)
 }
 
 /// Convert a decoded image to RGB with Pillow's `convert("RGB")` rules (see the module docs).
@@ -332,6 +438,49 @@ fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
     }
 }
 
+/// Runs `f` over libjpeg, turning its fatal errors (unwinding out of the C code through
+/// mozjpeg's error manager, without the panic hook) into [`VisionError::CorruptImage`].
+fn with_libjpeg<T>(f: impl FnOnce() -> Result<T, VisionError>) -> Result<T, VisionError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "libjpeg fatal error".into());
+            Err(VisionError::CorruptImage(msg))
+        }
+    }
+}
+
+fn libjpeg_corrupt(e: std::io::Error) -> VisionError {
+    VisionError::CorruptImage(format!("JPEG: {e}"))
+}
+
+/// The size of a JPEG that libjpeg decodes to RGB itself; `None` for the colour spaces it
+/// cannot convert (CMYK, YCCK), which go through the `image` crate.
+fn libjpeg_rgb_header(bytes: &[u8]) -> Result<Option<(u32, u32)>, VisionError> {
+    if !jpeg_reaches_eoi(bytes) {
+        return Err(VisionError::CorruptImage(
+            "truncated JPEG: data ends before the EOI marker".into(),
+        ));
+    }
+    with_libjpeg(|| {
+        let d = mozjpeg::Decompress::new_mem(bytes).map_err(libjpeg_corrupt)?;
+        use mozjpeg::ColorSpace as C;
+        if !matches!(
+            d.color_space(),
+            C::JCS_GRAYSCALE | C::JCS_YCbCr | C::JCS_RGB
+        ) {
+            return Ok(None);
+        }
+        let (w, h) = d.size();
+        let side = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Some((side(w), side(h))))
+    })
+}
+
 /// Decode a JPEG with mozjpeg (libjpeg-turbo: ISLOW IDCT, fancy upsampling, like Pillow).
 ///
 /// Returns `Ok(None)` for colour spaces libjpeg cannot convert to RGB (CMYK, YCCK); the caller
@@ -345,43 +494,28 @@ fn decode_jpeg_libjpeg(
             "truncated JPEG: data ends before the EOI marker".into(),
         ));
     }
-    // libjpeg reports fatal errors by unwinding out of the C code (mozjpeg's `unwinding`
-    // error manager, `resume_unwind` without the panic hook); catch them here.
-    let res = catch_unwind(AssertUnwindSafe(
-        || -> Result<Option<RgbImage>, VisionError> {
-            let corrupt = |e: std::io::Error| VisionError::CorruptImage(format!("JPEG: {e}"));
-            let d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
-            let (w, h) = d.size();
-            let (w, h) = (
-                u32::try_from(w).unwrap_or(u32::MAX),
-                u32::try_from(h).unwrap_or(u32::MAX),
-            );
-            check_size(w, h, limits)?;
-            use mozjpeg::ColorSpace as C;
-            match d.color_space() {
-                C::JCS_GRAYSCALE | C::JCS_YCbCr | C::JCS_RGB => {}
-                _ => return Ok(None),
-            }
-            let mut started = d.rgb().map_err(corrupt)?;
-            let pixels: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
-            started.finish().map_err(corrupt)?;
-            RgbImage::from_raw(w, h, pixels)
-                .map(Some)
-                .ok_or_else(|| VisionError::CorruptImage("JPEG: short pixel buffer".into()))
-        },
-    ));
-    match res {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_else(|| "libjpeg fatal error".into());
-            Err(VisionError::CorruptImage(msg))
+    with_libjpeg(|| {
+        let d = mozjpeg::Decompress::new_mem(bytes).map_err(libjpeg_corrupt)?;
+        let (w, h) = d.size();
+        let (w, h) = (
+            u32::try_from(w).unwrap_or(u32::MAX),
+            u32::try_from(h).unwrap_or(u32::MAX),
+        );
+        check_size(w, h, limits)?;
+        use mozjpeg::ColorSpace as C;
+        match d.color_space() {
+            C::JCS_GRAYSCALE | C::JCS_YCbCr | C::JCS_RGB => {}
+            _ => return Ok(None),
         }
-    }
+        let mut started = d.rgb().map_err(libjpeg_corrupt)?;
+        let pixels: Vec<u8> = started.read_scanlines().map_err(libjpeg_corrupt)?;
+        started.finish().map_err(libjpeg_corrupt)?;
+        RgbImage::from_raw(w, h, pixels)
+            .map(Some)
+            .ok_or_else(|| VisionError::CorruptImage("JPEG: short pixel buffer".into()))
+    })
 }
 
+mod png16;
 #[cfg(test)]
 mod tests;

@@ -376,3 +376,72 @@ fn other_formats_round_trip() {
         .expect("encode gif");
     assert_eq!(decode(buf.get_ref()).expect("gif").dimensions(), (7, 5));
 }
+
+// ---- headers and decoding memory ----
+
+#[test]
+fn headers_give_the_decoding_memory_before_any_pixel_is_decoded() {
+    let rgba8 = png(5, 4, 8, 6, &[], &vec![vec![7; 20]; 4]);
+    let h = read_header(&rgba8, &VisionLimits::default()).expect("rgba8 header");
+    assert_eq!((h.width, h.height, h.format), (5, 4, ImageFormat::Png));
+    assert_eq!(
+        h.decode_bytes,
+        5 * 4 * 4 + 5 * 4 * 3,
+        "samples + the RGB copy"
+    );
+    // 16-bit PNGs are reduced as they decode: only the RGB result is held.
+    let rgb16 = png(5, 4, 16, 2, &[], &vec![vec![9; 30]; 4]);
+    let h = read_header(&rgb16, &VisionLimits::default()).expect("rgb16 header");
+    assert_eq!(h.decode_bytes, 5 * 4 * 3);
+    let jpeg = read_fixture("inputs/img_portrait.jpg");
+    let h = read_header(&jpeg, &VisionLimits::default()).expect("jpeg header");
+    assert_eq!((h.width, h.height), (50, 90));
+    assert_eq!(h.decode_bytes, 50 * 90 * 3);
+    // Preparation adds the resize intermediate (tallest side x res x 3) and the crop.
+    assert_eq!(
+        h.prepare_bytes(32),
+        50 * 90 * 3 + 90 * 32 * 3 + 32 * 32 * 15
+    );
+    // A header that announces 2^31 pixels is refused without allocating them.
+    let bomb = png(1 << 16, 1 << 15, 16, 6, &[], &[]);
+    assert!(matches!(
+        read_header(&bomb, &VisionLimits::default()),
+        Err(VisionError::TooManyPixels { .. })
+    ));
+}
+
+#[test]
+fn sixteen_bit_pngs_streamed_row_by_row_equal_the_whole_image_conversion() {
+    let (w, h) = (37u32, 23u32);
+    let sample = |x: u32, y: u32, c: u32| ((x * 2851 + y * 7919 + c * 104_729) % 65_536) as u16;
+    let images = [
+        DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Luma([sample(x, y, 0) % 700])
+        })),
+        DynamicImage::ImageLumaA16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::LumaA([sample(x, y, 0), sample(x, y, 1)])
+        })),
+        DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb([sample(x, y, 0), sample(x, y, 1), sample(x, y, 2)])
+        })),
+        DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgba([sample(x, y, 0), sample(x, y, 1), sample(x, y, 2), 9])
+        })),
+    ];
+    for img in images {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, ImageFormat::Png).expect("encode");
+        let header = read_header(buf.get_ref(), &VisionLimits::default()).expect("header");
+        assert_eq!(header.plan, Plan::Png16Rows, "{:?}", img.color());
+        let streamed = decode(buf.get_ref()).expect("streamed");
+        assert_eq!(
+            streamed,
+            to_rgb_like_pillow(img.clone()),
+            "{:?}",
+            img.color()
+        );
+        // Truncated data is an error, never a short image.
+        let cut = &buf.get_ref()[..buf.get_ref().len() * 2 / 3];
+        assert!(decode(cut).is_err(), "{:?} truncated", img.color());
+    }
+}
