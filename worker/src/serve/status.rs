@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 
@@ -47,13 +47,17 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
+/// How close to its deadline a request whose client left counts as ended by the deadline.
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
 /// Accounts for one generation request from arrival to its status.
 ///
 /// # Guarantees
 /// - The request counts as in flight (for the drain) until the guard is dropped.
 /// - Exactly one status is recorded per request: the first [`RequestGuard::record`], or, when
 ///   the guard is dropped without one (the client left), `DEADLINE_EXCEEDED` if the request's
-///   deadline had passed (the client's own deadline ended it) and `CANCELLED` otherwise.
+///   deadline had passed or was close (within a fifth of its budget, at most
+///   [`DEADLINE_SLACK`]: the client's own deadline ended it) and `CANCELLED` otherwise.
 #[derive(Debug)]
 pub struct RequestGuard {
     metrics: Metrics,
@@ -93,7 +97,13 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+        let expired = self.deadline.is_some_and(|d| {
+            // The client's deadline counts from its send, so it can pass before the worker's
+            // (counted from the handler's start): a request dropped close to its deadline was
+            // ended by it. Close: a fifth of its time budget, at most DEADLINE_SLACK.
+            let slack = d.saturating_duration_since(self.received) / 5;
+            Instant::now() + slack.min(DEADLINE_SLACK) >= d
+        });
         self.record(if expired {
             Code::DeadlineExceeded
         } else {

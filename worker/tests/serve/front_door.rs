@@ -252,7 +252,7 @@ async fn every_request_is_counted_once_with_the_status_its_client_got() {
     let long = request("What is in it?", &[&land], None, DecodingMode::Greedy, 300);
     seen.push(code(
         client
-            .generate(with_timeout(long.clone(), Duration::from_millis(150)))
+            .generate(with_timeout(long.clone(), Duration::from_millis(500)))
             .await,
     ));
     // UNAUTHENTICATED, without a token.
