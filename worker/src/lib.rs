@@ -21,6 +21,8 @@ pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod forward;
+/// Fuzz targets over the untrusted inputs (images, videos, token ids, requests); see `fuzz/`.
+pub mod fuzz;
 pub mod generation;
 pub mod gpu_cli;
 pub mod loader;
