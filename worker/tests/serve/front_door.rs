@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lynx_proto::v1::{self, DecodingMode, GenerateRequest};
 use tonic::Code;
 
-use crate::harness::{input, request, with_timeout, TestServer};
+use crate::harness::{generate_invalid_utf8, input, request, with_timeout, TestServer};
 
 /// An incompressible RGB PNG of `w` x `h` pixels (its size is about `3 w h` bytes).
 fn noise_png(w: u32, h: u32) -> Vec<u8> {
@@ -259,7 +259,9 @@ async fn every_request_is_counted_once_with_the_status_its_client_got() {
     let mut anonymous = v1::lynx_client::LynxClient::new(channel);
     seen.push(code(anonymous.generate(hi()).await));
     // An undecodable message (the instruction is not UTF-8).
-    seen.push(invalid_utf8(&server).await);
+    let status = generate_invalid_utf8(server.grpc, Some("secret")).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    seen.push(status.code());
     // CANCELLED: the client leaves while its request runs.
     let mut leaving = client.clone();
     let task = tokio::spawn(async move { leaving.generate(long).await });
@@ -304,32 +306,6 @@ async fn every_request_is_counted_once_with_the_status_its_client_got() {
             .sum();
     // The warm-up request is not a client request and is not counted.
     assert_eq!(total, seen.len() as f64);
-}
-
-/// Sends a `Generate` whose instruction is not UTF-8 (with the token) and returns the code.
-async fn invalid_utf8(server: &TestServer) -> Code {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RawRequest {
-        #[prost(bytes = "vec", tag = "3")]
-        instruction: Vec<u8>,
-    }
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let codec: tonic_prost::ProstCodec<RawRequest, v1::GenerateResponse> = Default::default();
-    let mut req = tonic::Request::new(RawRequest {
-        instruction: vec![b'h', b'i', 0xFF],
-    });
-    req.metadata_mut()
-        .insert("authorization", "Bearer secret".parse().unwrap());
-    let path = "/lynx.v1.Lynx/Generate".parse().unwrap();
-    let status = grpc.unary(req, path, codec).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status.code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

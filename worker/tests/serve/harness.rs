@@ -244,3 +244,31 @@ pub fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r.set_timeout(timeout);
     r
 }
+
+/// Sends a `Generate` whose instruction is not UTF-8 (with `token` as its bearer token) to the
+/// worker at `grpc` and returns the status it gets.
+pub async fn generate_invalid_utf8(grpc: SocketAddr, token: Option<&str>) -> tonic::Status {
+    /// `GenerateRequest` with the instruction as raw bytes (same field number).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RawRequest {
+        #[prost(bytes = "vec", tag = "3")]
+        instruction: Vec<u8>,
+    }
+    let channel = tonic::transport::Endpoint::new(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<RawRequest, v1::GenerateResponse> = Default::default();
+    let mut req = tonic::Request::new(RawRequest {
+        instruction: vec![b'h', b'i', 0xFF, 0xFE],
+    });
+    if let Some(t) = token {
+        let value = format!("Bearer {t}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+    }
+    let path = "/lynx.v1.Lynx/Generate".parse().unwrap();
+    grpc.unary(req, path, codec).await.unwrap_err()
+}

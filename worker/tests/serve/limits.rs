@@ -4,7 +4,7 @@
 use lynx_proto::v1::{self, DecodingMode, DecodingParameters, GenerateRequest};
 use tonic::Code;
 
-use crate::harness::{input, request, video_frames, TestServer};
+use crate::harness::{generate_invalid_utf8, input, request, video_frames, TestServer};
 
 /// A PNG whose header announces `w` x `h` pixels and whose data is one empty zlib stream: a
 /// decompression bomb must be refused from the header.
@@ -231,26 +231,8 @@ async fn each_limit_and_bad_input_is_invalid_argument_naming_it() {
 /// The instruction is a protobuf string: bytes that are not UTF-8 are INVALID_ARGUMENT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_invalid_argument() {
-    /// `GenerateRequest` with the instruction as raw bytes (same field number).
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RawRequest {
-        #[prost(bytes = "vec", tag = "3")]
-        instruction: Vec<u8>,
-    }
     let server = TestServer::start(|_| {}).await;
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let codec: tonic_prost::ProstCodec<RawRequest, v1::GenerateResponse> = Default::default();
-    let path = "/lynx.v1.Lynx/Generate".parse().unwrap();
-    let req = tonic::Request::new(RawRequest {
-        instruction: vec![b'h', b'i', 0xFF, 0xFE],
-    });
-    let status = grpc.unary(req, path, codec).await.unwrap_err();
+    let status = generate_invalid_utf8(server.grpc, None).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("UTF-8"), "{status:?}");
 }
