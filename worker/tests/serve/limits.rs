@@ -1,7 +1,7 @@
 //! Every limit and every kind of bad input is INVALID_ARGUMENT naming the limit or the problem,
 //! answered at once, and the worker goes on serving.
 
-use lynx_proto::v1::{self, DecodingMode, DecodingParameters, GenerateRequest};
+use lynx_proto::v1::{DecodingMode, DecodingParameters, GenerateRequest};
 use tonic::Code;
 
 use crate::harness::{generate_invalid_utf8, input, request, video_frames, TestServer};
