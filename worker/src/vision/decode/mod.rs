@@ -251,29 +251,21 @@ pub fn read_header(bytes: &[u8], limits: &VisionLimits) -> Result<ImageHeader, V
         VisionError::UnsupportedFormat("content does not match any known image signature".into())
     })?;
     let rgb_bytes = |w: u32, h: u32| u64::from(w) * u64::from(h) * 3;
-    if format == ImageFormat::Jpeg {
-        if let Some((width, height)) = libjpeg_rgb_header(bytes)? {
-            check_size(width, height, limits)?;
-            return Ok(ImageHeader {
-                format,
-                width,
-                height,
-                decode_bytes: rgb_bytes(width, height),
-                plan: Plan::Libjpeg,
-            });
-        }
-    }
-    if format == ImageFormat::Png {
-        if let Some((width, height)) = png16::header(bytes)? {
-            check_size(width, height, limits)?;
-            return Ok(ImageHeader {
-                format,
-                width,
-                height,
-                decode_bytes: rgb_bytes(width, height),
-                plan: Plan::Png16Rows,
-            });
-        }
+    // Decoders that produce 8-bit RGB directly hold only the result.
+    let direct = match format {
+        ImageFormat::Jpeg => libjpeg_rgb_header(bytes)?.map(|size| (size, Plan::Libjpeg)),
+        ImageFormat::Png => png16::header(bytes)?.map(|size| (size, Plan::Png16Rows)),
+        _ => None,
+    };
+    if let Some(((width, height), plan)) = direct {
+        check_size(width, height, limits)?;
+        return Ok(ImageHeader {
+            format,
+            width,
+            height,
+            decode_bytes: rgb_bytes(width, height),
+            plan,
+        });
     }
     let decoder = catch_unwind(AssertUnwindSafe(|| reader.into_decoder()))
         .map_err(|_| VisionError::CorruptImage("image decoder panicked".into()))?
