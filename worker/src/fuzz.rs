@@ -12,18 +12,22 @@
 //! | [`image`] | an encoded image, any format | [`vision::decode_image`], [`vision::preprocess`] |
 //! | [`video`] | a video JSON (list of base64 frames) | [`vision::load_video_frames`] |
 //! | [`tokenizer_decode`] | little-endian `u32` token ids; the same bytes as text | [`LynxTokenizer::decode`], [`LynxTokenizer::encode`] |
-//! | [`request`] | a protobuf `lynx.v1.GenerateRequest` | [`crate::serve::limits::check`] |
+//! | [`request`] | a protobuf `lynx.v1.GenerateRequest` | [`crate::serve::limits::check`], then [`Preparer::prepare_here`] (decoding, preprocessing, tokenizing) |
 //!
 //! The tokenizer and the served model are built once per process ([`init`]); an AFL harness
 //! calls [`init`] before its fork server starts so that every forked child inherits them.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use prost::Message as _;
 
 use crate::embedded::{ensure_preset, toy_tokenizer, Preset};
 use crate::loader::LoadedModel;
+use crate::metrics::Metrics;
+use crate::runner::Pixels;
 use crate::serve::limits::Limits;
+use crate::serve::prepare::{Delivery, PrepareConfig, Preparer};
 use crate::served::ServedModel;
 use crate::tokenizer::LynxTokenizer;
 use crate::vision::{self, PreprocessConfig, VisionLimits, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
@@ -69,6 +73,9 @@ pub fn request_limits() -> Limits {
     }
 }
 
+/// Decoding memory budget of the [`request`] target: 64 MiB.
+pub const REQUEST_PREPARE_MEMORY: u64 = 64 << 20;
+
 /// The toy tokenizer of the embedded models, built once.
 fn tokenizer() -> Result<&'static LynxTokenizer, String> {
     static TOKENIZER: OnceLock<Result<LynxTokenizer, String>> = OnceLock::new();
@@ -78,15 +85,25 @@ fn tokenizer() -> Result<&'static LynxTokenizer, String> {
         .map_err(Clone::clone)
 }
 
-/// The embedded tiny model (generated under `$LYNX_CACHE_DIR` when absent), loaded once.
-fn served_model() -> Result<&'static ServedModel, String> {
-    static MODEL: OnceLock<Result<ServedModel, String>> = OnceLock::new();
+/// The embedded tiny model (generated under `$LYNX_CACHE_DIR` when absent), loaded once, and
+/// the [`request`] target's preparer.
+fn served_model() -> Result<&'static (Arc<ServedModel>, Preparer), String> {
+    static MODEL: OnceLock<Result<(Arc<ServedModel>, Preparer), String>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
             let dir = ensure_preset(Preset::Tiny).map_err(|e| format!("tiny model: {e}"))?;
             let loaded = LoadedModel::load(&dir, None)
                 .map_err(|e| format!("tiny model {}: {e}", dir.display()))?;
-            Ok(ServedModel::from(loaded))
+            let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+            let preparer = Preparer::new(
+                PrepareConfig {
+                    threads: 1,
+                    memory_bytes: REQUEST_PREPARE_MEMORY,
+                    max_incoming: 1,
+                },
+                metrics,
+            );
+            Ok((Arc::new(ServedModel::from(loaded)), preparer))
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -173,13 +190,51 @@ pub fn tokenizer_decode(data: &[u8]) {
     }
 }
 
-/// Request target: a protobuf `lynx.v1.GenerateRequest` checked by the worker's front door
-/// against [`request_limits`] for the embedded tiny model. Bytes that are not a valid message are
-/// skipped, as the gRPC layer refuses them before any worker code runs.
+/// Request target: a protobuf `lynx.v1.GenerateRequest` through the worker's front door for the
+/// embedded tiny model: checked against [`request_limits`], then, if it passes, prepared
+/// (decoded, preprocessed, tokenized) within [`REQUEST_PREPARE_MEMORY`]. Bytes that are not a
+/// valid message are skipped, as the gRPC layer refuses them before any worker code runs. A
+/// prepared job must hold the prompt within the limits and one pixel array of the model's
+/// resolution per image (the model's frame count for a video).
 pub fn request(data: &[u8]) {
-    let model = shared(served_model());
+    let (model, preparer) = shared(served_model());
     let Ok(req) = lynx_proto::v1::GenerateRequest::decode(data) else {
         return;
     };
-    let _ = crate::serve::limits::check(&req, &model.config, &request_limits());
+    let limits = request_limits();
+    let Ok(checked) = crate::serve::limits::check(&req, &model.config, &limits) else {
+        return;
+    };
+    let (events, _answers) = tokio::sync::mpsc::channel(1);
+    let delivery = Delivery {
+        stream: false,
+        received: Instant::now(),
+        deadline: None,
+        events,
+    };
+    let Ok(job) = preparer.prepare_here(&req, checked, model, &limits, delivery) else {
+        return;
+    };
+    let prompt = job.prompt_ids.len();
+    assert!(
+        prompt > 0 && prompt <= limits.max_prompt_tokens,
+        "prompt length {prompt}"
+    );
+    let res = model.config.vision.image_res as usize;
+    let one = 3 * res * res;
+    let wanted = if req.video.is_some() {
+        1
+    } else {
+        req.images.len()
+    };
+    assert_eq!(job.vision.len(), wanted, "vision items");
+    for item in &job.vision {
+        match &item.pixels {
+            Pixels::Image(p) => assert_eq!(p.len(), one, "image pixels"),
+            Pixels::Video(frames) => {
+                assert_eq!(frames.len(), model.config.num_frames, "video frames");
+                assert!(frames.iter().all(|f| f.len() == one), "frame pixels");
+            }
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub vision_inputs_decoded: IntCounter,
     /// Bytes of image-decoding memory reserved now (at most `--prepare-memory-mib`).
     pub prepare_memory: IntGauge,
+    /// Requests being received, checked or prepared now (at most `--max-incoming-requests`).
+    pub incoming_requests: IntGauge,
     /// The process's peak resident memory (Linux `VmHWM`), read at each scrape.
     pub peak_resident_memory: IntGauge,
     /// The process's CPU time, user + system, in seconds (Linux), read at each scrape.
@@ -175,6 +177,10 @@ impl Metrics {
             prepare_memory: int_gauge(
                 "lynx_prepare_memory_bytes",
                 "Image-decoding memory reserved now (at most --prepare-memory-mib).",
+            )?,
+            incoming_requests: int_gauge(
+                "lynx_incoming_requests",
+                "Requests being received, checked or prepared now (at most --max-incoming-requests).",
             )?,
             peak_resident_memory: int_gauge(
                 "lynx_process_peak_resident_memory_bytes",

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -14,6 +15,7 @@ use crate::runner::RunnerConfig;
 use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
 use crate::serve::prepare::PrepareConfig;
+use crate::serve::priority;
 use crate::serve::{ServeConfig, Server, TlsFiles};
 
 /// Which layout `--model` must have.
@@ -175,6 +177,16 @@ pub struct ServeArgs {
     /// share is read from its header before it is decoded.
     #[arg(long, env = "LYNX_PREPARE_MEMORY_MIB", default_value_t = crate::serve::prepare::DEFAULT_PREPARE_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
     pub prepare_memory_mib: u64,
+    /// Requests between arrival and the queue at once: being received, checked or prepared
+    /// (more are refused with RESOURCE_EXHAUSTED from their headers). Bounds the memory of the
+    /// request messages in flight.
+    #[arg(long, env = "LYNX_MAX_INCOMING_REQUESTS", default_value_t = crate::serve::prepare::DEFAULT_MAX_INCOMING_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
+    pub max_incoming_requests: u64,
+    /// Niceness added to the serving threads (gRPC, HTTP, refusals, decoding, tokenizing) over
+    /// the model's threads (0-19; 0: equal priority). Under overload the model's batch gets the
+    /// CPU first; an idle model leaves it all to them. Linux only.
+    #[arg(long, env = "LYNX_SERVING_NICENESS", default_value_t = DEFAULT_SERVING_NICENESS, value_parser = clap::value_parser!(i32).range(0..=19), help_heading = "Preparation")]
+    pub serving_niceness: i32,
 
     /// TLS certificate chain (PEM) of the gRPC listener; with --tls-key, gRPC is served over TLS.
     #[arg(
@@ -214,6 +226,9 @@ pub struct ServeArgs {
     )]
     pub drain_timeout_seconds: u64,
 }
+
+/// Default of `--serving-niceness`.
+pub const DEFAULT_SERVING_NICENESS: i32 = 10;
 
 fn usize_of(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
@@ -275,6 +290,7 @@ impl ServeArgs {
                     .prepare_threads
                     .map_or_else(|| PrepareConfig::default().threads, usize_of),
                 memory_bytes: self.prepare_memory_mib.saturating_mul(1 << 20),
+                max_incoming: usize_of(self.max_incoming_requests),
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
             tls: match (&self.tls_cert, &self.tls_key) {
@@ -339,8 +355,21 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
         cfg.runner.scheduler.kv_blocks,
         cfg.runner.scheduler.kv_block_size,
     );
+    // The compute pool and (from `block_on`'s future, on this thread) the model thread keep
+    // this thread's priority; the runtime's threads lower theirs as they start.
+    priority::start_compute_pool(0).map_err(|e| CliError(e.to_string()))?;
+    let niceness = args.serving_niceness;
+    let warned = Arc::new(Once::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_name("lynx-serving")
+        .on_thread_start(move || {
+            if let Err(e) = priority::lower_current_thread_priority(niceness) {
+                warned.call_once(
+                    || tracing::warn!(error = %e, "serving threads keep the model's priority"),
+                );
+            }
+        })
         .build()
         .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async move {

@@ -13,6 +13,16 @@ pub enum RequestError {
         /// The configured capacity.
         max_queue: usize,
     },
+    /// `max_incoming_requests` requests are already being received, checked or prepared
+    /// (RESOURCE_EXHAUSTED).
+    #[error(
+        "too many requests arriving: {max_incoming_requests} are already being received or \
+         prepared (max_incoming_requests)"
+    )]
+    TooManyIncoming {
+        /// The configured bound.
+        max_incoming_requests: usize,
+    },
     /// The client's deadline passed (DEADLINE_EXCEEDED).
     #[error("deadline exceeded {0}")]
     DeadlineExceeded(&'static str),

@@ -208,6 +208,16 @@ impl EngineHandle {
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
+
+    /// Whether [`EngineHandle::reserve`] would refuse now (`max_queue` places taken).
+    pub fn is_full(&self) -> bool {
+        self.waiting() >= self.max_queue
+    }
+
+    /// The queue's capacity (`--max-queue`).
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
 }
 
 /// A reserved place in the waiting queue ([`EngineHandle::reserve`]); released when dropped

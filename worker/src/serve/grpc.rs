@@ -2,10 +2,11 @@
 //! response or as a stream.
 //!
 //! The front door, cheapest first, so that a request that will be refused costs microseconds:
-//! authentication and the message size (in front of this service: [`super::auth`],
-//! [`super::decode_errors`]), draining, the cheap checks ([`check`]: counts and byte lengths),
-//! a place in the queue ([`EngineHandle::reserve`]: RESOURCE_EXHAUSTED at once when full), and
-//! only then the bounded, budgeted preparation ([`Preparer`]: decoding, tokenizing).
+//! authentication, draining or a full queue from the headers alone, and the message size (in
+//! front of this service: [`super::auth`], [`super::shed`], [`super::decode_errors`]); then here
+//! draining again, the cheap checks ([`check`]: counts and byte lengths), a place in the queue
+//! ([`EngineHandle::reserve`]: RESOURCE_EXHAUSTED at once when full), and only then the bounded,
+//! budgeted preparation ([`Preparer`]: decoding, tokenizing).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::lifecycle::Lifecycle;
 use super::limits::{check, Limits};
-use super::prepare::{Delivery, Preparer};
+use super::prepare::{Delivery, Incoming, Preparer};
 use super::status::RequestGuard;
 use crate::metrics::Metrics;
 use crate::runner::{EngineHandle, Event, Finish, Finished, RequestError};
@@ -48,6 +49,25 @@ pub struct Shared {
     pub preparer: Preparer,
 }
 
+impl Shared {
+    /// Why a new request cannot be taken now, if it cannot: the worker is draining
+    /// (UNAVAILABLE) or the queue is full (RESOURCE_EXHAUSTED).
+    pub fn refusal(&self) -> Option<RequestError> {
+        if self.lifecycle.is_draining() {
+            Some(DRAINING)
+        } else if self.engine.is_full() {
+            Some(RequestError::QueueFull {
+                max_queue: self.engine.max_queue(),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// The refusal of a request that arrives while the worker drains.
+const DRAINING: RequestError = RequestError::Unavailable("the worker is draining");
+
 /// The `lynx.v1.Lynx` service.
 #[derive(Debug, Clone)]
 pub struct LynxService {
@@ -61,16 +81,20 @@ impl LynxService {
     }
 
     /// Takes a request through the front door to the model thread; returns its event receiver.
+    /// `incoming`, the request's place from the door ([`super::shed`]), is held until the
+    /// request is queued or refused.
     async fn submit(
         &self,
         req: v1::GenerateRequest,
+        incoming: Option<Incoming>,
         stream: bool,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<mpsc::Receiver<Event>, Status> {
+        let _incoming = incoming;
         let shared = &self.shared;
         if shared.lifecycle.is_draining() {
-            return Err(RequestError::Unavailable("the worker is draining").into());
+            return Err(DRAINING.into());
         }
         let checked = check(&req, &shared.model.config, &shared.limits)?;
         let slot = shared.engine.reserve()?;
@@ -93,11 +117,14 @@ impl LynxService {
     async fn generate_unary(
         &self,
         req: v1::GenerateRequest,
+        incoming: Option<Incoming>,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Response<v1::GenerateResponse>, Status> {
         let client_request_id = req.client_request_id.clone();
-        let mut rx = self.submit(req, false, received, deadline).await?;
+        let mut rx = self
+            .submit(req, incoming, false, received, deadline)
+            .await?;
         loop {
             match rx.recv().await {
                 Some(Event::Done(result)) => {
@@ -246,7 +273,7 @@ impl Stream for EventStream {
 impl v1::lynx_server::Lynx for LynxService {
     async fn generate(
         &self,
-        request: Request<v1::GenerateRequest>,
+        mut request: Request<v1::GenerateRequest>,
     ) -> Result<Response<v1::GenerateResponse>, Status> {
         let received = Instant::now();
         let lifecycle = &self.shared.lifecycle;
@@ -254,7 +281,8 @@ impl v1::lynx_server::Lynx for LynxService {
             RequestGuard::new(self.shared.metrics.clone(), lifecycle.in_flight(), received);
         let deadline = deadline_of(request.metadata(), received);
         guard.set_deadline(deadline);
-        let work = self.generate_unary(request.into_inner(), received, deadline);
+        let incoming = request.extensions_mut().remove::<Incoming>();
+        let work = self.generate_unary(request.into_inner(), incoming, received, deadline);
         let result = bounded(work, deadline, lifecycle).await;
         guard.record(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         result
@@ -264,7 +292,7 @@ impl v1::lynx_server::Lynx for LynxService {
 
     async fn generate_stream(
         &self,
-        request: Request<v1::GenerateRequest>,
+        mut request: Request<v1::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let received = Instant::now();
         let lifecycle = &self.shared.lifecycle;
@@ -272,9 +300,10 @@ impl v1::lynx_server::Lynx for LynxService {
             RequestGuard::new(self.shared.metrics.clone(), lifecycle.in_flight(), received);
         let deadline = deadline_of(request.metadata(), received);
         guard.set_deadline(deadline);
+        let incoming = request.extensions_mut().remove::<Incoming>();
         let req = request.into_inner();
         let client_request_id = req.client_request_id.clone();
-        let work = self.submit(req, true, received, deadline);
+        let work = self.submit(req, incoming, true, received, deadline);
         match bounded(work, deadline, lifecycle).await {
             Ok(rx) => Ok(Response::new(EventStream {
                 rx,

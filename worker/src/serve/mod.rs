@@ -13,6 +13,8 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod prepare;
+pub mod priority;
+pub mod shed;
 pub mod status;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ use grpc::{LynxService, Shared};
 use lifecycle::Lifecycle;
 use limits::Limits;
 use prepare::{PrepareConfig, Preparer};
+use shed::LoadShed;
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -221,10 +224,13 @@ impl Server {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(BearerAuth::new(
-                    DecodeErrors::new(
-                        LynxServer::new(LynxService::new(shared))
-                            .max_decoding_message_size(cfg.limits.max_request_bytes),
-                        metrics.clone(),
+                    LoadShed::new(
+                        DecodeErrors::new(
+                            LynxServer::new(LynxService::new(Arc::clone(&shared)))
+                                .max_decoding_message_size(cfg.limits.max_request_bytes),
+                            metrics.clone(),
+                        ),
+                        shared,
                     ),
                     tokens.clone(),
                     metrics.clone(),

@@ -4,7 +4,12 @@
 //! vision input at a time per request, and every image's decoding memory, read from its header
 //! ([`vision::ImageHeader::prepare_bytes`]), is reserved from a byte budget (`--prepare-memory-mib`)
 //! before any pixel is decoded. So the memory preparation can take is at most the budget.
+//!
+//! Before all that, a request holds an [`Incoming`] place from its arrival (its headers, before
+//! its message is read) until it is queued or refused: at most `--max-incoming-requests`
+//! messages are received, decoded and prepared at once, which bounds their memory.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -22,6 +27,9 @@ use crate::vision::{self, PreprocessConfig, VisionError, VisionLimits};
 /// (40 Mpx of 16-bit RGBA, 440 MB decoded) twice over.
 pub const DEFAULT_PREPARE_MEMORY_MIB: u64 = 1024;
 
+/// Default `--max-incoming-requests`.
+pub const DEFAULT_MAX_INCOMING_REQUESTS: usize = 64;
+
 /// How much preparation may run at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrepareConfig {
@@ -29,6 +37,8 @@ pub struct PrepareConfig {
     pub threads: usize,
     /// Bytes that image decoding may hold at once, over all requests.
     pub memory_bytes: u64,
+    /// Requests between arrival and the queue at once (being received, checked or prepared).
+    pub max_incoming: usize,
 }
 
 impl Default for PrepareConfig {
@@ -36,7 +46,28 @@ impl Default for PrepareConfig {
         Self {
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             memory_bytes: DEFAULT_PREPARE_MEMORY_MIB << 20,
+            max_incoming: DEFAULT_MAX_INCOMING_REQUESTS,
         }
+    }
+}
+
+/// A request's place among those between arrival and the queue ([`Preparer::admit`]); the
+/// place is free again when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    _place: Arc<IncomingPlace>,
+}
+
+#[derive(Debug)]
+struct IncomingPlace {
+    count: Arc<AtomicUsize>,
+    metrics: Metrics,
+}
+
+impl Drop for IncomingPlace {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.incoming_requests.dec();
     }
 }
 
@@ -115,6 +146,8 @@ impl Drop for Reservation<'_> {
 /// Prepares requests with bounded concurrency and decoding memory.
 #[derive(Debug)]
 pub struct Preparer {
+    incoming: Arc<AtomicUsize>,
+    max_incoming: usize,
     threads: Arc<Semaphore>,
     budget: Arc<MemoryBudget>,
     metrics: Metrics,
@@ -124,6 +157,8 @@ impl Preparer {
     /// A preparer with `cfg`'s bounds (at least one thread).
     pub fn new(cfg: PrepareConfig, metrics: Metrics) -> Self {
         Self {
+            incoming: Arc::default(),
+            max_incoming: cfg.max_incoming.max(1),
             threads: Arc::new(Semaphore::new(cfg.threads.max(1))),
             budget: Arc::new(MemoryBudget {
                 total: cfg.memory_bytes,
@@ -132,6 +167,25 @@ impl Preparer {
             }),
             metrics,
         }
+    }
+
+    /// A place for a request that has just arrived; refused (RESOURCE_EXHAUSTED) while
+    /// `max_incoming_requests` requests are being received, checked or prepared.
+    pub fn admit(&self) -> Result<Incoming, RequestError> {
+        self.incoming
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_incoming).then_some(n + 1)
+            })
+            .map_err(|_| RequestError::TooManyIncoming {
+                max_incoming_requests: self.max_incoming,
+            })
+            .map(|_| self.metrics.incoming_requests.inc())?;
+        Ok(Incoming {
+            _place: Arc::new(IncomingPlace {
+                count: Arc::clone(&self.incoming),
+                metrics: self.metrics.clone(),
+            }),
+        })
     }
 
     /// Decodes, preprocesses and tokenizes `req` into a [`Job`]. Waits for a preparation thread
@@ -154,18 +208,35 @@ impl Preparer {
             None => acquire.await,
         }
         .map_err(|_| RequestError::Unavailable("the worker is shutting down"))?;
-        let work = Work {
-            budget: Arc::clone(&self.budget),
-            metrics: self.metrics.clone(),
-            model: Arc::clone(model),
-            limits: limits.clone(),
-        };
+        let work = self.work(model, limits);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work.run(&req, checked, delivery)
         })
         .await
         .map_err(|e| RequestError::Internal(format!("request preparation failed: {e}")))?
+    }
+
+    /// What [`Preparer::prepare`] runs on its blocking thread, on the calling thread and without
+    /// waiting for a preparation thread (the memory budget still applies): for fuzzing.
+    pub fn prepare_here(
+        &self,
+        req: &v1::GenerateRequest,
+        checked: Checked,
+        model: &Arc<ServedModel>,
+        limits: &Limits,
+        delivery: Delivery,
+    ) -> Result<Job, RequestError> {
+        self.work(model, limits).run(req, checked, delivery)
+    }
+
+    fn work(&self, model: &Arc<ServedModel>, limits: &Limits) -> Work {
+        Work {
+            budget: Arc::clone(&self.budget),
+            metrics: self.metrics.clone(),
+            model: Arc::clone(model),
+            limits: limits.clone(),
+        }
     }
 }
 

@@ -14,7 +14,9 @@ impl From<RequestError> for Status {
     fn from(e: RequestError) -> Self {
         let code = match &e {
             RequestError::InvalidArgument(_) => Code::InvalidArgument,
-            RequestError::QueueFull { .. } => Code::ResourceExhausted,
+            RequestError::QueueFull { .. } | RequestError::TooManyIncoming { .. } => {
+                Code::ResourceExhausted
+            }
             RequestError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RequestError::Unavailable(_) => Code::Unavailable,
             RequestError::Cancelled => Code::Cancelled,

@@ -67,6 +67,11 @@ async fn a_full_queue_refuses_before_any_image_is_decoded() {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("max_queue"), "{status:?}");
     }
+    // Refused from its headers: a message that cannot even be decoded (INVALID_ARGUMENT once
+    // read) is never read.
+    let unread = generate_invalid_utf8(server.grpc, None).await;
+    assert_eq!(unread.code(), Code::ResourceExhausted, "{unread:?}");
+    assert!(unread.message().contains("max_queue"), "{unread:?}");
     let m = server.metrics().await;
     assert_eq!(
         m.get("lynx_vision_inputs_decoded_total"),
@@ -75,7 +80,7 @@ async fn a_full_queue_refuses_before_any_image_is_decoded() {
     );
     assert_eq!(
         m.get("lynx_requests_total{code=\"RESOURCE_EXHAUSTED\"}"),
-        20.0
+        21.0
     );
     refused.sort();
     assert!(
@@ -89,6 +94,62 @@ async fn a_full_queue_refuses_before_any_image_is_decoded() {
     server
         .wait_metrics("queue empty", |m| m.get("lynx_queue_length") == 0.0)
         .await;
+}
+
+/// `--max-incoming-requests`: a request whose message is still arriving holds its place, one
+/// more is refused from its headers (RESOURCE_EXHAUSTED naming the bound), and the first is
+/// answered once its message has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_still_arriving_are_bounded_by_max_incoming_requests() {
+    let server = TestServer::start(|c| c.prepare.max_incoming = 1).await;
+    // The unary method called as client streaming: the headers now, the message later.
+    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (message, messages) = tokio::sync::mpsc::channel::<GenerateRequest>(1);
+    let slow = tokio::spawn(async move {
+        let codec: tonic_prost::ProstCodec<GenerateRequest, v1::GenerateResponse> =
+            Default::default();
+        let body = tokio_stream::wrappers::ReceiverStream::new(messages);
+        let path = "/lynx.v1.Lynx/Generate".parse().unwrap();
+        grpc.client_streaming(tonic::Request::new(body), path, codec)
+            .await
+    });
+    server
+        .wait_metrics("one arriving", |m| m.get("lynx_incoming_requests") == 1.0)
+        .await;
+
+    let refused = status_of(&server, request("hi", &[], None, DecodingMode::Greedy, 2)).await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("max_incoming_requests"),
+        "{refused:?}"
+    );
+
+    message
+        .send(request("hi", &[], None, DecodingMode::Greedy, 2))
+        .await
+        .unwrap();
+    drop(message);
+    let answer = tokio::time::timeout(Duration::from_secs(30), slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert!(!answer.token_ids.is_empty(), "{answer:?}");
+    let m = server
+        .wait_metrics("none arriving", |m| m.get("lynx_incoming_requests") == 0.0)
+        .await;
+    assert_eq!(
+        m.get("lynx_requests_total{code=\"RESOURCE_EXHAUSTED\"}"),
+        1.0
+    );
+    assert_eq!(m.get("lynx_requests_total{code=\"OK\"}"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

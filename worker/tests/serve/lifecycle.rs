@@ -360,6 +360,90 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert!(logs.iter().any(|l| l.contains("draining")), "{logs:?}");
 }
 
+/// Name and niceness of every thread of process `pid` (Linux `/proc`), its main thread first.
+#[cfg(target_os = "linux")]
+fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
+    let mut tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    // The main thread's id is the process id.
+    tasks.sort_by_key(|dir| !dir.ends_with(pid.to_string()));
+    let mut threads = Vec::new();
+    for dir in tasks {
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesised name start at field 3 (state); field 19 is the nice.
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        let nice = after_name
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((name.trim().to_owned(), nice));
+    }
+    threads
+}
+
+/// `serve` keeps the model's threads (model thread, compute pool) at the process's priority and
+/// runs the serving threads (runtime and blocking pool) `--serving-niceness` lower.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_threads_yield_the_cpu_to_the_model_threads() {
+    let model = crate::common::model_dir();
+    let args = [
+        std::ffi::OsStr::new("--model"),
+        model.as_os_str(),
+        std::ffi::OsStr::new("--serving-niceness"),
+        std::ffi::OsStr::new("7"),
+    ];
+    let Spawned {
+        mut child,
+        grpc,
+        http,
+        logs,
+        _cache,
+    } = spawn_worker(&args);
+    let t0 = Instant::now();
+    while http_get(http, "/readyz").await.0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One request: its image was decoded on the blocking pool.
+    let mut client = lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client.generate(greedy(2)).await.unwrap();
+    let threads = thread_niceness(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(logs);
+    let main = threads[0].1;
+    let of = |prefix: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|&(_, nice)| nice)
+            .collect()
+    };
+    let (model_thread, serving) = (of("lynx-model"), of("lynx-serving"));
+    assert_eq!(model_thread, [main], "{threads:?}");
+    // The compute pools: rayon's (matrix products) and candle's barrier pool (one thread fewer
+    // than the CPUs: none on one CPU).
+    let compute = [of("lynx-compute-"), of("candle-bp-")].concat();
+    assert!(
+        !compute.is_empty() && compute.iter().all(|&n| n == main),
+        "{threads:?}"
+    );
+    let lowered = (main + 7).min(19);
+    assert!(
+        serving.len() >= 3,
+        "runtime workers and a blocking thread: {threads:?}"
+    );
+    assert!(serving.iter().all(|&n| n == lowered), "{threads:?}");
+}
+
 /// A shutdown while the model loads stops the worker at once (nothing was admitted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_the_model_load_stops_at_once() {
