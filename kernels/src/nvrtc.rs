@@ -112,7 +112,9 @@ fn log_to_string(chars: &[c_char]) -> String {
 }
 
 /// Compiles `file` for `arch`, reusing `cache_dir/<hash>.cubin` when present. The hash covers
-/// the full source, the architecture, the options and the NVRTC version.
+/// the full source, the architecture, the options and the NVRTC version. A cache that cannot be
+/// written (a read-only or full file system) costs the next start a compilation, nothing more:
+/// it is logged, not an error.
 pub fn compile_cached(
     file: &KernelFile,
     arch: &str,
@@ -139,15 +141,25 @@ pub fn compile_cached(
         return Ok(bytes);
     }
     let cubin = compile(file, arch, false)?.cubin;
+    if let Err(e) = store(dir, &path, &cubin) {
+        tracing::warn!(error = %e, "kernel cache not written; the next start compiles again");
+    }
+    Ok(cubin)
+}
+
+/// Writes `cubin` to `path` in `dir` (created if needed) through a temporary file.
+fn store(dir: &Path, path: &Path, cubin: &[u8]) -> Result<(), KernelError> {
     let cache_err = |source| KernelError::Cache {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(cache_err)?;
     let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &cubin).map_err(cache_err)?;
-    std::fs::rename(&tmp, &path).map_err(cache_err)?;
-    Ok(cubin)
+    std::fs::write(&tmp, cubin).map_err(cache_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        cache_err(e)
+    })
 }
 
 /// ptxas' resources for one kernel.

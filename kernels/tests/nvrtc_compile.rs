@@ -3,7 +3,7 @@
 //! `scripts/test` puts it on `LD_LIBRARY_PATH` and sets `LYNX_REQUIRE_NVRTC=1`.
 
 use lynx_kernels::cuda::{ensure_driver, CudaAttention};
-use lynx_kernels::nvrtc::{compile, ensure_loaded, parse_ptxas_report};
+use lynx_kernels::nvrtc::{compile, compile_cached, ensure_loaded, parse_ptxas_report};
 use lynx_kernels::source::{all_kernels, ALL};
 use lynx_kernels::KernelError;
 
@@ -73,4 +73,30 @@ fn a_machine_without_the_driver_gets_an_error_not_a_panic() {
         Err(KernelError::LibraryMissing { library }) => assert_eq!(library, "cuda"),
         other => panic!("expected LibraryMissing, got {other:?}"),
     }
+}
+
+/// The kernel cache is written once and read back; one that cannot be written (a read-only root
+/// file system in a pod without a cache volume) is not fatal.
+#[test]
+fn the_kernel_cache_is_reused_and_an_unwritable_one_is_not_fatal() {
+    if !nvrtc_available() {
+        return;
+    }
+    let file = &ALL[0];
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let first = compile_cached(file, "sm_80", Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .collect();
+    assert_eq!(cached.len(), 1, "one CUBIN in the cache");
+    assert_eq!(
+        compile_cached(file, "sm_80", Some(dir.path())).unwrap_or_else(|e| panic!("{e}")),
+        first
+    );
+    // A directory under a regular file cannot be created.
+    let blocked = dir.path().join("cache-file");
+    std::fs::write(&blocked, b"").unwrap_or_else(|e| panic!("{e}"));
+    let unwritable = compile_cached(file, "sm_80", Some(&blocked.join("kernels")))
+        .unwrap_or_else(|e| panic!("an unwritable cache failed the compilation: {e}"));
+    assert_eq!(unwritable, first);
 }
