@@ -2,7 +2,7 @@
 //!
 //! The Rust types are the source of truth: `lynx-operator crd` prints the CustomResourceDefinition
 //! generated from them (OpenAPI bounds from `#[schemars]`, CEL rules from `#[x_kube]`), and
-//! `deploy/crd.yaml` is that output. Every CEL rule is mirrored by [`LynxDeploymentSpec::validate`]
+//! `deploy/crd.yaml` is that output. Every CEL rule is mirrored by [`LynxDeployment::validate`]
 //! (see [`crate::validate`]) so the operator refuses what the API server would refuse.
 
 use std::collections::BTreeMap;
@@ -23,8 +23,8 @@ pub use autoscaling::{AutoscalingEngine, AutoscalingMetric, AutoscalingSpec};
 pub use status::{condition, LynxDeploymentStatus};
 
 use crate::validate::{
-    MODEL_PATH_MESSAGE, MODEL_PATH_RULE, MODEL_SOURCE_MESSAGE, MODEL_SOURCE_RULE, PDB_MESSAGE,
-    PDB_RULE,
+    MODEL_PATH_MESSAGE, MODEL_PATH_RULE, MODEL_SOURCE_MESSAGE, MODEL_SOURCE_RULE, NAME_MESSAGE,
+    NAME_RULE, PDB_MESSAGE, PDB_RULE,
 };
 
 /// The API group of every Lynx custom resource.
@@ -39,7 +39,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// A served Lynx model: a set of GPU workers behind one gRPC Service, optionally autoscaled.
 // Each `printcolumn(...)` repeats `name`/`type_` keys, which this lint mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "serving.lynx.dev",
     version = "v1alpha1",
@@ -51,6 +51,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
     status = "LynxDeploymentStatus",
     derive = "PartialEq",
     doc = "A served Lynx model: GPU workers behind one gRPC Service, optionally autoscaled.",
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -257,9 +258,10 @@ pub struct WorkerSpec {
     /// Names of `kubernetes.io/dockerconfigjson` Secrets for pulling the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<String>,
-    /// GPUs per worker (0 runs on CPU, for tests only).
+    /// GPUs per worker: 1 (the worker runs the model on one GPU), or 0 to run on CPU (tests and
+    /// small models).
     #[serde(default = "default_gpus")]
-    #[schemars(range(min = 0, max = 16))]
+    #[schemars(range(min = 0, max = 1))]
     pub gpus: i32,
     /// Extended resource name of a GPU.
     #[serde(default = "default_gpu_resource")]
@@ -462,6 +464,10 @@ pub struct MonitoringSpec {
     #[serde(default = "default_scrape_interval")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub scrape_interval: String,
+    /// Extra labels of the PodMonitor, for a Prometheus that selects monitors by label
+    /// (kube-prometheus-stack: `release: <its release name>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_monitor_labels: BTreeMap<String, String>,
 }
 
 impl Default for MonitoringSpec {
@@ -469,6 +475,7 @@ impl Default for MonitoringSpec {
         Self {
             enabled: true,
             scrape_interval: default_scrape_interval(),
+            pod_monitor_labels: BTreeMap::new(),
         }
     }
 }

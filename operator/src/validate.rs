@@ -5,7 +5,18 @@
 //! same specs when it is handed an object that bypassed admission (tests, older CRDs). The CEL
 //! text and message live here as constants so the two cannot drift in wording.
 
-use crate::crd::{AutoscalingMetric, LynxDeploymentSpec};
+use crate::crd::{AutoscalingMetric, LynxDeployment, LynxDeploymentSpec};
+
+/// CEL rule on the whole object: the name is a DNS-1035 label (the Service carries it, and so
+/// does every child's `app.kubernetes.io/instance` label value).
+pub const NAME_RULE: &str =
+    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+/// Message of [`NAME_RULE`].
+pub const NAME_MESSAGE: &str = "metadata.name must be at most 63 characters of lowercase letters, \
+     digits and '-', start with a letter and end with a letter or digit (a DNS-1035 label: the \
+     workers' Service carries this name)";
+/// The GPUs a worker uses (the OpenAPI schema's maximum of `spec.worker.gpus`).
+pub const MAX_GPUS: i32 = 1;
 
 /// CEL rule on `spec.model.source`: exactly one source is set.
 pub const MODEL_SOURCE_RULE: &str =
@@ -52,6 +63,37 @@ pub enum ValidationError {
     /// A count the OpenAPI schema bounds below by zero is negative.
     #[error("{0} must not be negative")]
     Negative(&'static str),
+    /// The name cannot name a Service.
+    #[error("{NAME_MESSAGE}")]
+    Name,
+    /// More GPUs than a worker uses.
+    #[error(
+        "spec.worker.gpus: a worker runs the model on one GPU; set gpus to 1 (or 0 for CPU) \
+         and scale with replicas"
+    )]
+    TooManyGpus,
+}
+
+/// Whether `name` is a DNS-1035 label ([`NAME_RULE`]).
+pub fn is_dns_1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+impl LynxDeployment {
+    /// [`LynxDeploymentSpec::validate`] plus the rule on the name ([`NAME_RULE`]).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !self.metadata.name.as_deref().is_some_and(is_dns_1035_label) {
+            return Err(ValidationError::Name);
+        }
+        self.spec.validate()
+    }
 }
 
 impl LynxDeploymentSpec {
@@ -65,6 +107,12 @@ impl LynxDeploymentSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.replicas < 0 {
             return Err(ValidationError::Negative("spec.replicas"));
+        }
+        if self.worker.gpus < 0 {
+            return Err(ValidationError::Negative("spec.worker.gpus"));
+        }
+        if self.worker.gpus > MAX_GPUS {
+            return Err(ValidationError::TooManyGpus);
         }
         let source = &self.model.source;
         let sources = [

@@ -54,6 +54,10 @@ fn the_cel_samples_are_rejected_by_the_cel_rules_with_their_message() {
             "minReplicas must not exceed maxReplicas",
         ),
         (
+            "cel-name-not-dns-label.yaml",
+            "metadata.name must be at most 63 characters",
+        ),
+        (
             "cel-two-model-sources.yaml",
             "exactly one of pvc, hostPath or uri must be set",
         ),
@@ -80,6 +84,6 @@ fn every_invalid_sample_is_refused_by_the_operators_own_checks_too() {
         }
         let ld: lynx_operator::crd::LynxDeployment =
             serde_json::from_value(yaml(&path)).expect("deserializes");
-        assert!(ld.spec.validate().is_err(), "{}", path.display());
+        assert!(ld.validate().is_err(), "{}", path.display());
     }
 }

@@ -235,6 +235,11 @@ fn validate_rejects_what_the_cel_rules_reject() {
         &|s| s.replicas = -1,
         ValidationError::Negative("spec.replicas"),
     );
+    check(&|s| s.worker.gpus = 2, ValidationError::TooManyGpus);
+    check(
+        &|s| s.worker.gpus = -1,
+        ValidationError::Negative("spec.worker.gpus"),
+    );
     assert!(ValidationError::MinAboveMax
         .to_string()
         .contains(crate::validate::REPLICAS_MESSAGE));
@@ -246,4 +251,40 @@ fn invalid_yaml_is_refused_by_the_type() {
     assert!(serde_yaml_ng::from_str::<LynxDeploymentSpec>(wrong_enum).is_err());
     let no_worker = "model: {source: {pvc: {claimName: m}}}\n";
     assert!(serde_yaml_ng::from_str::<LynxDeploymentSpec>(no_worker).is_err());
+}
+
+/// Names no Service can carry are refused, with the rule's message, by the CEL rule of the CRD
+/// (evaluated client-side here) and by the operator's own check.
+#[test]
+fn names_that_are_not_dns_labels_are_refused() {
+    let schema = crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    let long = "a".repeat(64);
+    for (name, ok) in [
+        ("lynx-7b", true),
+        ("a", true),
+        (&long[..63], true),
+        ("lynx.v2", false),
+        ("7b-model", false),
+        ("Lynx", false),
+        ("lynx-", false),
+        (long.as_str(), false),
+    ] {
+        let mut ld = sample("minimal");
+        ld.metadata.name = Some(name.to_owned());
+        assert_eq!(
+            ld.validate().is_ok(),
+            ok,
+            "operator check of {name:?}: {:?}",
+            ld.validate()
+        );
+        let object = serde_json::to_value(&ld).expect("serializes");
+        let cel = kube::core::cel::Validator::new().validate(&schema, &object, None);
+        assert_eq!(cel.is_ok(), ok, "CEL rule on {name:?}: {cel:?}");
+        if !ok {
+            assert!(
+                format!("{cel:?}").contains(crate::validate::NAME_MESSAGE),
+                "{cel:?}"
+            );
+        }
+    }
 }

@@ -34,6 +34,14 @@ const TLS_MOUNT: &str = "/etc/lynx/tls";
 const AUTH_MOUNT: &str = "/etc/lynx/auth";
 /// Non-root uid/gid the worker and fetcher run as.
 const RUN_AS: i64 = 65532;
+/// The worker's cache (compiled kernels, generated models): an emptyDir, as the root file
+/// system is read-only; `LYNX_CACHE_DIR` points there.
+pub const CACHE_MOUNT: &str = "/var/cache/lynx";
+/// Startup probe: period and failures, 30 minutes for the model to load.
+const STARTUP_PERIOD_SECONDS: i32 = 10;
+const STARTUP_FAILURES: i32 = 180;
+/// Beyond the startup probe's budget before a rollout counts as stalled (`Progressing=False`).
+const PROGRESS_MARGIN_SECONDS: i32 = 120;
 
 /// Builds the worker Deployment.
 ///
@@ -90,15 +98,11 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
                 match_labels: Some(ctx.selector()),
                 ..LabelSelector::default()
             },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: (spec.rollout.max_surge.is_some()
-                    || spec.rollout.max_unavailable.is_some())
-                .then(|| RollingUpdateDeployment {
-                    max_surge: spec.rollout.max_surge.clone(),
-                    max_unavailable: spec.rollout.max_unavailable.clone(),
-                }),
-            }),
+            strategy: Some(strategy(spec)),
+            // A slow model load is not a stalled rollout: the deadline covers the startup probe.
+            progress_deadline_seconds: Some(
+                STARTUP_PERIOD_SECONDS * STARTUP_FAILURES + PROGRESS_MARGIN_SECONDS,
+            ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.labels()),
@@ -110,6 +114,30 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
             ..DeploymentSpec::default()
         },
         status: None,
+    }
+}
+
+/// The rolling update: the user's bounds; without them, GPU workers replace one pod at a time
+/// without a surge (`maxSurge: 0, maxUnavailable: 1`: a surge pod would wait for a free GPU
+/// on a full pool and stall the rollout), CPU workers Kubernetes' defaults.
+fn strategy(spec: &LynxDeploymentSpec) -> DeploymentStrategy {
+    let rollout = &spec.rollout;
+    let rolling_update = if rollout.max_surge.is_some() || rollout.max_unavailable.is_some() {
+        Some(RollingUpdateDeployment {
+            max_surge: rollout.max_surge.clone(),
+            max_unavailable: rollout.max_unavailable.clone(),
+        })
+    } else if spec.worker.gpus > 0 {
+        Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        })
+    } else {
+        None
+    };
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update,
     }
 }
 
@@ -184,7 +212,19 @@ fn worker_container(spec: &LynxDeploymentSpec) -> Container {
         mount("model", MODEL_MOUNT, true),
         mount("dshm", "/dev/shm", false),
         mount("tmp", "/tmp", false),
+        mount("cache", CACHE_MOUNT, false),
     ];
+    // The cache volume, unless the user points the cache elsewhere (env is a map keyed by name
+    // for server-side apply: no duplicates).
+    let mut env = Vec::new();
+    if !worker.env.iter().any(|e| e.name == "LYNX_CACHE_DIR") {
+        env.push(EnvVar {
+            name: "LYNX_CACHE_DIR".to_owned(),
+            value: Some(CACHE_MOUNT.to_owned()),
+            value_from: None,
+        });
+    }
+    env.extend(worker.env.iter().cloned());
     if spec.tls.is_some() {
         mounts.push(mount("tls", TLS_MOUNT, true));
     }
@@ -204,7 +244,7 @@ fn worker_container(spec: &LynxDeploymentSpec) -> Container {
         }),
         command: Some(vec!["lynx-worker".to_owned()]),
         args: Some(worker_args(spec)),
-        env: non_empty(worker.env.clone()),
+        env: Some(env),
         ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
         resources: Some(ResourceRequirements {
             limits: non_empty_map(limits),
@@ -213,7 +253,11 @@ fn worker_container(spec: &LynxDeploymentSpec) -> Container {
         }),
         volume_mounts: Some(mounts),
         // Model loading can take minutes: the startup probe allows 30 min before liveness counts.
-        startup_probe: Some(http_probe("/readyz", 10, 180)),
+        startup_probe: Some(http_probe(
+            "/readyz",
+            STARTUP_PERIOD_SECONDS,
+            STARTUP_FAILURES,
+        )),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         lifecycle: Some(Lifecycle {
@@ -274,6 +318,11 @@ fn volumes(spec: &LynxDeploymentSpec) -> Vec<Volume> {
         },
         Volume {
             name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "cache".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         },

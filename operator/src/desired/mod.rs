@@ -92,11 +92,11 @@ pub mod labels {
 /// - `autoscaler` says which of `hpa` / `scaled_object` is set (at most one), or why neither is.
 ///
 /// # Errors
-/// [`DesiredError::Invalid`] when [`crate::crd::LynxDeploymentSpec::validate`] fails, and the
-/// identity errors when `ld` lacks a namespace, name or uid.
+/// The identity errors when `ld` lacks a namespace, name or uid, and [`DesiredError::Invalid`]
+/// when [`LynxDeployment::validate`] fails.
 pub fn desired(ld: &LynxDeployment, caps: &ClusterCapabilities) -> Result<Desired, DesiredError> {
-    ld.spec.validate()?;
     let ctx = Context::new(ld)?;
+    ld.validate()?;
     let autoscaler = autoscaling::choose(&ld.spec, caps);
     Ok(Desired {
         deployment: deployment::deployment(&ctx),

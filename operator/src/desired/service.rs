@@ -70,7 +70,8 @@ pub(super) fn pdb(ctx: &Context<'_>) -> Option<PodDisruptionBudget> {
 
 /// A `monitoring.coreos.com/v1` PodMonitor scraping `/metrics` on the `http` port, when monitoring
 /// is enabled and the Prometheus operator is installed. It copies the instance label onto the
-/// series (`app_kubernetes_io_instance`), which the autoscaling queries select on.
+/// series (`app_kubernetes_io_instance`), which the autoscaling queries select on, and carries
+/// `monitoring.podMonitorLabels` besides the operator's labels.
 pub(super) fn pod_monitor(
     ctx: &Context<'_>,
     caps: &ClusterCapabilities,
@@ -79,10 +80,19 @@ pub(super) fn pod_monitor(
     if !(monitoring.enabled && caps.prometheus_operator) {
         return None;
     }
+    let mut metadata = ctx.metadata_json();
+    // The user's labels never replace the operator's own (selection and ownership).
+    if let Some(labels) = metadata.get_mut("labels").and_then(|l| l.as_object_mut()) {
+        for (key, value) in &monitoring.pod_monitor_labels {
+            labels
+                .entry(key.clone())
+                .or_insert_with(|| serde_json::Value::String(value.clone()));
+        }
+    }
     Some(json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": ctx.metadata_json(),
+        "metadata": metadata,
         "spec": {
             "selector": { "matchLabels": ctx.selector() },
             "podTargetLabels": [labels::INSTANCE],

@@ -314,7 +314,7 @@ fn resources_gpus_and_placement_reach_the_pod() {
     let desired = desired(&sample("full"), &ALL).expect("valid");
     let resources = worker(&desired).resources.clone().expect("resources");
     let limits = resources.limits.expect("limits");
-    assert_eq!(limits["nvidia.com/gpu"].0, "2");
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
     assert_eq!(limits["memory"].0, "64Gi");
     assert_eq!(resources.requests.expect("requests")["cpu"].0, "4");
     let pod = pod(&desired);
@@ -491,6 +491,27 @@ fn pod_monitor_needs_monitoring_and_the_prometheus_operator() {
     .expect("valid")
     .pod_monitor
     .is_none());
+    // A Prometheus that selects monitors by label finds it; the operator's labels stay.
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(
+        monitor["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "lynx-operator"
+    );
+    ld.spec
+        .monitoring
+        .pod_monitor_labels
+        .insert("app.kubernetes.io/managed-by".to_owned(), "helm".to_owned());
+    let monitor = desired(&ld, &ALL)
+        .expect("valid")
+        .pod_monitor
+        .expect("pod monitor");
+    assert_eq!(
+        monitor["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "lynx-operator"
+    );
     ld.spec.monitoring.enabled = false;
     let desired = desired(&ld, &ALL).expect("valid");
     assert!(desired.pod_monitor.is_none());
@@ -552,4 +573,95 @@ fn full_sample_sets_every_top_level_option() {
     ] {
         assert!(value.get(key).is_some(), "full.yaml lacks {key}");
     }
+}
+
+/// The root file system is read-only: the worker's cache (compiled kernels, generated models)
+/// goes to a writable emptyDir named by `LYNX_CACHE_DIR`, unless the user sets it.
+#[test]
+fn the_worker_cache_is_a_writable_volume_named_by_lynx_cache_dir() {
+    let mut ld = sample("minimal");
+    let desired_now = desired(&ld, &NONE).expect("valid");
+    let container = worker(&desired_now);
+    let env = container.env.clone().unwrap_or_default();
+    let cache = env
+        .iter()
+        .find(|e| e.name == "LYNX_CACHE_DIR")
+        .and_then(|e| e.value.clone());
+    assert_eq!(cache.as_deref(), Some(deployment::CACHE_MOUNT));
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == deployment::CACHE_MOUNT)
+        .expect("a mount at the cache path");
+    assert_ne!(mount.read_only, Some(true));
+    let volume = pod(&desired_now)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the cache volume");
+    assert!(volume.empty_dir.is_some());
+
+    ld.spec.worker.env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "LYNX_CACHE_DIR".to_owned(),
+        value: Some("/models/.cache".to_owned()),
+        value_from: None,
+    });
+    let desired_user = desired(&ld, &NONE).expect("valid");
+    let env = worker(&desired_user).env.clone().unwrap_or_default();
+    let caches: Vec<_> = env.iter().filter(|e| e.name == "LYNX_CACHE_DIR").collect();
+    assert_eq!(
+        caches.len(),
+        1,
+        "no duplicate keys for server-side apply: {env:?}"
+    );
+    assert_eq!(caches[0].value.as_deref(), Some("/models/.cache"));
+}
+
+/// A slow model load is not a stalled rollout: the Deployment's progress deadline covers the
+/// startup probe's whole budget.
+#[test]
+fn the_rollout_deadline_covers_the_startup_probe() {
+    let desired = desired(&sample("minimal"), &NONE).expect("valid");
+    let probe = worker(&desired)
+        .startup_probe
+        .clone()
+        .expect("startup probe");
+    let budget = probe.initial_delay_seconds.unwrap_or(0)
+        + probe.period_seconds.unwrap_or(10) * probe.failure_threshold.unwrap_or(3);
+    let deadline = desired
+        .deployment
+        .spec
+        .progress_deadline_seconds
+        .expect("progressDeadlineSeconds");
+    assert!(
+        deadline > budget,
+        "deadline {deadline} s, startup budget {budget} s"
+    );
+}
+
+/// On a full GPU pool a surge pod never schedules: GPU workers roll one at a time without a
+/// surge unless the spec sets the bounds; CPU workers keep Kubernetes' defaults.
+#[test]
+fn gpu_workers_roll_without_a_surge_unless_the_spec_says_otherwise() {
+    let rolling = |ld: &LynxDeployment| {
+        desired(ld, &NONE)
+            .expect("valid")
+            .deployment
+            .spec
+            .strategy
+            .and_then(|s| s.rolling_update)
+    };
+    let mut ld = sample("minimal");
+    let gpu = rolling(&ld).expect("explicit bounds for GPU workers");
+    assert_eq!(gpu.max_surge, Some(IntOrString::Int(0)));
+    assert_eq!(gpu.max_unavailable, Some(IntOrString::Int(1)));
+    ld.spec.rollout.max_surge = Some(IntOrString::String("50%".to_owned()));
+    let user = rolling(&ld).expect("the user's bounds");
+    assert_eq!(user.max_surge, Some(IntOrString::String("50%".to_owned())));
+    assert_eq!(user.max_unavailable, None);
+    ld.spec.rollout.max_surge = None;
+    ld.spec.worker.gpus = 0;
+    assert_eq!(rolling(&ld), None, "CPU workers: Kubernetes' defaults");
 }
