@@ -34,14 +34,18 @@ pub struct Applied {
 ///
 /// # Guarantees
 /// - Writes with server-side apply under [`FIELD_MANAGER`], forcing ownership of the fields the
-///   operator sets (a `kubectl edit` of them is undone; other fields are left alone).
+///   operator sets (a `kubectl edit` of them is undone; other fields are left alone). When the
+///   merge of a hand edit with the operator's fields is invalid (a Service port edited by hand
+///   and the operator's port, both named `grpc`), the child's `spec` is first set to the desired
+///   one with a merge patch (lists replaced whole), then applied again.
 /// - Deletes a child that is not desired only when it is controlled by `owner_uid`, with a uid
 ///   precondition, so an object of the same name created by someone else is never touched.
 /// - Kinds whose API is not served (`caps`) are neither applied nor pruned.
-/// - Order: Deployment, Service, PDB, HPA, ScaledObject, PodMonitor.
+/// - Every child is attempted, in the order Deployment, Service, PDB, HPA, ScaledObject,
+///   PodMonitor: one that fails does not hold back the others.
 ///
 /// # Errors
-/// The first failed API request; the children before it stay applied.
+/// The first failed child's error, after every child was attempted.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
@@ -50,49 +54,69 @@ pub async fn apply_children(
     caps: &ClusterCapabilities,
 ) -> Result<Applied, Error> {
     let name = desired.deployment.name_any();
-    let deployment = apply(
-        &Api::namespaced(client.clone(), namespace),
-        &desired.deployment,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), namespace),
-        &desired.service,
-    )
-    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = apply(&deployments, &name, &desired.deployment).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let service = apply(&services, &name, &desired.service).await.map(drop);
     let mut pruned = Vec::new();
     let owner = Owner {
         name: &name,
         uid: owner_uid,
     };
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    apply_or_prune(&pdbs, &owner, desired.pdb.as_ref(), &mut pruned).await?;
+    let pdb = apply_or_prune(&pdbs, &owner, desired.pdb.as_ref(), &mut pruned).await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
-    apply_or_prune(&hpas, &owner, desired.hpa.as_ref(), &mut pruned).await?;
+    let hpa = apply_or_prune(&hpas, &owner, desired.hpa.as_ref(), &mut pruned).await;
+    let mut scaled_object = Ok(());
     if caps.keda {
         let gvk = GroupVersionKind::gvk(KEDA_GROUP, KEDA_VERSION, "ScaledObject");
         let api = dynamic(client, namespace, &gvk, "scaledobjects");
         let object = desired.scaled_object.as_ref();
-        apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await?;
+        scaled_object = apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await;
     }
+    let mut pod_monitor = Ok(());
     if caps.prometheus_operator {
         let gvk = GroupVersionKind::gvk(MONITORING_GROUP, MONITORING_VERSION, "PodMonitor");
         let api = dynamic(client, namespace, &gvk, "podmonitors");
         let object = desired.pod_monitor.as_ref();
-        apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await?;
+        pod_monitor = apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await;
     }
+    let deployment = deployment?;
+    service?;
+    pdb?;
+    hpa?;
+    scaled_object?;
+    pod_monitor?;
     Ok(Applied { deployment, pruned })
 }
 
-/// Server-side apply of one typed child; returns the object the API server stored.
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+/// Server-side apply of one child named `name`; returns the object the API server stored. An
+/// invalid merge (422) is repaired once: the desired `spec` set with a merge patch, then the
+/// apply again.
+async fn apply<K, T>(api: &Api<K>, name: &str, object: &T) -> Result<K, Error>
 where
-    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+    K: Resource + Clone + Debug + DeserializeOwned,
+    T: Serialize + Debug,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api
-        .patch(&object.name_any(), &params, &Patch::Apply(object))
-        .await?)
+    match api.patch(name, &params, &Patch::Apply(object)).await {
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let value = serde_json::to_value(object).map_err(|source| Error::Serialize {
+                kind: "child",
+                source,
+            })?;
+            if let Some(spec) = value.get("spec") {
+                let merge = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                };
+                let patch = serde_json::json!({ "spec": spec });
+                api.patch(name, &merge, &Patch::Merge(&patch)).await?;
+            }
+            Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+        }
+        other => Ok(other?),
+    }
 }
 
 fn dynamic(
@@ -122,7 +146,7 @@ where
 {
     match desired {
         Some(object) => {
-            apply(api, object).await?;
+            apply(api, owner.name, object).await?;
         }
         None => {
             if prune(api, owner).await? {
@@ -145,8 +169,7 @@ async fn apply_or_prune_json(
 ) -> Result<(), Error> {
     match desired {
         Some(value) => {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(owner.name, &params, &Patch::Apply(value)).await?;
+            apply(api, owner.name, value).await?;
         }
         None => {
             if prune(api, owner).await? {

@@ -404,6 +404,8 @@ async fn an_api_error_fails_the_reconcile_and_retries_with_growing_backoff() {
                 .expect("PATCH", &format!("{DEPLOYMENT}/lynx-minimal"))
                 .await
                 .fail(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+            // A failed child holds back no other.
+            expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
             // The operator tries to say why in the status (the API server fails that too).
             let status = server
                 .expect("PATCH", &format!("{LYNX}/lynx-minimal/status"))

@@ -1,0 +1,129 @@
+//! The operator's children on a real API server: created, owned, kept as desired when edited by
+//! hand, and one failing child never holding back the others.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use lynx_operator::crd::LynxDeployment;
+
+use crate::harness::{eventually, yaml_docs, Cluster, Operator, TestNamespace, TEST_MANAGER};
+
+/// How long the operator may take to react to a change.
+const REACT: Duration = Duration::from_secs(30);
+
+/// Applies `deploy/samples/<sample>.yaml`, changed by `edit`, into `ns` as a user; returns it as
+/// stored.
+async fn apply_sample(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    sample: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> LynxDeployment {
+    let mut doc = yaml_docs(&format!("deploy/samples/{sample}.yaml")).remove(0);
+    doc["metadata"]["namespace"] = ns.name.clone().into();
+    edit(&mut doc);
+    let stored = cluster.apply_json(doc).await.expect("apply the sample");
+    serde_json::from_value(serde_json::to_value(stored).expect("json")).expect("a LynxDeployment")
+}
+
+#[tokio::test]
+async fn the_minimal_sample_gets_its_children_and_a_status() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("children").await;
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |_| {}).await;
+    let name = stored.name_any();
+
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let deployment = eventually("the worker Deployment", REACT, || async {
+        deployments.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        deployment.owner_references().first().map(|o| o.uid.clone()),
+        stored.uid()
+    );
+    let services: Api<Service> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    eventually("the Service", REACT, || async {
+        services.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let status = eventually("a status for this generation", REACT, || async {
+        let status = lynx.get_status(&name).await.ok()?.status?;
+        (status.observed_generation == stored.metadata.generation).then_some(status)
+    })
+    .await;
+    assert!(status.selector.is_some());
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready"));
+    ns.delete().await;
+}
+
+/// A hand edit of the Service's port (a list entry the operator does not own) used to leave
+/// two ports named `grpc` after the operator's apply: 422 for ever, and the children after the
+/// Service never applied again. Now the Service is repaired and a deleted PDB comes back.
+#[tokio::test]
+async fn a_hand_edited_service_port_is_repaired_and_blocks_no_other_child() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("drift").await;
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |doc| {
+        doc["spec"]["podDisruptionBudget"] = serde_json::json!({"enabled": true});
+    })
+    .await;
+    let name = stored.name_any();
+    let port = stored.spec.service.port;
+    let services: Api<Service> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    eventually("the Service and the PDB", REACT, || async {
+        let service = services.get_opt(&name).await.ok().flatten()?;
+        pdbs.get_opt(&name).await.ok().flatten()?;
+        Some(service)
+    })
+    .await;
+
+    // `kubectl edit`: the port list replaced (an update, not an apply), and the PDB deleted.
+    let edit = serde_json::json!({"spec": {"ports": [
+        {"name": "grpc", "port": 8443, "protocol": "TCP", "targetPort": "grpc"}
+    ]}});
+    services
+        .patch(
+            &name,
+            &PatchParams {
+                field_manager: Some(TEST_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .expect("edit the Service");
+    pdbs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the PDB");
+
+    let ports = eventually("the Service's port repaired", REACT, || async {
+        let service = services.get_opt(&name).await.ok().flatten()?;
+        let ports: Vec<(Option<String>, i32)> = service
+            .spec?
+            .ports?
+            .into_iter()
+            .map(|p| (p.name, p.port))
+            .collect();
+        (ports.iter().all(|(_, p)| *p == port)).then_some(ports)
+    })
+    .await;
+    assert_eq!(ports, [(Some("grpc".to_owned()), port)]);
+    eventually("the PDB back", REACT, || async {
+        pdbs.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    ns.delete().await;
+}
