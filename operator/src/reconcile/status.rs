@@ -9,6 +9,8 @@ use crate::desired::{self, AutoscalerChoice, AutoscalerKind};
 
 /// The Deployment condition reason that means the rollout is stuck.
 const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+/// Degraded's reason when the Deployment reports `ReplicaFailure` (pods refused at admission).
+const PODS_NOT_CREATED: &str = "PodsNotCreated";
 
 /// One condition before the timestamps: type, status, reason, message.
 struct Observed {
@@ -109,7 +111,22 @@ pub fn from_deployment(
             format!("{updated}/{desired_replicas} workers updated, {ready} ready"),
         )
     };
-    let degraded = if stuck {
+    // The ReplicaSet cannot create pods (admission: Pod Security, a quota, a webhook).
+    let refused = dstatus.conditions.iter().flatten().find(|c| {
+        c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True")
+    });
+    let degraded = if let Some(refused) = refused {
+        Observed::new(
+            condition::DEGRADED,
+            true,
+            PODS_NOT_CREATED,
+            format!(
+                "the worker pods cannot be created ({}): {}",
+                refused.reason.as_deref().unwrap_or("ReplicaFailure"),
+                refused.message.as_deref().unwrap_or("no reason given")
+            ),
+        )
+    } else if stuck {
         Observed::new(
             condition::DEGRADED,
             true,

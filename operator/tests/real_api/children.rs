@@ -127,3 +127,53 @@ async fn a_hand_edited_service_port_is_repaired_and_blocks_no_other_child() {
     .await;
     ns.delete().await;
 }
+
+/// Pods refused at admission (here a quota of zero pods) leave the Deployment with
+/// `ReplicaFailure`; the LynxDeployment says so in `Degraded` and in a Warning event.
+#[tokio::test]
+async fn pods_refused_at_admission_show_in_the_status_and_events() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("refused").await;
+    cluster
+        .apply_json(serde_json::json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-pods", "namespace": ns.name},
+            "spec": {"hard": {"pods": "0"}},
+        }))
+        .await
+        .expect("the quota");
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |_| {}).await;
+    let name = stored.name_any();
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let degraded = eventually(
+        "Degraded with PodsNotCreated",
+        Duration::from_secs(60),
+        || async {
+            let status = lynx.get_status(&name).await.ok()?.status?;
+            status.conditions.into_iter().find(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "PodsNotCreated"
+            })
+        },
+    )
+    .await;
+    assert!(degraded.message.contains("quota"), "{}", degraded.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.admin.clone(), &ns.name);
+    let warning = eventually("a Degraded warning event", REACT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("Degraded")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+        })
+    })
+    .await;
+    let note = warning.note.unwrap_or_default();
+    assert!(
+        note.contains("PodsNotCreated") && note.contains("quota"),
+        "{note}"
+    );
+    ns.delete().await;
+}

@@ -153,6 +153,32 @@ fn a_progress_deadline_exceeded_is_degraded() {
     );
 }
 
+/// Pods refused at admission (Pod Security, a quota): the Deployment reports ReplicaFailure and
+/// the LynxDeployment is Degraded, saying why.
+#[test]
+fn pods_that_cannot_be_created_are_degraded_with_the_reason() {
+    let mut dstatus = ready_status(0, 0);
+    dstatus.conditions = Some(vec![DeploymentCondition {
+        type_: Some("ReplicaFailure".to_owned()),
+        status: Some("True".to_owned()),
+        reason: Some("FailedCreate".to_owned()),
+        message: Some("pods \"w-1\" is forbidden: exceeded quota: no-pods".to_owned()),
+        ..DeploymentCondition::default()
+    }]);
+    let status = from_deployment(&ld(1), &deployment(1, dstatus), &NONE, Timestamp::now());
+    assert_eq!(
+        get(&status, condition::DEGRADED),
+        pair("True", "PodsNotCreated")
+    );
+    let message = &find(&status, condition::DEGRADED)
+        .expect("Degraded")
+        .message;
+    assert!(
+        message.contains("FailedCreate") && message.contains("exceeded quota: no-pods"),
+        "{message}"
+    );
+}
+
 #[test]
 fn autoscaling_conditions_follow_the_choice() {
     let keda = AutoscalerChoice {
