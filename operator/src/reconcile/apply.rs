@@ -55,9 +55,11 @@ pub async fn apply_children(
 ) -> Result<Applied, Error> {
     let name = desired.deployment.name_any();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let deployment = apply(&deployments, &name, &desired.deployment).await;
+    let deployment = apply(&deployments, "Deployment", &name, &desired.deployment).await;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let service = apply(&services, &name, &desired.service).await.map(drop);
+    let service = apply(&services, "Service", &name, &desired.service)
+        .await
+        .map(drop);
     let mut pruned = Vec::new();
     let owner = Owner {
         name: &name,
@@ -90,14 +92,20 @@ pub async fn apply_children(
     Ok(Applied { deployment, pruned })
 }
 
-/// Server-side apply of one child named `name`; returns the object the API server stored. An
-/// invalid merge (422) is repaired once: the desired `spec` set with a merge patch, then the
-/// apply again.
-async fn apply<K, T>(api: &Api<K>, name: &str, object: &T) -> Result<K, Error>
+/// Server-side apply of one child of kind `kind` named `name`; returns the object the API server
+/// stored. An invalid merge (422) is repaired once: the desired `spec` set with a merge patch,
+/// then the apply again.
+async fn apply<K, T>(api: &Api<K>, kind: &str, name: &str, object: &T) -> Result<K, Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
     T: Serialize + Debug,
 {
+    let failed = |source| Error::Child {
+        action: "apply",
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        source,
+    };
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch(name, &params, &Patch::Apply(object)).await {
         Err(kube::Error::Api(status)) if status.code == 422 => {
@@ -111,11 +119,15 @@ where
                     ..PatchParams::default()
                 };
                 let patch = serde_json::json!({ "spec": spec });
-                api.patch(name, &merge, &Patch::Merge(&patch)).await?;
+                api.patch(name, &merge, &Patch::Merge(&patch))
+                    .await
+                    .map_err(failed)?;
             }
-            Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+            api.patch(name, &params, &Patch::Apply(object))
+                .await
+                .map_err(failed)
         }
-        other => Ok(other?),
+        other => other.map_err(failed),
     }
 }
 
@@ -146,7 +158,7 @@ where
 {
     match desired {
         Some(object) => {
-            apply(api, owner.name, object).await?;
+            apply(api, &K::kind(&()), owner.name, object).await?;
         }
         None => {
             if prune(api, owner).await? {
@@ -169,7 +181,7 @@ async fn apply_or_prune_json(
 ) -> Result<(), Error> {
     match desired {
         Some(value) => {
-            apply(api, owner.name, value).await?;
+            apply(api, &gvk.kind, owner.name, value).await?;
         }
         None => {
             if prune(api, owner).await? {

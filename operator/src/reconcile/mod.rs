@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod events;
+pub mod publisher;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -26,6 +27,7 @@ use crate::desired::{self, ClusterCapabilities, DesiredError};
 use crate::metrics::{Metrics, Outcome};
 use crate::Error;
 use backoff::ErrorBackoff;
+use publisher::Publisher;
 
 /// How often a healthy LynxDeployment is reconciled even without a change (to undo drift of the
 /// children that are not watched, such as ScaledObjects and PodMonitors).
@@ -36,7 +38,7 @@ pub struct Context {
     /// The API client.
     pub client: Client,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub publisher: Publisher,
     /// The operator's metrics.
     pub metrics: Metrics,
     /// The latest result of API discovery.
@@ -54,7 +56,7 @@ impl Context {
         capabilities: watch::Receiver<ClusterCapabilities>,
     ) -> Self {
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            publisher: Publisher::new(client.clone(), reporter),
             client,
             metrics,
             capabilities,
@@ -173,7 +175,7 @@ async fn finish(
     let reference = ld.object_ref(&());
     for event in events {
         info!(%name, %namespace, reason = %event.reason, note = event.note.as_deref().unwrap_or(""), "event");
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(err) = ctx.publisher.publish(&event, &reference).await {
             warn!(%name, %namespace, error = %err, "cannot publish event");
         }
     }

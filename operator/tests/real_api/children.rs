@@ -177,3 +177,56 @@ async fn pods_refused_at_admission_show_in_the_status_and_events() {
     );
     ns.delete().await;
 }
+
+/// Each change is its own event with its own note (an event series kept the first note:
+/// "applied generation 2" when 3 was applied), and conditions and notes are sentences.
+#[tokio::test]
+async fn every_update_has_an_event_with_its_own_note() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("events").await;
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |_| {}).await;
+    let name = stored.name_any();
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let observed = |generation: i64| {
+        let lynx = lynx.clone();
+        let name = name.clone();
+        async move {
+            eventually(
+                &format!("generation {generation} applied"),
+                REACT,
+                || async {
+                    let status = lynx.get_status(&name).await.ok()?.status?;
+                    (status.observed_generation == Some(generation)).then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    observed(1).await;
+    for (replicas, generation) in [(2, 2), (3, 3)] {
+        apply_sample(&cluster, &ns, "minimal", |doc| {
+            doc["spec"]["replicas"] = replicas.into();
+        })
+        .await;
+        observed(generation).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.admin.clone(), &ns.name);
+    let notes = eventually("both Updated events", REACT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let mut notes: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Updated"))
+            .filter_map(|e| e.note)
+            .collect();
+        notes.sort();
+        (notes.len() >= 2).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes, ["applied generation 2", "applied generation 3"]);
+    ns.delete().await;
+}
