@@ -88,7 +88,7 @@ pub mod labels {
 /// # Guarantees
 /// - Pure: the same inputs give the same output.
 /// - Every child has `ld`'s name and namespace, the three `app.kubernetes.io` labels, and one
-///   owner reference to `ld` with `controller: true`.
+///   owner reference to `ld` with `controller: true` and `blockOwnerDeletion: true`.
 /// - `autoscaler` says which of `hpa` / `scaled_object` is set (at most one), or why neither is.
 ///
 /// # Errors
@@ -148,9 +148,11 @@ struct Context<'a> {
 impl<'a> Context<'a> {
     fn new(ld: &'a LynxDeployment) -> Result<Self, DesiredError> {
         let namespace = ld.namespace().ok_or(DesiredError::MissingNamespace)?;
-        let owner = ld
+        let mut owner = ld
             .controller_owner_ref(&())
             .ok_or(DesiredError::MissingIdentity)?;
+        // Foreground deletion of the LynxDeployment waits for its children.
+        owner.block_owner_deletion = Some(true);
         if ld.uid().is_none() {
             return Err(DesiredError::MissingIdentity);
         }

@@ -130,7 +130,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         _ = stop.wait_for(|stop| *stop) => false,
         acquired = leader.wait_for(|leader| *leader) => acquired.is_err(),
     };
-    let result = if lost || *stop_rx.borrow() {
+    let led = !(lost || *stop_rx.borrow());
+    let result = if !led {
         Ok(())
     } else {
         metrics.set_leader(true);
@@ -151,7 +152,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Dropping the receiver makes the lease task release the Lease and end.
     drop(leader);
     match lease_task.await {
-        Ok(Ok(_)) => info!("released the leader Lease"),
+        Ok(Ok(_)) if led => info!("released the leader Lease"),
+        Ok(Ok(_)) => info!("stopped waiting for the leader Lease (never held it)"),
         Ok(Err(err)) => warn!(error = %err, "cannot release the leader Lease"),
         Err(err) => warn!(error = %err, "lease task failed"),
     }

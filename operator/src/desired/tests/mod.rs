@@ -151,6 +151,7 @@ fn every_child_is_labelled_and_owned_by_the_lynx_deployment() {
         assert_eq!(owners[0].api_version, "serving.lynx.dev/v1alpha1");
         assert_eq!(owners[0].uid, "uid-full");
         assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(owners[0].block_owner_deletion, Some(true));
         let labels = meta.labels.as_ref().expect("labels");
         assert_eq!(labels[labels::NAME], "lynx-worker");
         assert_eq!(labels[labels::INSTANCE], "lynx-full");
