@@ -214,15 +214,26 @@ impl TestNamespace {
 /// The `lynx-operator` binary, running as the operator's service account; killed when dropped.
 pub struct Operator {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Operator {
     /// Starts `lynx-operator run` with its own Lease (`lease`), so that operators of other tests
     /// never share one.
     pub async fn start(cluster: &Cluster, lease: &str) -> Self {
+        Self::start_as(cluster, lease, &format!("{lease}-0"), 15).await
+    }
+
+    /// Starts `lynx-operator run` as `identity` competing for `lease` of `lease_seconds`.
+    pub async fn start_as(
+        cluster: &Cluster,
+        lease: &str,
+        identity: &str,
+        lease_seconds: u32,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = cluster.operator_kubeconfig(dir.path()).await;
+        let log = std::fs::File::create(dir.path().join("operator.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_lynx-operator"))
             .args([
                 "run",
@@ -233,14 +244,42 @@ impl Operator {
             ])
             .env("KUBECONFIG", &kubeconfig)
             .env("LYNX_OPERATOR_LEASE_NAME", lease)
+            .env("LYNX_OPERATOR_LEASE_SECONDS", lease_seconds.to_string())
             .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
-            .env("POD_NAME", format!("{lease}-0"))
+            .env("POD_NAME", identity)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start lynx-operator");
-        Self { child, _dir: dir }
+        Self { child, dir }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
     }
 }
 

@@ -7,4 +7,5 @@
 
 mod children;
 mod harness;
+mod leader;
 mod samples;
