@@ -7,5 +7,6 @@
 
 mod children;
 mod harness;
+mod kubelet;
 mod leader;
 mod samples;
