@@ -52,6 +52,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
     derive = "PartialEq",
     doc = "A served Lynx model: GPU workers behind one gRPC Service, optionally autoscaled.",
     validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
+    annotation("serving.lynx.dev/minimum-kubernetes-version", "1.28"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",

@@ -215,3 +215,30 @@ fn the_samples_match_the_crd_schema_and_the_invalid_ones_do_not() {
     );
     success("validate_samples.py", &output);
 }
+
+/// One minimum Kubernetes version, stated alike in the chart, the CRD and the README (the
+/// real-API tests run on it: kube-apiserver 1.28).
+#[test]
+fn the_minimum_kubernetes_version_is_the_same_everywhere() {
+    let minimum = "1.28";
+    let chart: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("charts/lynx-operator/Chart.yaml")).expect("Chart"),
+    )
+    .expect("Chart.yaml");
+    assert_eq!(
+        chart["kubeVersion"].as_str(),
+        Some(format!(">={minimum}.0-0").as_str())
+    );
+    let crd = lynx_operator::crd_yaml().expect("CRD");
+    assert!(
+        crd.contains(&format!(
+            "serving.lynx.dev/minimum-kubernetes-version: '{minimum}'"
+        )),
+        "the CRD's annotation"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    assert!(
+        readme.contains(&format!("Kubernetes {minimum} or later")),
+        "the README states the minimum"
+    );
+}

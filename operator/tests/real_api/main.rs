@@ -7,6 +7,7 @@
 
 mod children;
 mod harness;
+mod helm;
 mod kubelet;
 mod leader;
 mod samples;
