@@ -25,6 +25,8 @@ pub enum Outcome {
     Applied,
     /// The spec breaks a rule of the CRD; reported in the status, nothing applied.
     InvalidSpec,
+    /// The object is being deleted: the garbage collector removes its children; nothing applied.
+    Deleting,
     /// Failed; the label is [`crate::Error::metric_label`].
     Failed(&'static str),
 }
@@ -35,6 +37,7 @@ impl Outcome {
         match self {
             Self::Applied => "applied",
             Self::InvalidSpec => "invalid_spec",
+            Self::Deleting => "deleting",
             Self::Failed(kind) => kind,
         }
     }

@@ -74,6 +74,8 @@ impl Context {
 ///   applied or deleted; the status says `InvalidSpec`; waits for the next change.
 /// - A failed apply: the status says `ApplyFailed` with the error (best effort), and the error is
 ///   returned for [`error_policy`] to retry.
+/// - An object being deleted (a deletion timestamp: foreground deletion waits for the garbage
+///   collector to remove its children) is left alone: no child is applied again.
 /// - Each reconcile is counted in `lynx_operator_reconciliations_total` with its outcome.
 ///
 /// # Errors
@@ -106,6 +108,9 @@ pub fn error_policy(ld: Arc<LynxDeployment>, error: &Error, ctx: Arc<Context>) -
 }
 
 async fn reconcile_inner(ld: &LynxDeployment, ctx: &Context) -> Result<(Outcome, Action), Error> {
+    if ld.metadata.deletion_timestamp.is_some() {
+        return Ok((Outcome::Deleting, Action::await_change()));
+    }
     let caps = *ctx.capabilities.borrow();
     let namespace = ld
         .namespace()

@@ -230,3 +230,101 @@ async fn every_update_has_an_event_with_its_own_note() {
     assert_eq!(notes, ["applied generation 2", "applied generation 3"]);
     ns.delete().await;
 }
+
+/// Deleting the LynxDeployment deletes its children through the garbage collector (owner
+/// references; the operator never deletes the Deployment or the Service itself).
+#[tokio::test]
+async fn deleting_the_lynx_deployment_collects_its_children() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("gc").await;
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |_| {}).await;
+    let name = stored.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    eventually("the children", REACT, || async {
+        deployments.get_opt(&name).await.ok().flatten()?;
+        services.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    lynx.delete(&name, &DeleteParams::foreground())
+        .await
+        .expect("delete the LynxDeployment");
+    eventually(
+        "the children collected",
+        Duration::from_secs(60),
+        || async {
+            let gone = deployments.get_opt(&name).await.ok()?.is_none()
+                && services.get_opt(&name).await.ok()?.is_none()
+                && lynx.get_opt(&name).await.ok()?.is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    ns.delete().await;
+}
+
+/// A restarted operator finds everything as it left it and writes nothing.
+#[tokio::test]
+async fn a_restarted_operator_writes_nothing_when_nothing_changed() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("restart").await;
+    let lease = format!("lynx-operator-{}", ns.name);
+    let first = Operator::start(&cluster, &lease).await;
+    let stored = apply_sample(&cluster, &ns, "minimal", |doc| {
+        doc["spec"]["podDisruptionBudget"] = serde_json::json!({"enabled": true});
+    })
+    .await;
+    let name = stored.name_any();
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let versions = || async {
+        Some([
+            lynx.get_opt(&name).await.ok()??.resource_version()?,
+            deployments.get_opt(&name).await.ok()??.resource_version()?,
+            services.get_opt(&name).await.ok()??.resource_version()?,
+            pdbs.get_opt(&name).await.ok()??.resource_version()?,
+        ])
+    };
+    eventually("reconciled with a status", REACT, || async {
+        let status = lynx.get_status(&name).await.ok()?.status?;
+        (status.observed_generation == stored.metadata.generation).then_some(())
+    })
+    .await;
+    // Settled: no write for two seconds.
+    let settled = eventually("the objects settle", REACT, || async {
+        let before = versions().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = versions().await?;
+        (before == after).then_some(after)
+    })
+    .await;
+    drop(first);
+    let mut second = Operator::start(&cluster, &lease).await;
+    // Same identity: it takes the Lease over at once and reconciles every object at start.
+    let start = std::time::Instant::now();
+    while !second.logs().contains("starting the controller") {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the second operator never led ({:?}): {}",
+            second.exited(Duration::ZERO).await,
+            second.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        versions().await.expect("versions"),
+        settled,
+        "{}",
+        second.logs()
+    );
+    ns.delete().await;
+}

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -249,7 +249,8 @@ impl Operator {
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            // The operator logs to standard output.
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("start lynx-operator");
@@ -279,7 +280,11 @@ impl Operator {
 
     /// What it logged so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
+        let path = self.dir.path().join("operator.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read {}: {e})", path.display()),
+        }
     }
 }
 

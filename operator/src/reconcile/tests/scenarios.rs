@@ -459,3 +459,20 @@ async fn an_invalid_spec_writes_only_the_status_and_waits_for_a_change() {
     assert_eq!(run.events, ["Degraded"]);
     assert_eq!(run.metrics.count(Outcome::InvalidSpec), 1);
 }
+
+/// During a foreground deletion the garbage collector removes the children; the operator must
+/// not apply them again (it did: the Service was re-created until the deletion gave up).
+#[tokio::test]
+async fn an_object_being_deleted_gets_no_request() {
+    let mut ld = stored("minimal");
+    ld.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let run = run(ld, ClusterCapabilities::default(), |server| async move {
+        server
+    })
+    .await;
+    assert_eq!(run.result.expect("no error"), Action::await_change());
+    assert!(run.events.is_empty());
+    assert_eq!(run.metrics.count(Outcome::Deleting), 1);
+}
