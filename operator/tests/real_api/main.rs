@@ -11,3 +11,4 @@ mod helm;
 mod kubelet;
 mod leader;
 mod samples;
+mod scale;
