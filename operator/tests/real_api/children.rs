@@ -108,6 +108,32 @@ async fn a_hand_edited_service_port_is_repaired_and_blocks_no_other_child() {
     pdbs.delete(&name, &DeleteParams::default())
         .await
         .expect("delete the PDB");
+    // And the worker's image and arguments edited in the Deployment.
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let desired = deployments.get(&name).await.expect("the Deployment");
+    let worker = |d: &Deployment| {
+        let pod = d.spec.template.spec.clone().expect("pod");
+        let c = pod
+            .containers
+            .into_iter()
+            .find(|c| c.name == "worker")
+            .expect("worker");
+        (c.image, c.args)
+    };
+    let edit = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "worker", "image": "example.com/other:1", "args": ["serve"]}
+    ]}}}});
+    deployments
+        .patch(
+            &name,
+            &PatchParams {
+                field_manager: Some(TEST_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::Strategic(&edit),
+        )
+        .await
+        .expect("edit the Deployment");
 
     let ports = eventually("the Service's port repaired", REACT, || async {
         let service = services.get_opt(&name).await.ok().flatten()?;
@@ -123,6 +149,11 @@ async fn a_hand_edited_service_port_is_repaired_and_blocks_no_other_child() {
     assert_eq!(ports, [(Some("grpc".to_owned()), port)]);
     eventually("the PDB back", REACT, || async {
         pdbs.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    eventually("the worker container repaired", REACT, || async {
+        let now = deployments.get(&name).await.ok()?;
+        (worker(&now) == worker(&desired)).then_some(())
     })
     .await;
     ns.delete().await;
