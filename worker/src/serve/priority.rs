@@ -1,8 +1,10 @@
 //! Thread priorities of `serve`: the model's threads keep the process's priority, the serving
 //! threads (the async runtime: gRPC, HTTP, refusals; the blocking pool: decoding, tokenizing)
-//! run at a higher niceness (`--serving-niceness`), so that under overload the work on requests
-//! that will be refused or are still to be prepared yields the CPU to the batch being generated.
-//! The scheduler is work-conserving: an idle model leaves the serving threads the whole CPU.
+//! can run at a higher niceness (`--serving-niceness`, default 0), so that under overload the
+//! work on requests that will be refused or are still to be prepared yields the CPU to the batch
+//! being generated. The scheduler is work-conserving: an idle model leaves the serving threads the
+//! whole CPU. (Measured on 2 cores it can also starve the preparation of the next batch; hence the
+//! default of equal priority.)
 //!
 //! Linux keeps the niceness per thread and a new thread inherits its creator's; an unprivileged
 //! process cannot lower it again. So the compute pool ([`start_compute_pool`]) and the model
