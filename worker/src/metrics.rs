@@ -14,8 +14,11 @@ use prometheus::{
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Finished gRPC generation requests by status code (`code` = `OK`, `INVALID_ARGUMENT`, ...).
+    /// Finished generation requests of both APIs by gRPC status code (`code` = `OK`,
+    /// `INVALID_ARGUMENT`, ...; an OpenAI-API request counts with the gRPC code of its answer).
     pub requests: IntCounterVec,
+    /// OpenAI-API chat completions by HTTP status (`status` = `200`, `400`, `429`, ...).
+    pub openai_requests: IntCounterVec,
     /// Requests waiting for admission.
     pub queue_length: IntGauge,
     /// Sequences being decoded (beams included).
@@ -98,6 +101,14 @@ impl Metrics {
             &["code"],
         )?;
         registry.register(Box::new(requests.clone()))?;
+        let openai_requests = IntCounterVec::new(
+            Opts::new(
+                "lynx_openai_requests_total",
+                "OpenAI-API chat completions by HTTP status (also counted in lynx_requests_total).",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(openai_requests.clone()))?;
         let scheduler_decisions = IntCounterVec::new(
             Opts::new(
                 "lynx_scheduler_decisions_total",
@@ -113,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(kv_cache_usage.clone()))?;
         Ok(Self {
             requests,
+            openai_requests,
             queue_length: int_gauge(
                 "lynx_queue_length",
                 "Requests waiting for admission (vLLM num_requests_waiting).",

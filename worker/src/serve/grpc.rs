@@ -63,27 +63,12 @@ impl Shared {
             None
         }
     }
-}
 
-/// The refusal of a request that arrives while the worker drains.
-const DRAINING: RequestError = RequestError::Unavailable("the worker is draining");
-
-/// The `lynx.v1.Lynx` service.
-#[derive(Debug, Clone)]
-pub struct LynxService {
-    shared: Arc<Shared>,
-}
-
-impl LynxService {
-    /// A service over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-
-    /// Takes a request through the front door to the model thread; returns its event receiver.
+    /// Takes a request through the front door to the model thread (both APIs): draining, the
+    /// cheap checks, a place in the queue, the preparation; returns its event receiver.
     /// `incoming`, the request's place from the door ([`super::shed`]), is held until the
     /// request is queued or refused.
-    async fn submit(
+    pub async fn submit(
         &self,
         req: v1::GenerateRequest,
         incoming: Option<Incoming>,
@@ -92,7 +77,7 @@ impl LynxService {
         deadline: Option<Instant>,
     ) -> Result<mpsc::Receiver<Event>, Status> {
         let _incoming = incoming;
-        let shared = &self.shared;
+        let shared = self;
         if shared.lifecycle.is_draining() {
             return Err(DRAINING.into());
         }
@@ -113,6 +98,22 @@ impl LynxService {
         slot.submit(job)?;
         Ok(rx)
     }
+}
+
+/// The refusal of a request that arrives while the worker drains.
+const DRAINING: RequestError = RequestError::Unavailable("the worker is draining");
+
+/// The `lynx.v1.Lynx` service.
+#[derive(Debug, Clone)]
+pub struct LynxService {
+    shared: Arc<Shared>,
+}
+
+impl LynxService {
+    /// A service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
 
     async fn generate_unary(
         &self,
@@ -123,6 +124,7 @@ impl LynxService {
     ) -> Result<Response<v1::GenerateResponse>, Status> {
         let client_request_id = req.client_request_id.clone();
         let mut rx = self
+            .shared
             .submit(req, incoming, false, received, deadline)
             .await?;
         loop {
@@ -303,7 +305,7 @@ impl v1::lynx_server::Lynx for LynxService {
         let incoming = request.extensions_mut().remove::<Incoming>();
         let req = request.into_inner();
         let client_request_id = req.client_request_id.clone();
-        let work = self.submit(req, incoming, true, received, deadline);
+        let work = self.shared.submit(req, incoming, true, received, deadline);
         match bounded(work, deadline, lifecycle).await {
             Ok(rx) => Ok(Response::new(EventStream {
                 rx,

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
+pub mod openai;
 pub mod prepare;
 pub mod priority;
 pub mod shed;
@@ -169,7 +170,11 @@ impl Server {
         let metrics = Metrics::new()?;
         let lifecycle = Arc::new(Lifecycle::default());
         let (http_stop, http_stopped) = oneshot::channel::<()>();
-        let http_app = http::router(Arc::clone(&lifecycle), metrics.clone());
+        let tokens = auth::Tokens::new(cfg.auth_tokens.clone());
+        let openai =
+            openai::OpenAiState::new(tokens.clone(), metrics.clone(), Arc::clone(&lifecycle));
+        let http_app = http::router(Arc::clone(&lifecycle), metrics.clone())
+            .merge(openai::routes(openai.clone()));
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)
                 .with_graceful_shutdown(async {
@@ -216,7 +221,7 @@ impl Server {
             preparer: Preparer::new(cfg.prepare, metrics.clone()),
         });
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
-        let tokens = auth::Tokens::new(cfg.auth_tokens.clone());
+        openai.serve(Arc::clone(&shared));
         // Small streamed messages must not wait for Nagle's algorithm (+40 ms per token).
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         let grpc_task = tokio::spawn(

@@ -11,5 +11,6 @@ mod client;
 mod front_door;
 mod lifecycle;
 mod limits;
+mod openai;
 mod scheduling;
 mod security;

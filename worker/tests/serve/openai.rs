@@ -1,0 +1,278 @@
+//! The OpenAI-compatible API over plain HTTP: models, chat completions whole and streamed (the
+//! same greedy answer as gRPC), and errors in OpenAI's shape with their HTTP status.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use lynx_proto::v1::DecodingMode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{input, request, TestServer};
+
+/// `POST path` with a JSON `body` (and `token` as bearer); the status and the raw body.
+async fn post(addr: SocketAddr, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // A streamed answer is chunked: join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = crate::harness::http_get(addr, path).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn data_uri(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn chat(model: &str, prompt: &str, image: &[u8], extra: Value) -> String {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": data_uri(image)}},
+        ]}],
+        "temperature": 0,
+        "max_tokens": 8,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_chat_completions_answer_as_grpc_does_whole_and_streamed() {
+    let server = TestServer::start(|_| {}).await;
+    let models = get_json(server.http, "/v1/models").await;
+    assert_eq!(models["object"], "list");
+    let model = models["data"][0]["id"].as_str().unwrap().to_owned();
+    let image = input("img_landscape.png");
+    let prompt = "What is in the image?";
+
+    let grpc = server
+        .client()
+        .await
+        .generate(request(prompt, &[&image], None, DecodingMode::Greedy, 8))
+        .await
+        .unwrap()
+        .into_inner();
+    let grpc_usage = grpc.usage.unwrap();
+
+    let (status, body) = post(
+        server.http,
+        "/v1/chat/completions",
+        &chat(&model, prompt, &image, json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let whole: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["model"], model.as_str());
+    assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        whole["choices"][0]["message"]["content"],
+        grpc.text.as_str()
+    );
+    let usage = &whole["usage"];
+    let prompt_tokens = u64::from(grpc_usage.prompt_tokens + grpc_usage.vision_tokens);
+    assert_eq!(usage["prompt_tokens"], prompt_tokens);
+    assert_eq!(
+        usage["completion_tokens"],
+        u64::from(grpc_usage.completion_tokens)
+    );
+    assert_eq!(
+        usage["total_tokens"],
+        prompt_tokens + u64::from(grpc_usage.completion_tokens)
+    );
+
+    let streamed = chat(
+        &model,
+        prompt,
+        &image,
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (status, body) = post(server.http, "/v1/chat/completions", &streamed, None).await;
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.trim(), grpc.text.as_str());
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .unwrap();
+    assert_eq!(
+        finish,
+        whole["choices"][0]["finish_reason"].as_str().unwrap()
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"].as_array().map(Vec::len), Some(0));
+    assert_eq!(last["usage"], whole["usage"]);
+
+    let m = server.metrics().await;
+    assert_eq!(m.get("lynx_openai_requests_total{status=\"200\"}"), 2.0);
+    assert_eq!(m.get("lynx_requests_total{code=\"OK\"}"), 3.0);
+}
+
+/// Each error in OpenAI's JSON shape, with the HTTP status of the matching gRPC status.
+async fn expect_error(
+    addr: SocketAddr,
+    body: &str,
+    token: Option<&str>,
+    status: u16,
+    type_: &str,
+) -> Value {
+    let (got, text) = post(addr, "/v1/chat/completions", body, token).await;
+    assert_eq!(got, status, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["error"]["type"], type_, "{text}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_openais_shape_and_status() {
+    let server = TestServer::start(|c| {
+        c.auth_tokens = vec!["s3cret".into()];
+        c.runner.scheduler.max_queue = 1;
+        c.runner.scheduler.max_batch_delay = Duration::from_secs(60);
+    })
+    .await;
+    let token = Some("s3cret");
+    let (status, _) = crate::harness::http_get(server.http, "/v1/models").await;
+    assert_eq!(status, 401, "models need the token too");
+    let model = "lynx-vicuna-7b";
+    let image = input("img_landscape.png");
+    let ok = chat(model, "hi", &image, json!({}));
+
+    expect_error(server.http, &ok, None, 401, "authentication_error").await;
+    expect_error(server.http, &ok, Some("wrong"), 401, "authentication_error").await;
+    let bad_image = chat(model, "hi", b"not an image", json!({}));
+    let v = expect_error(server.http, &bad_image, token, 400, "invalid_request_error").await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("image 0"),
+        "{v}"
+    );
+    let v = expect_error(
+        server.http,
+        &chat("gpt-4o", "hi", &image, json!({})),
+        token,
+        404,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let v = expect_error(
+        server.http,
+        &chat(model, "hi", &image, json!({"n": 2})),
+        token,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(v["error"]["param"], "n");
+    expect_error(
+        server.http,
+        "{not json",
+        token,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    let long = chat(model, "hi", &image, json!({"max_tokens": 100000}));
+    let v = expect_error(server.http, &long, token, 400, "invalid_request_error").await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_new_tokens"),
+        "{v}"
+    );
+
+    // The queue full: one request waits (the batch delay holds it), the next is refused.
+    let waiting = tokio::spawn({
+        let addr = server.http;
+        let body = ok.clone();
+        async move { post(addr, "/v1/chat/completions", &body, Some("s3cret")).await }
+    });
+    server
+        .wait_metrics("one waiting", |m| m.get("lynx_queue_length") == 1.0)
+        .await;
+    let v = expect_error(server.http, &ok, token, 429, "rate_limit_error").await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queue"),
+        "{v}"
+    );
+    waiting.abort();
+
+    let m = server.metrics().await;
+    assert_eq!(m.get("lynx_openai_requests_total{status=\"401\"}"), 2.0);
+    assert_eq!(m.get("lynx_openai_requests_total{status=\"429\"}"), 1.0);
+    assert_eq!(m.get("lynx_openai_requests_total{status=\"404\"}"), 1.0);
+}
