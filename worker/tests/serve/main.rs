@@ -12,5 +12,6 @@ mod front_door;
 mod lifecycle;
 mod limits;
 mod openai;
+mod openai_sdk;
 mod scheduling;
 mod security;
