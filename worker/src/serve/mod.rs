@@ -287,6 +287,8 @@ impl Server {
         }
         grpc_stop.send(()).ok();
         http_stop.send(()).ok();
+        // The OpenAI routes hold the model thread's handle too.
+        openai.release();
         let grace = Duration::from_secs(1);
         let grpc_result = tokio::time::timeout(grace, grpc_task).await;
         let http_result = tokio::time::timeout(grace, http_task).await;

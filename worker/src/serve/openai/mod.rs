@@ -14,7 +14,7 @@ pub mod wire;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -38,10 +38,11 @@ use wire::{
     ModelList, Usage,
 };
 
-/// What the OpenAI routes share; the model's part is set once it is loaded.
+/// What the OpenAI routes share; the model's part is set once it is loaded and released at
+/// shutdown (it holds the model thread's handle).
 #[derive(Clone)]
 pub struct OpenAiState {
-    served: Arc<OnceLock<Arc<Shared>>>,
+    served: Arc<RwLock<Option<Arc<Shared>>>>,
     tokens: Tokens,
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
@@ -65,13 +66,24 @@ impl OpenAiState {
 
     /// Serves `shared`'s model from now on.
     pub fn serve(&self, shared: Arc<Shared>) {
-        self.served.set(shared).ok();
+        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
     }
 
-    fn shared(&self) -> Result<&Arc<Shared>, ApiError> {
-        self.served.get().ok_or_else(|| {
-            ApiError::from_status(&Status::unavailable("the model is still loading"))
-        })
+    /// Lets go of the model (at shutdown, so that the model thread can end); requests are then
+    /// answered 503.
+    pub fn release(&self) {
+        self.served
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, ApiError> {
+        self.served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| ApiError::from_status(&Status::unavailable("the model is not loaded")))
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -178,6 +190,7 @@ async fn submit(
 ) -> Result<Submitted, ApiError> {
     s.authorize(headers)?;
     let shared = s.shared()?;
+    let shared = &shared;
     if let Some(refusal) = shared.refusal() {
         return Err(ApiError::from_status(&Status::from(refusal)));
     }
