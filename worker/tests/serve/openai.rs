@@ -13,10 +13,15 @@ use crate::harness::{input, request, TestServer};
 
 /// `POST path` with a JSON `body` (and `token` as bearer); the status and the raw body.
 async fn post(addr: SocketAddr, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    post_with(addr, path, body, &auth).await
+}
+
+/// `POST path` with extra header lines `headers` (each ending in CRLF).
+async fn post_with(addr: SocketAddr, path: &str, body: &str, headers: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
@@ -275,4 +280,37 @@ async fn errors_have_openais_shape_and_status() {
     assert_eq!(m.get("lynx_openai_requests_total{status=\"401\"}"), 2.0);
     assert_eq!(m.get("lynx_openai_requests_total{status=\"429\"}"), 1.0);
     assert_eq!(m.get("lynx_openai_requests_total{status=\"404\"}"), 1.0);
+}
+
+/// `x-request-timeout` is the request's deadline: a request still waiting when it runs out is
+/// answered 504 (here the batching delay keeps it waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_header_is_a_deadline() {
+    let server = TestServer::start(|c| {
+        c.runner.scheduler.max_batch_delay = Duration::from_secs(60);
+    })
+    .await;
+    let image = input("img_landscape.png");
+    let body = chat("lynx-vicuna-7b", "hi", &image, json!({}));
+    let started = std::time::Instant::now();
+    let (status, text) = post_with(
+        server.http,
+        "/v1/chat/completions",
+        &body,
+        "x-request-timeout: 0.3\r\n",
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "timeout_error", "{text}");
+    let m = server.metrics().await;
+    assert_eq!(
+        m.get("lynx_requests_total{code=\"DEADLINE_EXCEEDED\"}"),
+        1.0
+    );
 }

@@ -15,7 +15,7 @@ pub mod wire;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::auth::Tokens;
-use super::grpc::Shared;
+use super::grpc::{Shared, DEADLINE_MARGIN};
 use super::lifecycle::Lifecycle;
 use super::status::RequestGuard;
 use crate::metrics::Metrics;
@@ -151,7 +151,9 @@ async fn chat_completions(
 ) -> Response {
     let received = Instant::now();
     let mut guard = RequestGuard::new(s.metrics.clone(), s.lifecycle.in_flight(), received);
-    match submit(&s, &headers, body, received).await {
+    let deadline = deadline_of(&headers, received);
+    guard.set_deadline(deadline);
+    match submit(&s, &headers, body, received, deadline).await {
         Ok(submitted) if submitted.stream => {
             count(&s.metrics, StatusCode::OK);
             stream_answer(submitted, guard)
@@ -187,6 +189,7 @@ async fn submit(
     headers: &HeaderMap,
     body: Body,
     received: Instant,
+    deadline: Option<Instant>,
 ) -> Result<Submitted, ApiError> {
     s.authorize(headers)?;
     let shared = s.shared()?;
@@ -218,13 +221,20 @@ async fn submit(
     })?;
     let model = shared.model.config.model_name.clone();
     let converted = convert::convert(chat, &model, &shared.limits)?;
+    // The OpenAI SDKs' read timeout bounds a whole answer, not a stream (it is per read there).
+    let deadline = deadline.or_else(|| {
+        (!converted.stream)
+            .then(|| seconds_header(headers, SDK_READ_TIMEOUT))
+            .flatten()
+            .map(|t| received + t.saturating_sub(DEADLINE_MARGIN))
+    });
     let events = shared
         .submit(
             converted.request,
             Some(incoming),
             converted.stream,
             received,
-            None,
+            deadline,
         )
         .await
         .map_err(|status| ApiError::from_status(&status))?;
@@ -235,6 +245,22 @@ async fn submit(
         id: format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed)),
         model,
     })
+}
+
+/// The request's own time budget in seconds (a decimal number).
+pub const REQUEST_TIMEOUT: &str = "x-request-timeout";
+/// The read timeout the official OpenAI SDKs send (seconds): a whole answer's deadline.
+pub const SDK_READ_TIMEOUT: &str = "x-stainless-read-timeout";
+
+/// A header holding seconds as a decimal number.
+fn seconds_header(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let seconds: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)))
+}
+
+/// The worker's deadline from [`REQUEST_TIMEOUT`]: [`DEADLINE_MARGIN`] before it runs out.
+fn deadline_of(headers: &HeaderMap, received: Instant) -> Option<Instant> {
+    seconds_header(headers, REQUEST_TIMEOUT).map(|t| received + t.saturating_sub(DEADLINE_MARGIN))
 }
 
 fn finish_reason(finish: Finish) -> &'static str {
