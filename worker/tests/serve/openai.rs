@@ -314,3 +314,42 @@ async fn the_request_timeout_header_is_a_deadline() {
         1.0
     );
 }
+
+/// A client that disconnects while waiting for a whole answer cancels its request: the place and
+/// the KV blocks are freed, and the request counts as CANCELLED, not answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_whole_answer_cancels_it() {
+    let server = TestServer::start(|_| {}).await;
+    let image = input("img_landscape.png");
+    let body = chat(
+        "lynx-vicuna-7b",
+        "Describe it.",
+        &image,
+        json!({"max_tokens": 400}),
+    );
+    let mut s = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    server
+        .wait_metrics("generating", |m| m.get("lynx_running_requests") == 1.0)
+        .await;
+    drop(s);
+    // Freed at the model thread's next step.
+    let m = server
+        .wait_metrics("cancelled and freed", |m| {
+            m.0.get("lynx_requests_total{code=\"CANCELLED\"}").copied() == Some(1.0)
+                && m.get("lynx_running_requests") == 0.0
+        })
+        .await;
+    assert_eq!(
+        m.0.get("lynx_requests_total{code=\"OK\"}")
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
+}
