@@ -1,6 +1,6 @@
-//! The HTTP listener: `/metrics` (Prometheus text), `/healthz` (liveness), `/readyz` (ready only
-//! after the model is loaded and the warm-up request ran, and not while draining). Never
-//! authenticated.
+//! The HTTP listener: `/metrics` (Prometheus text), `/healthz` (liveness; also `/health`, the
+//! path OpenAI-compatible tools probe), `/readyz` (ready only after the model is loaded and the
+//! warm-up request ran, and not while draining). Never authenticated.
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ struct HttpState {
 pub fn router(lifecycle: Arc<Lifecycle>, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/health", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(HttpState { lifecycle, metrics })

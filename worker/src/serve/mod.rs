@@ -175,6 +175,12 @@ impl Server {
             openai::OpenAiState::new(tokens.clone(), metrics.clone(), Arc::clone(&lifecycle));
         let http_app = http::router(Arc::clone(&lifecycle), metrics.clone())
             .merge(openai::routes(openai.clone()));
+        // Streamed answers (server-sent events) must not wait for Nagle's algorithm either.
+        let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)
                 .with_graceful_shutdown(async {

@@ -62,6 +62,11 @@ async fn finish_stream(
 async fn health_reflection_and_model_info_describe_the_worker() {
     let server = TestServer::start(|c| c.limits.max_new_tokens = 77).await;
     assert_eq!(http_get(server.http, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(server.http, "/health").await.0,
+        200,
+        "the OpenAI tools' probe path"
+    );
     assert_eq!(health(server.grpc, "").await, ServingStatus::Serving);
     assert_eq!(
         health(server.grpc, "lynx.v1.Lynx").await,
