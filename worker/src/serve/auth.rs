@@ -1,24 +1,13 @@
-//! Optional bearer-token authentication of `lynx.v1.Lynx`: without the header
-//! `authorization: Bearer <token>` naming one of the configured tokens, UNAUTHENTICATED (the
-//! scheme name is case-insensitive, RFC 7235). Health, reflection and the HTTP listener stay open
-//! (probes and scrapers carry no credentials). Refused generation requests are counted in
-//! `lynx_requests_total{code="UNAUTHENTICATED"}`.
+//! Optional bearer-token authentication of `lynx.v1.Lynx` (checked at [`super::door`]) and of the
+//! OpenAI API: without the header `authorization: Bearer <token>` naming one of the configured
+//! tokens, UNAUTHENTICATED (the scheme name is case-insensitive, RFC 7235). Health, reflection,
+//! metrics and probes stay open (probes and scrapers carry no credentials). Refused generation
+//! requests are counted in `lynx_requests_total{code="UNAUTHENTICATED"}`.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use tonic::body::Body;
-use tonic::codegen::http::{HeaderMap, Request, Response};
-use tonic::codegen::Service;
-use tonic::server::NamedService;
+use tonic::codegen::http::HeaderMap;
 use tonic::Status;
-
-use super::decode_errors::is_generation;
-use crate::metrics::Metrics;
 
 /// The accepted tokens.
 #[derive(Clone, Default)]
@@ -77,56 +66,6 @@ impl Tokens {
             Ok(())
         } else {
             Err(Status::unauthenticated("invalid bearer token"))
-        }
-    }
-}
-
-/// Wraps a gRPC service with the token check.
-#[derive(Debug, Clone)]
-pub struct BearerAuth<S> {
-    inner: S,
-    tokens: Tokens,
-    metrics: Metrics,
-}
-
-impl<S> BearerAuth<S> {
-    /// `inner`, answering only requests that carry one of `tokens`; refusals of generation
-    /// requests are counted in `metrics`.
-    pub fn new(inner: S, tokens: Tokens, metrics: Metrics) -> Self {
-        Self {
-            inner,
-            tokens,
-            metrics,
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for BearerAuth<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S> Service<Request<Body>> for BearerAuth<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        match self.tokens.check(req.headers()) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => {
-                if is_generation(req.uri().path()) {
-                    self.metrics.count_request(status.code(), Duration::ZERO);
-                }
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
         }
     }
 }

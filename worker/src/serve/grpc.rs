@@ -3,7 +3,7 @@
 //!
 //! The front door, cheapest first, so that a request that will be refused costs microseconds:
 //! authentication, draining or a full queue from the headers alone, and the message size (in
-//! front of this service: [`super::auth`], [`super::shed`], [`super::decode_errors`]); then here
+//! front of this service: [`super::door`], [`super::decode_errors`]); then here
 //! draining again, the cheap checks ([`check`]: counts and byte lengths), a place in the queue
 //! ([`EngineHandle::reserve`]: RESOURCE_EXHAUSTED at once when full), and only then the bounded,
 //! budgeted preparation ([`Preparer`]: decoding, tokenizing).
@@ -66,7 +66,7 @@ impl Shared {
 
     /// Takes a request through the front door to the model thread (both APIs): draining, the
     /// cheap checks, a place in the queue, the preparation; returns its event receiver.
-    /// `incoming`, the request's place from the door ([`super::shed`]), is held until the
+    /// `incoming`, the request's place from the door ([`super::door`]), is held until the
     /// request is queued or refused.
     pub async fn submit(
         &self,

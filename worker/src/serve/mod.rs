@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod decode_errors;
+pub mod door;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;
@@ -15,7 +16,6 @@ pub mod limits;
 pub mod openai;
 pub mod prepare;
 pub mod priority;
-pub mod shed;
 pub mod status;
 
 use std::future::Future;
@@ -34,13 +34,12 @@ use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
 use crate::served::ServedModel;
-use auth::BearerAuth;
 use decode_errors::DecodeErrors;
+use door::Door;
 use grpc::{LynxService, Shared};
 use lifecycle::Lifecycle;
 use limits::Limits;
 use prepare::{PrepareConfig, Preparer};
-use shed::LoadShed;
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -234,17 +233,14 @@ impl Server {
             builder
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(BearerAuth::new(
-                    LoadShed::new(
-                        DecodeErrors::new(
-                            LynxServer::new(LynxService::new(Arc::clone(&shared)))
-                                .max_decoding_message_size(cfg.limits.max_request_bytes),
-                            metrics.clone(),
-                        ),
-                        shared,
+                .add_service(Door::new(
+                    DecodeErrors::new(
+                        LynxServer::new(LynxService::new(Arc::clone(&shared)))
+                            .max_decoding_message_size(cfg.limits.max_request_bytes),
+                        metrics.clone(),
                     ),
                     tokens.clone(),
-                    metrics.clone(),
+                    shared,
                 ))
                 .serve_with_incoming_shutdown(incoming, async {
                     grpc_stopped.await.ok();

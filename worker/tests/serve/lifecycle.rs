@@ -230,6 +230,23 @@ struct Spawned {
     _cache: tempfile::TempDir,
 }
 
+impl Spawned {
+    /// Waits up to `within` for `/readyz` to answer 200, then connects a gRPC client.
+    async fn ready_client(
+        &self,
+        within: Duration,
+    ) -> lynx_proto::v1::lynx_client::LynxClient<tonic::transport::Channel> {
+        let t0 = Instant::now();
+        while http_get(self.http, "/readyz").await.0 != 200 {
+            assert!(t0.elapsed() < within, "never ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+}
+
 /// Starts `lynx-worker serve` with `args` (plus loopback listeners) and waits for its
 /// addresses.
 fn spawn_worker(args: &[&std::ffi::OsStr]) -> Spawned {
@@ -282,21 +299,11 @@ fn spawn_worker(args: &[&std::ffi::OsStr]) -> Spawned {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_random_weights_on_the_device_program() {
     let args = ["--device", "mirror", "--random-weights", "tiny"].map(std::ffi::OsStr::new);
+    let spawned = spawn_worker(&args);
+    let mut client = spawned.ready_client(Duration::from_secs(60)).await;
     let Spawned {
-        mut child,
-        grpc,
-        http,
-        logs,
-        _cache,
-    } = spawn_worker(&args);
-    let t0 = Instant::now();
-    while http_get(http, "/readyz").await.0 != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "never ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut client = lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+        mut child, logs, ..
+    } = spawned;
     let info = client
         .get_model_info(GetModelInfoRequest {})
         .await
@@ -320,21 +327,11 @@ async fn the_binary_serves_random_weights_on_the_device_program() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_drains_on_sigterm_and_exits_0() {
     let model = crate::common::model_dir();
+    let spawned = spawn_worker(&[std::ffi::OsStr::new("--model"), model.as_os_str()]);
+    let mut client = spawned.ready_client(Duration::from_secs(30)).await;
     let Spawned {
-        mut child,
-        grpc,
-        http,
-        logs,
-        _cache,
-    } = spawn_worker(&[std::ffi::OsStr::new("--model"), model.as_os_str()]);
-    let t0 = Instant::now();
-    while http_get(http, "/readyz").await.0 != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut client = lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+        mut child, logs, ..
+    } = spawned;
     let mut stream = client
         .generate_stream(greedy(120))
         .await
@@ -403,22 +400,12 @@ async fn the_serving_threads_yield_the_cpu_to_the_model_threads() {
         std::ffi::OsStr::new("--serving-niceness"),
         std::ffi::OsStr::new("7"),
     ];
-    let Spawned {
-        mut child,
-        grpc,
-        http,
-        logs,
-        _cache,
-    } = spawn_worker(&args);
-    let t0 = Instant::now();
-    while http_get(http, "/readyz").await.0 != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let spawned = spawn_worker(&args);
     // One request: its image was decoded on the blocking pool.
-    let mut client = lynx_proto::v1::lynx_client::LynxClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let mut client = spawned.ready_client(Duration::from_secs(30)).await;
+    let Spawned {
+        mut child, logs, ..
+    } = spawned;
     client.generate(greedy(2)).await.unwrap();
     let threads = thread_niceness(child.id());
     child.kill().unwrap();

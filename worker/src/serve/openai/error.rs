@@ -93,12 +93,7 @@ impl ApiError {
     /// The JSON body.
     pub fn body(&self) -> String {
         let body = ErrorBody {
-            error: ErrorObject {
-                message: self.error.message.clone(),
-                type_: self.error.type_,
-                param: self.error.param.clone(),
-                code: self.error.code,
-            },
+            error: self.error.clone(),
         };
         serde_json::to_string(&body).unwrap_or_else(|_| "{\"error\":{}}".to_owned())
     }

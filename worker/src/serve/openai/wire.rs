@@ -237,7 +237,7 @@ pub struct ErrorBody {
 }
 
 /// OpenAI's error object.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ErrorObject {
     /// What went wrong, naming the limit or parameter.
     pub message: String,
