@@ -218,6 +218,16 @@ pub struct ServeArgs {
         help_heading = "Security"
     )]
     pub auth_token: Option<String>,
+    /// Hosts (names or addresses, comma-separated) whose http(s) image URLs the OpenAI API
+    /// fetches, within the image byte limit, a 10 s timeout and redirects within the host only;
+    /// none by default (data: URIs only).
+    #[arg(
+        long,
+        env = "LYNX_IMAGE_URL_HOSTS",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub image_url_hosts: Vec<String>,
 
     /// After SIGTERM: how long admitted requests may take to finish before the worker exits.
     #[arg(
@@ -303,6 +313,7 @@ impl ServeArgs {
                 _ => None,
             },
             auth_tokens,
+            image_url_hosts: self.image_url_hosts.clone(),
         })
     }
 }

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Bearer tokens accepted by `lynx.v1.Lynx` (empty: no authentication).
     pub auth_tokens: Vec<String>,
+    /// Hosts whose `http(s)` image URLs the OpenAI API fetches (empty: `data:` URIs only).
+    pub image_url_hosts: Vec<String>,
 }
 
 /// PEM files of the server's TLS identity.
@@ -97,6 +99,9 @@ pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The HTTP client for image URLs cannot be built.
+    #[error("{0}")]
+    ImageUrls(String),
     /// The warm-up request failed.
     #[error("warm-up request failed: {0}")]
     Warmup(String),
@@ -170,8 +175,14 @@ impl Server {
         let lifecycle = Arc::new(Lifecycle::default());
         let (http_stop, http_stopped) = oneshot::channel::<()>();
         let tokens = auth::Tokens::new(cfg.auth_tokens.clone());
-        let openai =
-            openai::OpenAiState::new(tokens.clone(), metrics.clone(), Arc::clone(&lifecycle));
+        let fetcher = openai::fetch::ImageFetcher::new(cfg.image_url_hosts.clone())
+            .map_err(ServeError::ImageUrls)?;
+        let openai = openai::OpenAiState::new(
+            tokens.clone(),
+            metrics.clone(),
+            Arc::clone(&lifecycle),
+            fetcher,
+        );
         let http_app = http::router(Arc::clone(&lifecycle), metrics.clone())
             .merge(openai::routes(openai.clone()));
         // Streamed answers (server-sent events) must not wait for Nagle's algorithm either.

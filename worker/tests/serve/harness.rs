@@ -43,6 +43,7 @@ pub fn config() -> ServeConfig {
         drain_timeout: Duration::from_secs(30),
         tls: None,
         auth_tokens: Vec::new(),
+        image_url_hosts: Vec::new(),
     }
 }
 

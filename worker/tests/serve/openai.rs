@@ -353,3 +353,84 @@ async fn a_client_that_leaves_a_whole_answer_cancels_it() {
         0.0
     );
 }
+
+/// Images by `http(s)` URL: fetched from the hosts of `--image-url-hosts` only, the same answer
+/// as the same image in a `data:` URI; another host, a redirect to another host and an image over
+/// `max_image_bytes` are 400 naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_urls_come_from_the_allowed_hosts_only() {
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    let image = input("img_landscape.png");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = image.clone();
+    let app =
+        axum::Router::new()
+            .route(
+                "/img.png",
+                get(move || async move { served.clone().into_response() }),
+            )
+            .route(
+                "/elsewhere",
+                get(move || async move {
+                    Redirect::temporary(&format!("http://localhost:{port}/img.png"))
+                }),
+            )
+            .route(
+                "/same-host",
+                get(|| async { Redirect::temporary("/img.png") }),
+            )
+            .route("/big", get(|| async { vec![0u8; 3 << 20].into_response() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = TestServer::start(|c| {
+        c.image_url_hosts = vec!["127.0.0.1".into()];
+        c.limits.max_image_bytes = 2 << 20;
+    })
+    .await;
+    let model = "lynx-vicuna-7b";
+    let by_url = |url: String| {
+        json!({
+            "model": model,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is in the image?"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ]}],
+            "temperature": 0,
+            "max_tokens": 8,
+        })
+        .to_string()
+    };
+    let answer = |body: String| async move {
+        let (status, text) = post(server.http, "/v1/chat/completions", &body, None).await;
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let (status, inline) = answer(chat(model, "What is in the image?", &image, json!({}))).await;
+    assert_eq!(status, 200, "{inline}");
+    for path in ["img.png", "same-host"] {
+        let (status, fetched) = answer(by_url(format!("http://127.0.0.1:{port}/{path}"))).await;
+        assert_eq!(status, 200, "{path}: {fetched}");
+        assert_eq!(
+            fetched["choices"][0]["message"]["content"], inline["choices"][0]["message"]["content"],
+            "{path}"
+        );
+    }
+    for (url, says) in [
+        (
+            format!("http://localhost:{port}/img.png"),
+            "image_url_hosts",
+        ),
+        (format!("http://127.0.0.1:{port}/elsewhere"), "another host"),
+        (format!("http://127.0.0.1:{port}/big"), "max_image_bytes"),
+        (format!("http://127.0.0.1:{port}/missing"), "404"),
+    ] {
+        let (status, error) = answer(by_url(url.clone())).await;
+        assert_eq!(status, 400, "{url}: {error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{url}: {message}");
+    }
+}

@@ -4,8 +4,9 @@
 //! What Lynx can render: one `user` message (text, `image_url` parts, or one `video_url` part).
 //! Its prompt template has no system prompt and no chat history, so `system`, `assistant` and
 //! `tool` messages are refused rather than silently dropped. Images come as `data:` URIs
-//! (base64); URLs are not fetched. A video is a `data:application/json` URI whose payload (base64
-//! or plain) is the official JSON list of base64 frames.
+//! (base64) or as `http(s)` URLs that the handler fetches ([`super::fetch`]). A video is a
+//! `data:application/json` URI whose payload (base64 or plain) is the official JSON list of base64
+//! frames.
 
 use base64::Engine as _;
 use lynx_proto::v1;
@@ -18,8 +19,10 @@ use crate::vision::{parse_video_json_with_limits, VisionLimits};
 /// The worker request and the answer's shape.
 #[derive(Debug)]
 pub struct Converted {
-    /// What the gRPC API would receive.
+    /// What the gRPC API would receive (images given by URL still empty: see `to_fetch`).
     pub request: v1::GenerateRequest,
+    /// Images to fetch: `(index in request.images, URL, content part)`.
+    pub to_fetch: Vec<(usize, String, usize)>,
     /// Server-sent events.
     pub stream: bool,
     /// A last chunk with the usage (streaming).
@@ -74,6 +77,7 @@ pub fn convert(
         ));
     }
     let mut request = v1::GenerateRequest::default();
+    let mut to_fetch = Vec::new();
     let mut texts = Vec::new();
     match &message.content {
         None => {
@@ -88,7 +92,13 @@ pub fn convert(
                 match part {
                     Part::Text { text } => texts.push(text.clone()),
                     Part::ImageUrl { image_url } => {
-                        let data = image_data(&image_url.url, i, limits)?;
+                        let url = &image_url.url;
+                        let data = if url.starts_with("http://") || url.starts_with("https://") {
+                            to_fetch.push((request.images.len(), url.clone(), i));
+                            Vec::new()
+                        } else {
+                            image_data(url, i, limits)?
+                        };
                         request.images.push(v1::Image { data });
                     }
                     Part::VideoUrl { video_url } => {
@@ -110,6 +120,7 @@ pub fn convert(
     request.priority = priority(chat.priority.as_deref())? as i32;
     Ok(Converted {
         request,
+        to_fetch,
         stream: chat.stream,
         include_usage: chat.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -312,7 +323,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
+                    {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]}]}),
                 400,
                 "messages",
             ),

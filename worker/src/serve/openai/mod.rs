@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod fetch;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -46,19 +47,26 @@ pub struct OpenAiState {
     tokens: Tokens,
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
+    fetcher: fetch::ImageFetcher,
     started: u64,
     next_id: Arc<AtomicU64>,
 }
 
 impl OpenAiState {
     /// The state of a worker whose model is not loaded yet (the routes answer 503 until
-    /// [`OpenAiState::serve`]).
-    pub fn new(tokens: Tokens, metrics: Metrics, lifecycle: Arc<Lifecycle>) -> Self {
+    /// [`OpenAiState::serve`]); images by URL come through `fetcher`.
+    pub fn new(
+        tokens: Tokens,
+        metrics: Metrics,
+        lifecycle: Arc<Lifecycle>,
+        fetcher: fetch::ImageFetcher,
+    ) -> Self {
         Self {
             served: Arc::default(),
             tokens,
             metrics,
             lifecycle,
+            fetcher,
             started: unix_now(),
             next_id: Arc::new(AtomicU64::new(1)),
         }
@@ -220,7 +228,14 @@ async fn submit(
         ApiError::invalid(format!("the request is not a chat completion: {e}"), None)
     })?;
     let model = shared.model.config.model_name.clone();
-    let converted = convert::convert(chat, &model, &shared.limits)?;
+    let mut converted = convert::convert(chat, &model, &shared.limits)?;
+    for (index, url, part) in std::mem::take(&mut converted.to_fetch) {
+        let data = s
+            .fetcher
+            .fetch(&url, part, shared.limits.max_image_bytes)
+            .await?;
+        converted.request.images[index].data = data;
+    }
     // The OpenAI SDKs' read timeout bounds a whole answer, not a stream (it is per read there).
     let deadline = deadline.or_else(|| {
         (!converted.stream)
