@@ -434,3 +434,50 @@ async fn image_urls_come_from_the_allowed_hosts_only() {
         assert!(message.contains(says), "{url}: {message}");
     }
 }
+
+/// A body over 4/3 of `max_request_bytes` is 413; a draining worker answers 503 (a long
+/// streamed answer keeps it draining meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_and_a_draining_worker_503() {
+    let mut server = TestServer::start(|c| c.limits.max_request_bytes = 64 << 10).await;
+    let model = "lynx-vicuna-7b";
+    let image = input("img_landscape.png");
+    let over = chat(model, "hi", &vec![7u8; 100 << 10], json!({}));
+    let v = expect_error(server.http, &over, None, 413, "invalid_request_error").await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_request_bytes"),
+        "{v}"
+    );
+
+    let long = chat(
+        model,
+        "Describe it.",
+        &image,
+        json!({"max_tokens": 300, "stream": true}),
+    );
+    let streaming = tokio::spawn({
+        let addr = server.http;
+        async move { post(addr, "/v1/chat/completions", &long, None).await }
+    });
+    server
+        .wait_metrics("generating", |m| m.get("lynx_running_requests") == 1.0)
+        .await;
+    server.signal_shutdown();
+    let t0 = std::time::Instant::now();
+    while crate::harness::http_get(server.http, "/readyz").await.0 != 503 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "never draining");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let short = chat(model, "hi", &image, json!({}));
+    expect_error(server.http, &short, None, 503, "service_unavailable").await;
+    let (status, body) = streaming.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with("data: [DONE]\n\n"),
+        "the admitted stream finished"
+    );
+    server.stop().await.unwrap();
+}
