@@ -154,17 +154,42 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
+    let (status, _, body) = parse_http(raw);
+    (status, body)
+}
+
+/// An HTTP/1 response as status, head and body (a chunked body joined).
+pub fn parse_http(raw: Vec<u8>) -> (u16, String, String) {
     let text = String::from_utf8(raw).unwrap();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, head.to_owned(), body)
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size + 2 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }
 
 /// Samples of a Prometheus text exposition, keyed by `name{labels}` as printed.

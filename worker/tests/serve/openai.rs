@@ -9,7 +9,7 @@ use lynx_proto::v1::DecodingMode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{input, request, TestServer};
+use crate::harness::{input, parse_http, request, TestServer};
 
 /// `POST path` with a JSON `body` (and `token` as bearer); the status and the raw body.
 async fn post(addr: SocketAddr, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
@@ -29,37 +29,8 @@ async fn post_with(addr: SocketAddr, path: &str, body: &str, headers: &str) -> (
     s.write_all(body.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    // A streamed answer is chunked: join the chunks.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let (status, _, body) = parse_http(raw);
     (status, body)
-}
-
-/// The payload of an HTTP/1.1 chunked body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
 }
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
