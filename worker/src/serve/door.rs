@@ -56,10 +56,7 @@ impl<S> Door<S> {
     fn admit(&self, req: &mut Request<Body>) -> Result<(), Status> {
         self.tokens.check(req.headers())?;
         if is_generation(req.uri().path()) {
-            if let Some(error) = self.shared.refusal() {
-                return Err(error.into());
-            }
-            let incoming = self.shared.preparer.admit()?;
+            let incoming = self.shared.admit()?;
             // The handler holds the place until the request is queued or refused.
             req.extensions_mut().insert(incoming);
         }

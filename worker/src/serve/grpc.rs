@@ -52,7 +52,7 @@ pub struct Shared {
 impl Shared {
     /// Why a new request cannot be taken now, if it cannot: the worker is draining
     /// (UNAVAILABLE) or the queue is full (RESOURCE_EXHAUSTED).
-    pub fn refusal(&self) -> Option<RequestError> {
+    fn refusal(&self) -> Option<RequestError> {
         if self.lifecycle.is_draining() {
             Some(DRAINING)
         } else if self.engine.is_full() {
@@ -61,6 +61,16 @@ impl Shared {
             })
         } else {
             None
+        }
+    }
+
+    /// What the door decides from a generation request's headers (both APIs): refused while
+    /// draining, with the queue full or with `max_incoming_requests` requests already being
+    /// received or prepared; else the request's incoming place.
+    pub fn admit(&self) -> Result<Incoming, RequestError> {
+        match self.refusal() {
+            Some(error) => Err(error),
+            None => self.preparer.admit(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lynx_proto::v1::{self, DecodingMode, GenerateRequest};
 use tonic::Code;
 
-use crate::harness::{generate_invalid_utf8, input, request, with_timeout, TestServer};
+use crate::harness::{generate_invalid_utf8, input, raw_grpc, request, with_timeout, TestServer};
 
 /// An incompressible RGB PNG of `w` x `h` pixels (its size is about `3 w h` bytes).
 fn noise_png(w: u32, h: u32) -> Vec<u8> {
@@ -47,15 +47,8 @@ async fn a_full_queue_refuses_before_any_image_is_decoded() {
         c.runner.scheduler.max_batch_delay = Duration::from_secs(60);
     })
     .await;
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let mut client = server.client().await;
-        let req = request("hi", &[], None, DecodingMode::Greedy, 2);
-        waiting.push(tokio::spawn(async move { client.generate(req).await }));
-    }
-    let m = server
-        .wait_metrics("2 waiting", |m| m.get("lynx_queue_length") == 2.0)
-        .await;
+    let waiting = server.hold_in_queue(2).await;
+    let m = server.metrics().await;
     let decoded = m.get("lynx_vision_inputs_decoded_total");
     // A large image with a bad body: decoding it would fail, refusing it must not try.
     let big = noise_png(600, 600);
@@ -103,13 +96,7 @@ async fn a_full_queue_refuses_before_any_image_is_decoded() {
 async fn requests_still_arriving_are_bounded_by_max_incoming_requests() {
     let server = TestServer::start(|c| c.prepare.max_incoming = 1).await;
     // The unary method called as client streaming: the headers now, the message later.
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = raw_grpc(server.grpc).await;
     let (message, messages) = tokio::sync::mpsc::channel::<GenerateRequest>(1);
     let slow = tokio::spawn(async move {
         let codec: tonic_prost::ProstCodec<GenerateRequest, v1::GenerateResponse> =

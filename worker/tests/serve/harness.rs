@@ -137,6 +137,37 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+
+    /// Puts `n` short requests in the queue and waits until they all wait there (start the
+    /// server with a long `max_batch_delay` to keep them waiting); aborting the returned tasks
+    /// frees their places.
+    pub async fn hold_in_queue(&self, n: usize) -> Vec<JoinHandle<Result<(), tonic::Status>>> {
+        let mut waiting = Vec::new();
+        for _ in 0..n {
+            let mut client = self.client().await;
+            let req = request("hi", &[], None, DecodingMode::Greedy, 2);
+            waiting.push(tokio::spawn(
+                async move { client.generate(req).await.map(drop) },
+            ));
+        }
+        self.wait_metrics(&format!("{n} waiting"), |m| {
+            m.get("lynx_queue_length") == n as f64
+        })
+        .await;
+        waiting
+    }
+}
+
+/// A raw gRPC client on a new connection to `addr`, ready for any codec.
+pub async fn raw_grpc(addr: SocketAddr) -> tonic::client::Grpc<Channel> {
+    let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc
 }
 
 impl Drop for TestServer {
@@ -280,13 +311,7 @@ pub async fn generate_invalid_utf8(grpc: SocketAddr, token: Option<&str>) -> ton
         #[prost(bytes = "vec", tag = "3")]
         instruction: Vec<u8>,
     }
-    let channel = tonic::transport::Endpoint::new(format!("http://{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = raw_grpc(grpc).await;
     let codec: tonic_prost::ProstCodec<RawRequest, v1::GenerateResponse> = Default::default();
     let mut req = tonic::Request::new(RawRequest {
         instruction: vec![b'h', b'i', 0xFF, 0xFE],

@@ -69,16 +69,7 @@ async fn a_full_queue_is_resource_exhausted_at_once() {
         c.runner.scheduler.max_batch_delay = Duration::from_secs(60);
     })
     .await;
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let mut client = server.client().await;
-        waiting.push(tokio::spawn(async move {
-            client.generate(short_request(Priority::Normal)).await
-        }));
-    }
-    server
-        .wait_metrics("2 waiting", |m| m.get("lynx_queue_length") == 2.0)
-        .await;
+    let waiting = server.hold_in_queue(2).await;
     let t0 = Instant::now();
     let status = server
         .client()

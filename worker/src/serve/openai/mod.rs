@@ -2,7 +2,7 @@
 //! `POST /v1/chat/completions` (whole answers, or server-sent events with `stream: true`).
 //!
 //! One engine behind both APIs: a chat request is converted ([`convert`]) into the worker's own
-//! request and taken through the same door ([`Shared::refusal`], the incoming places), checks,
+//! request and taken through the same door ([`Shared::admit`]), checks,
 //! queue, preparation and model thread as a gRPC request ([`Shared::submit`]); the same bearer
 //! tokens; every request counted in `lynx_requests_total` with the gRPC code of its answer (and
 //! in the in-flight count the drain waits for) and in `lynx_openai_requests_total{status}`.
@@ -202,11 +202,7 @@ async fn submit(
     s.authorize(headers)?;
     let shared = s.shared()?;
     let shared = &shared;
-    if let Some(refusal) = shared.refusal() {
-        return Err(ApiError::from_status(&Status::from(refusal)));
-    }
     let incoming = shared
-        .preparer
         .admit()
         .map_err(|e| ApiError::from_status(&Status::from(e)))?;
     // Base64 makes the images a third larger than on gRPC.
