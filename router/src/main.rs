@@ -1,0 +1,3 @@
+//! The `lynx-router` binary.
+
+fn main() {}
