@@ -2,3 +2,5 @@
 //!
 //! Pure policy (which worker gets a request) is kept apart from the serving code that forwards
 //! requests, so that the fleet simulation runs the very policy the router uses.
+pub mod policy;
+pub mod sim;
