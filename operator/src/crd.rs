@@ -15,16 +15,20 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod autoscaling;
+mod router;
 mod status;
 #[cfg(test)]
 mod tests;
 
 pub use autoscaling::{AutoscalingEngine, AutoscalingMetric, AutoscalingSpec};
+pub use router::{
+    EndpointPickerFailureMode, InferencePoolSpec, RouterSpec, DEFAULT_ENDPOINT_PICKER_PORT,
+};
 pub use status::{condition, LynxDeploymentStatus};
 
 use crate::validate::{
     MODEL_PATH_MESSAGE, MODEL_PATH_RULE, MODEL_SOURCE_MESSAGE, MODEL_SOURCE_RULE, NAME_MESSAGE,
-    NAME_RULE, PDB_MESSAGE, PDB_RULE,
+    NAME_RULE, PDB_MESSAGE, PDB_RULE, ROUTER_TLS_MESSAGE, ROUTER_TLS_RULE,
 };
 
 /// The API group of every Lynx custom resource.
@@ -89,6 +93,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(ROUTER_TLS_RULE).message(ROUTER_TLS_MESSAGE))]
 pub struct LynxDeploymentSpec {
     /// Where the model weights come from and how to read them.
     pub model: ModelSpec,
@@ -112,9 +117,17 @@ pub struct LynxDeploymentSpec {
     /// Autoscaling of `replicas`; absent means a fixed replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
-    /// The gRPC Service in front of the workers.
+    /// The gRPC Service in front of the workers (or of the router, when there is one).
     #[serde(default)]
     pub service: ServiceSpec,
+    /// A router in front of the workers: balances requests (not connections) over the workers and
+    /// holds requests while none is ready, so a fleet at zero wakes up. Absent: no router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterSpec>,
+    /// An `InferencePool` (`inference.networking.k8s.io/v1`) over the workers for a Gateway API
+    /// inference gateway, when the cluster serves that API. Absent: no pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_pool: Option<InferencePoolSpec>,
     /// TLS for the worker's gRPC port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
@@ -401,6 +414,16 @@ pub struct ServiceSpec {
     /// Annotations of the Service (load-balancer settings).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Seconds after which a worker asks a client to reconnect (HTTP/2 GOAWAY), so long-lived
+    /// connections spread over new workers (`--max-connection-age-seconds`); 0 turns it off.
+    #[serde(default = "default_max_connection_age")]
+    #[schemars(range(min = 0))]
+    pub max_connection_age_seconds: i64,
+    /// Seconds the requests of a connection asked to reconnect may still run
+    /// (`--max-connection-age-grace-seconds`); longer than the longest generation.
+    #[serde(default = "default_max_connection_age_grace")]
+    #[schemars(range(min = 0))]
+    pub max_connection_age_grace_seconds: i64,
 }
 
 impl Default for ServiceSpec {
@@ -409,12 +432,22 @@ impl Default for ServiceSpec {
             type_: ServiceType::default(),
             port: DEFAULT_GRPC_PORT,
             annotations: BTreeMap::new(),
+            max_connection_age_seconds: default_max_connection_age(),
+            max_connection_age_grace_seconds: default_max_connection_age_grace(),
         }
     }
 }
 
 fn default_grpc_port() -> i32 {
     DEFAULT_GRPC_PORT
+}
+
+fn default_max_connection_age() -> i64 {
+    300
+}
+
+fn default_max_connection_age_grace() -> i64 {
+    600
 }
 
 /// Kubernetes Service type.

@@ -20,12 +20,17 @@ pub const EXTERNAL_METRICS_GROUP: &str = "external.metrics.k8s.io";
 pub const MONITORING_GROUP: &str = "monitoring.coreos.com";
 /// The version of the Prometheus operator's API the operator writes.
 pub const MONITORING_VERSION: &str = "v1";
+/// The Gateway API inference extension's group (`InferencePool`).
+pub const INFERENCE_GROUP: &str = "inference.networking.k8s.io";
+/// The version of the inference extension's API the operator writes.
+pub const INFERENCE_VERSION: &str = "v1";
 
 /// The capabilities a list of served API groups gives.
 ///
 /// # Guarantees
 /// A capability is `true` only when its group serves the version the operator writes
-/// (`keda.sh/v1alpha1`, `monitoring.coreos.com/v1`; any version of the metrics APIs).
+/// (`keda.sh/v1alpha1`, `monitoring.coreos.com/v1`, `inference.networking.k8s.io/v1`; any
+/// version of the metrics APIs).
 pub fn capabilities(groups: &APIGroupList) -> ClusterCapabilities {
     let serves = |group: &str, version: Option<&str>| {
         groups.groups.iter().any(|g| {
@@ -38,6 +43,7 @@ pub fn capabilities(groups: &APIGroupList) -> ClusterCapabilities {
         custom_metrics: serves(CUSTOM_METRICS_GROUP, None),
         external_metrics: serves(EXTERNAL_METRICS_GROUP, None),
         prometheus_operator: serves(MONITORING_GROUP, Some(MONITORING_VERSION)),
+        inference_pool: serves(INFERENCE_GROUP, Some(INFERENCE_VERSION)),
     }
 }
 
@@ -84,6 +90,7 @@ pub(crate) mod tests {
             ("custom.metrics.k8s.io", "v1beta2"),
             ("external.metrics.k8s.io", "v1beta1"),
             ("monitoring.coreos.com", "v1"),
+            ("inference.networking.k8s.io", "v1"),
         ]));
         assert_eq!(
             caps,
@@ -92,6 +99,7 @@ pub(crate) mod tests {
                 custom_metrics: true,
                 external_metrics: true,
                 prometheus_operator: true,
+                inference_pool: true,
             }
         );
     }
@@ -101,8 +109,11 @@ pub(crate) mod tests {
         let caps = capabilities(&groups(&[
             ("keda.sh", "v2"),
             ("monitoring.coreos.com", "v1alpha1"),
+            ("inference.networking.x-k8s.io", "v1alpha2"),
+            ("inference.networking.k8s.io", "v1alpha2"),
         ]));
         assert!(!caps.keda);
         assert!(!caps.prometheus_operator);
+        assert!(!caps.inference_pool);
     }
 }

@@ -42,6 +42,14 @@ pub const PDB_RULE: &str = "!(has(self.minAvailable) && has(self.maxUnavailable)
 /// Message of [`PDB_RULE`].
 pub const PDB_MESSAGE: &str = "set at most one of minAvailable and maxUnavailable";
 
+/// CEL rule on `spec`: a router in front of TLS workers is not supported yet.
+pub const ROUTER_TLS_RULE: &str = "!has(self.router) || !has(self.tls) || \
+     (has(self.router.enabled) && !self.router.enabled)";
+/// Message of [`ROUTER_TLS_RULE`].
+pub const ROUTER_TLS_MESSAGE: &str = "spec.router and spec.tls cannot be set together yet: the \
+     router does not speak TLS to clients or workers; remove spec.tls, or spec.router (or set \
+     spec.router.enabled: false)";
+
 /// Why a spec is invalid. The messages are the CEL rules' messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -66,6 +74,9 @@ pub enum ValidationError {
     /// The name cannot name a Service.
     #[error("{NAME_MESSAGE}")]
     Name,
+    /// An enabled router together with TLS.
+    #[error("{ROUTER_TLS_MESSAGE}")]
+    RouterWithTls,
     /// More GPUs than a worker uses.
     #[error(
         "spec.worker.gpus: a worker runs the model on one GPU; set gpus to 1 (or 0 for CPU) \
@@ -136,6 +147,28 @@ impl LynxDeploymentSpec {
             let has_query = autoscaling.query.as_deref().is_some_and(|q| !q.is_empty());
             if autoscaling.metric == AutoscalingMetric::Custom && !has_query {
                 return Err(ValidationError::CustomWithoutQuery);
+            }
+        }
+        let service = &self.service;
+        if service.max_connection_age_seconds < 0 {
+            return Err(ValidationError::Negative(
+                "spec.service.maxConnectionAgeSeconds",
+            ));
+        }
+        if service.max_connection_age_grace_seconds < 0 {
+            return Err(ValidationError::Negative(
+                "spec.service.maxConnectionAgeGraceSeconds",
+            ));
+        }
+        if let Some(router) = self.router.as_ref().filter(|router| router.enabled) {
+            if self.tls.is_some() {
+                return Err(ValidationError::RouterWithTls);
+            }
+            if router.max_held_requests < 0 {
+                return Err(ValidationError::Negative("spec.router.maxHeldRequests"));
+            }
+            if router.hold_timeout_seconds < 0 {
+                return Err(ValidationError::Negative("spec.router.holdTimeoutSeconds"));
             }
         }
         if let Some(pdb) = &self.pod_disruption_budget {

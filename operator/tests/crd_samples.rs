@@ -38,7 +38,7 @@ fn samples(folder: &str, prefix: &str) -> Vec<PathBuf> {
 fn the_samples_pass_the_cel_rules() {
     let schema = crd_schema();
     let valid = samples("deploy/samples", "");
-    assert!(valid.len() >= 2, "minimal and full samples");
+    assert!(valid.len() >= 3, "minimal, full and router samples");
     for path in valid {
         let result = kube::core::cel::Validator::new().validate(&schema, &yaml(&path), None);
         assert!(result.is_ok(), "{}: {result:?}", path.display());
@@ -56,6 +56,10 @@ fn the_cel_samples_are_rejected_by_the_cel_rules_with_their_message() {
         (
             "cel-name-not-dns-label.yaml",
             "metadata.name must be at most 63 characters",
+        ),
+        (
+            "cel-router-with-tls.yaml",
+            "spec.router and spec.tls cannot be set together yet",
         ),
         (
             "cel-two-model-sources.yaml",

@@ -20,13 +20,19 @@ pub struct LynxDeploymentStatus {
     /// Label selector of the workers, in string form (scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// gRPC endpoint: `<service>.<namespace>.svc.cluster.local:<port>`.
+    /// gRPC endpoint: `<service>.<namespace>.svc.cluster.local:<port>` (the router when there is
+    /// one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The workers for client-side balancing through the headless Service:
+    /// `dns:///<name>-workers.<namespace>.svc.cluster.local:<grpc port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_endpoint: Option<String>,
     /// The autoscaler in use: `keda`, `hpa` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<String>,
-    /// Ready, Progressing, Degraded, ModelLoaded, AutoscalingReady / AutoscalingUnavailable.
+    /// Ready, Progressing, Degraded, ModelLoaded, AutoscalingReady / AutoscalingUnavailable,
+    /// InferencePoolReady / InferencePoolUnavailable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -45,4 +51,8 @@ pub mod condition {
     pub const AUTOSCALING_READY: &str = "AutoscalingReady";
     /// Autoscaling was requested but no autoscaler could be created; the reason says why.
     pub const AUTOSCALING_UNAVAILABLE: &str = "AutoscalingUnavailable";
+    /// `spec.inferencePool` is set and the InferencePool exists.
+    pub const INFERENCE_POOL_READY: &str = "InferencePoolReady";
+    /// `spec.inferencePool` is set but the cluster does not serve the InferencePool API.
+    pub const INFERENCE_POOL_UNAVAILABLE: &str = "InferencePoolUnavailable";
 }

@@ -161,15 +161,41 @@ fn target(autoscaling: &AutoscalingSpec) -> f64 {
         })
 }
 
+/// The router's gauge of the requests it holds because no worker is ready.
+pub const ROUTER_PENDING_METRIC: &str = "lynx_router_pending_requests";
+/// KEDA's `activationThreshold` with a router: the fleet wakes from zero when the load exceeds
+/// it, so one held request (load >= 1) wakes it.
+pub const ROUTER_ACTIVATION_THRESHOLD: &str = "0";
+
+/// `sum(<metric>{namespace="<ns>",app_kubernetes_io_instance="<name>"})`: the series of `ctx`'s
+/// pods (workers or router: the metric names differ).
+fn instance_sum(ctx: &Context<'_>, metric: &str) -> String {
+    format!(
+        "sum({metric}{{namespace=\"{}\",app_kubernetes_io_instance=\"{}\"}})",
+        ctx.namespace, ctx.name
+    )
+}
+
 /// The PromQL total of the load over `ctx`'s workers; KEDA divides it by the replica count.
+/// With a router, plus the requests the router holds (`lynx_router_pending_requests`), each side
+/// `or vector(0)` so that absent series (no worker at zero, no router metrics yet) count as 0.
 fn promql(ctx: &Context<'_>, autoscaling: &AutoscalingSpec) -> String {
-    match (metric_name(autoscaling.metric), &autoscaling.query) {
-        (Some(metric), _) => format!(
-            "sum({metric}{{namespace=\"{}\",app_kubernetes_io_instance=\"{}\"}})",
-            ctx.namespace, ctx.name
-        ),
+    let workers = match (metric_name(autoscaling.metric), &autoscaling.query) {
+        (Some(metric), _) => instance_sum(ctx, metric),
         (None, query) => query.clone().unwrap_or_default(),
+    };
+    if ctx.router().is_none() {
+        return workers;
     }
+    let workers = match metric_name(autoscaling.metric) {
+        Some(_) => workers,
+        // A custom query may keep labels: summed, it adds to the router's label-free sum.
+        None => format!("sum({workers})"),
+    };
+    format!(
+        "({workers} or vector(0)) + ({} or vector(0))",
+        instance_sum(ctx, ROUTER_PENDING_METRIC)
+    )
 }
 
 /// The reference to the LynxDeployment's scale subresource.
@@ -182,7 +208,9 @@ fn scale_target(ctx: &Context<'_>) -> CrossVersionObjectReference {
 }
 
 /// The KEDA ScaledObject when KEDA was chosen: a prometheus trigger with the metric's PromQL,
-/// scaling the LynxDeployment.
+/// scaling the LynxDeployment. With a router the query adds the router's held requests and the
+/// trigger's `activationThreshold` is [`ROUTER_ACTIVATION_THRESHOLD`], so one request held at
+/// zero workers wakes the fleet.
 pub(super) fn scaled_object(
     ctx: &Context<'_>,
     choice: &AutoscalerChoice,
@@ -194,6 +222,14 @@ pub(super) fn scaled_object(
         .as_ref()
         .filter(|_| choice.kind == AutoscalerKind::Keda)?;
     let target_ref = scale_target(ctx);
+    let mut trigger = json!({
+        "serverAddress": autoscaling.prometheus_address,
+        "query": promql(ctx, autoscaling),
+        "threshold": target(autoscaling).to_string(),
+    });
+    if ctx.router().is_some() {
+        trigger["activationThreshold"] = ROUTER_ACTIVATION_THRESHOLD.into();
+    }
     Some(json!({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -216,11 +252,7 @@ pub(super) fn scaled_object(
             "triggers": [{
                 "type": "prometheus",
                 "metricType": "AverageValue",
-                "metadata": {
-                    "serverAddress": autoscaling.prometheus_address,
-                    "query": promql(ctx, autoscaling),
-                    "threshold": target(autoscaling).to_string(),
-                },
+                "metadata": trigger,
             }],
         },
     }))

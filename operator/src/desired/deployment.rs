@@ -31,9 +31,9 @@ const PRESTOP_SLEEP_SECONDS: i64 = 5;
 /// Grace beyond `preStop` + drain before the kubelet kills the worker.
 const GRACE_MARGIN_SECONDS: i64 = 10;
 const TLS_MOUNT: &str = "/etc/lynx/tls";
-const AUTH_MOUNT: &str = "/etc/lynx/auth";
+pub(super) const AUTH_MOUNT: &str = "/etc/lynx/auth";
 /// Non-root uid/gid the worker and fetcher run as.
-const RUN_AS: i64 = 65532;
+pub(super) const RUN_AS: i64 = 65532;
 /// The worker's cache (compiled kernels, generated models): an emptyDir, as the root file
 /// system is read-only; `LYNX_CACHE_DIR` points there.
 pub const CACHE_MOUNT: &str = "/var/cache/lynx";
@@ -142,8 +142,8 @@ fn strategy(spec: &LynxDeploymentSpec) -> DeploymentStrategy {
 }
 
 /// `lynx-worker serve` arguments: model, compute device (`cuda` when the pod gets GPUs, else
-/// `cpu`), listen addresses, then each batching/limit flag that is set, TLS/auth files, then the
-/// user's extra args.
+/// `cpu`), listen addresses, then each batching/limit flag that is set, the maximum connection
+/// age and its grace (unless the age is 0), TLS/auth files, then the user's extra args.
 pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
     let model = if spec.model.path.is_empty() {
         MODEL_MOUNT.to_owned()
@@ -179,6 +179,21 @@ pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
         ("--max-new-tokens", l.max_new_tokens),
         ("--drain-timeout-seconds", Some(spec.drain_timeout_seconds)),
     ];
+    // A maximum connection age of 0 is off: neither flag (the worker's default is off).
+    let age = &spec.service;
+    let connection_age = (age.max_connection_age_seconds > 0).then_some([
+        (
+            "--max-connection-age-seconds",
+            Some(age.max_connection_age_seconds),
+        ),
+        (
+            "--max-connection-age-grace-seconds",
+            Some(age.max_connection_age_grace_seconds),
+        ),
+    ]);
+    let flags = flags
+        .into_iter()
+        .chain(connection_age.into_iter().flatten());
     for (flag, value) in flags {
         if let Some(value) = value {
             args.push(flag.to_owned());
@@ -371,7 +386,7 @@ fn model_volume(source: &ModelSource) -> Volume {
     volume
 }
 
-fn secret_volume(name: &str, secret: &str) -> Volume {
+pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
@@ -384,7 +399,7 @@ fn secret_volume(name: &str, secret: &str) -> Volume {
 }
 
 /// The container security context of the `restricted` Pod Security Standard.
-fn restricted() -> SecurityContext {
+pub(super) fn restricted() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         read_only_root_filesystem: Some(true),
@@ -398,14 +413,14 @@ fn restricted() -> SecurityContext {
     }
 }
 
-fn runtime_default() -> SeccompProfile {
+pub(super) fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".to_owned(),
         localhost_profile: None,
     }
 }
 
-fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+pub(super) fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -419,7 +434,7 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
     }
 }
 
-fn port(name: &str, port: i32) -> ContainerPort {
+pub(super) fn port(name: &str, port: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: port,
@@ -428,7 +443,7 @@ fn port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -437,7 +452,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn quantities(amounts: Option<&CpuMemory>) -> BTreeMap<String, Quantity> {
+pub(super) fn quantities(amounts: Option<&CpuMemory>) -> BTreeMap<String, Quantity> {
     let mut map = BTreeMap::new();
     if let Some(amounts) = amounts {
         if let Some(cpu) = &amounts.cpu {
@@ -458,10 +473,10 @@ fn enum_str<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+pub(super) fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
     (!items.is_empty()).then_some(items)
 }
 
-fn non_empty_map<K, V>(map: BTreeMap<K, V>) -> Option<BTreeMap<K, V>> {
+pub(super) fn non_empty_map<K, V>(map: BTreeMap<K, V>) -> Option<BTreeMap<K, V>> {
     (!map.is_empty()).then_some(map)
 }

@@ -6,6 +6,8 @@
 
 mod autoscaling;
 mod deployment;
+mod inference_pool;
+mod router;
 mod service;
 
 use std::collections::BTreeMap;
@@ -22,6 +24,8 @@ use crate::validate::ValidationError;
 
 pub use autoscaling::{AutoscalerChoice, AutoscalerKind, AutoscalerReason};
 pub use deployment::{GRPC_PORT, HTTP_PORT, MODEL_MOUNT};
+pub use inference_pool::{InferencePoolState, INFERENCE_POOL_ANNOTATIONS};
+pub use router::{ROUTER_GRPC_PORT, ROUTER_HTTP_PORT};
 
 /// The API groups the operator found served at run time (discovery).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +38,9 @@ pub struct ClusterCapabilities {
     pub external_metrics: bool,
     /// `monitoring.coreos.com/v1` PodMonitors are served.
     pub prometheus_operator: bool,
+    /// `inference.networking.k8s.io/v1` InferencePools are served (Gateway API inference
+    /// extension).
+    pub inference_pool: bool,
 }
 
 /// Every child object of one `LynxDeployment`; `None` means "must not exist".
@@ -41,8 +48,18 @@ pub struct ClusterCapabilities {
 pub struct Desired {
     /// The worker Deployment.
     pub deployment: Deployment,
-    /// The gRPC Service.
+    /// The main Service `<name>`: to the workers, or to the router when there is one.
     pub service: Service,
+    /// The headless Service `<name>-workers` to the workers (client-side balancing, the router).
+    pub workers_service: Service,
+    /// The router Deployment `<name>-router`, when `spec.router` is enabled.
+    pub router: Option<Deployment>,
+    /// The router's `PodMonitor` `<name>-router`, with a router, monitoring on and served.
+    pub router_pod_monitor: Option<serde_json::Value>,
+    /// The `InferencePool` (`inference.networking.k8s.io/v1`), when asked for and served.
+    pub inference_pool: Option<serde_json::Value>,
+    /// Whether the InferencePool was asked for, and whether it can exist.
+    pub inference_pool_state: InferencePoolState,
     /// The PodDisruptionBudget, when enabled.
     pub pdb: Option<PodDisruptionBudget>,
     /// The HorizontalPodAutoscaler, when the HPA engine was chosen.
@@ -77,8 +94,15 @@ pub mod labels {
     pub const INSTANCE: &str = "app.kubernetes.io/instance";
     /// `app.kubernetes.io/managed-by` key.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// Value of [`NAME`].
+    /// `app.kubernetes.io/component` key (router pods only; the workers' selector predates it).
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// Value of [`NAME`] on the workers.
     pub const WORKER: &str = "lynx-worker";
+    /// Value of [`NAME`] on the router: the workers' selector (`name: lynx-worker`) never matches
+    /// a router pod, and the router's (`name: lynx-router`) never a worker.
+    pub const ROUTER: &str = "lynx-router";
+    /// Value of [`COMPONENT`] on the router.
+    pub const ROUTER_COMPONENT: &str = "router";
     /// Value of [`MANAGED_BY`].
     pub const OPERATOR: &str = "lynx-operator";
 }
@@ -101,6 +125,11 @@ pub fn desired(ld: &LynxDeployment, caps: &ClusterCapabilities) -> Result<Desire
     Ok(Desired {
         deployment: deployment::deployment(&ctx),
         service: service::service(&ctx),
+        workers_service: service::workers_service(&ctx),
+        router: router::deployment(&ctx),
+        router_pod_monitor: router::pod_monitor(&ctx, caps),
+        inference_pool: inference_pool::inference_pool(&ctx, caps),
+        inference_pool_state: InferencePoolState::of(&ld.spec, caps),
         pdb: service::pdb(&ctx),
         hpa: autoscaling::hpa(&ctx, &autoscaler),
         scaled_object: autoscaling::scaled_object(&ctx, &autoscaler),
@@ -127,6 +156,35 @@ pub fn endpoint(ld: &LynxDeployment) -> Option<String> {
         ld.name_any(),
         ld.spec.service.port
     ))
+}
+
+/// The name of `ld`'s headless Service to the workers: `<name>-workers`.
+pub fn workers_service_name(name: &str) -> String {
+    format!("{name}-workers")
+}
+
+/// The name of `ld`'s router Deployment (and its PodMonitor): `<name>-router`.
+pub fn router_name(name: &str) -> String {
+    format!("{name}-router")
+}
+
+/// The workers' address for client-side balancing (`lynx generate --addr`, gRPC clients with
+/// `round_robin`): `dns:///<name>-workers.<namespace>.svc.cluster.local:<grpc port>`.
+pub fn workers_endpoint(ld: &LynxDeployment) -> Option<String> {
+    let namespace = ld.namespace()?;
+    Some(workers_target(&ld.name_any(), &namespace))
+}
+
+fn workers_target(name: &str, namespace: &str) -> String {
+    format!(
+        "dns:///{}.{namespace}.svc.cluster.local:{GRPC_PORT}",
+        workers_service_name(name)
+    )
+}
+
+/// Whether `ld` has an enabled router.
+pub fn has_router(ld: &LynxDeployment) -> bool {
+    ld.spec.router.as_ref().is_some_and(|router| router.enabled)
 }
 
 /// The labels that select `name`'s worker pods (a subset of [`Context::labels`]).
@@ -176,13 +234,24 @@ impl<'a> Context<'a> {
 
     /// Metadata of a child: same name and namespace, common labels, controller owner reference.
     fn metadata(&self) -> ObjectMeta {
+        self.metadata_as(self.name.clone(), self.labels())
+    }
+
+    /// Metadata of a child named `name` with `labels`: same namespace, controller owner
+    /// reference.
+    fn metadata_as(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
         ObjectMeta {
-            name: Some(self.name.clone()),
+            name: Some(name),
             namespace: Some(self.namespace.clone()),
-            labels: Some(self.labels()),
+            labels: Some(labels),
             owner_references: Some(vec![self.owner.clone()]),
             ..ObjectMeta::default()
         }
+    }
+
+    /// Whether the spec asks for a router.
+    fn router(&self) -> Option<&crate::crd::RouterSpec> {
+        self.ld.spec.router.as_ref().filter(|router| router.enabled)
     }
 
     /// [`Self::metadata`] as JSON, for the children without typed bindings.

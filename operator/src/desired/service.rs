@@ -6,10 +6,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::{labels, ClusterCapabilities, Context};
+use super::{
+    labels, router, workers_service_name, ClusterCapabilities, Context, GRPC_PORT, HTTP_PORT,
+};
 use crate::crd::ServiceType;
 
-/// The Service: one `grpc` port (`appProtocol: grpc`) to the workers' gRPC port.
+/// The main Service: one `grpc` port (`appProtocol: grpc`) to the workers' gRPC port; with a
+/// router, it selects the router pods instead and adds an `http` port to the router's OpenAI
+/// API.
 pub(super) fn service(ctx: &Context<'_>) -> Service {
     let spec = &ctx.ld.spec.service;
     let mut metadata = ctx.metadata();
@@ -21,22 +25,55 @@ pub(super) fn service(ctx: &Context<'_>) -> Service {
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
+    let mut ports = vec![service_port("grpc", spec.port)];
+    let selector = if ctx.router().is_some() {
+        ports.push(service_port("http", router::ROUTER_HTTP_PORT));
+        router::selector(ctx)
+    } else {
+        ctx.selector()
+    };
     Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(type_.to_owned()),
-            selector: Some(ctx.selector()),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".to_owned()),
-                port: spec.port,
-                target_port: Some(IntOrString::String("grpc".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some("grpc".to_owned()),
-                ..ServicePort::default()
-            }]),
+            selector: Some(selector),
+            ports: Some(ports),
             ..ServiceSpec::default()
         }),
         status: None,
+    }
+}
+
+/// The headless Service `<name>-workers`: one DNS record per ready worker, for gRPC clients that
+/// balance over them (`dns:///` with `round_robin`) and for the router. Ports `grpc` and `http`
+/// (OpenAI API, `/metrics`); not-ready workers are not published.
+pub(super) fn workers_service(ctx: &Context<'_>) -> Service {
+    Service {
+        metadata: ctx.metadata_as(workers_service_name(&ctx.name), ctx.labels()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(ctx.selector()),
+            publish_not_ready_addresses: Some(false),
+            ports: Some(vec![
+                service_port("grpc", GRPC_PORT),
+                service_port("http", HTTP_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A TCP port `name` -> the pods' port of the same name (`appProtocol` = the name).
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        app_protocol: Some(name.to_owned()),
+        ..ServicePort::default()
     }
 }
 
@@ -76,11 +113,21 @@ pub(super) fn pod_monitor(
     ctx: &Context<'_>,
     caps: &ClusterCapabilities,
 ) -> Option<serde_json::Value> {
+    pod_monitor_for(ctx, caps, ctx.metadata(), ctx.selector())
+}
+
+/// A PodMonitor with `metadata` scraping the pods of `selector` (see [`pod_monitor`]).
+pub(super) fn pod_monitor_for(
+    ctx: &Context<'_>,
+    caps: &ClusterCapabilities,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    selector: std::collections::BTreeMap<String, String>,
+) -> Option<serde_json::Value> {
     let monitoring = &ctx.ld.spec.monitoring;
     if !(monitoring.enabled && caps.prometheus_operator) {
         return None;
     }
-    let mut metadata = ctx.metadata_json();
+    let mut metadata = serde_json::to_value(metadata).unwrap_or(serde_json::Value::Null);
     // The user's labels never replace the operator's own (selection and ownership).
     if let Some(labels) = metadata.get_mut("labels").and_then(|l| l.as_object_mut()) {
         for (key, value) in &monitoring.pod_monitor_labels {
@@ -94,7 +141,7 @@ pub(super) fn pod_monitor(
         "kind": "PodMonitor",
         "metadata": metadata,
         "spec": {
-            "selector": { "matchLabels": ctx.selector() },
+            "selector": { "matchLabels": selector },
             "podTargetLabels": [labels::INSTANCE],
             "podMetricsEndpoints": [{
                 "port": "http",

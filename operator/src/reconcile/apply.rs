@@ -14,8 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::events::Pruned;
-use crate::desired::{ClusterCapabilities, Desired};
-use crate::discovery::{KEDA_GROUP, KEDA_VERSION, MONITORING_GROUP, MONITORING_VERSION};
+use crate::desired::{router_name, ClusterCapabilities, Desired};
+use crate::discovery::{
+    INFERENCE_GROUP, INFERENCE_VERSION, KEDA_GROUP, KEDA_VERSION, MONITORING_GROUP,
+    MONITORING_VERSION,
+};
 use crate::Error;
 
 /// The field manager of every write the operator makes.
@@ -41,8 +44,9 @@ pub struct Applied {
 /// - Deletes a child that is not desired only when it is controlled by `owner_uid`, with a uid
 ///   precondition, so an object of the same name created by someone else is never touched.
 /// - Kinds whose API is not served (`caps`) are neither applied nor pruned.
-/// - Every child is attempted, in the order Deployment, Service, PDB, HPA, ScaledObject,
-///   PodMonitor: one that fails does not hold back the others.
+/// - Every child is attempted, in the order Deployment, Service, headless Service, router
+///   Deployment, PDB, HPA, ScaledObject, PodMonitors, InferencePool: one that fails does not
+///   hold back the others.
 ///
 /// # Errors
 /// The first failed child's error, after every child was attempted.
@@ -60,11 +64,28 @@ pub async fn apply_children(
     let service = apply(&services, "Service", &name, &desired.service)
         .await
         .map(drop);
+    let workers_name = desired.workers_service.name_any();
+    let workers_service = apply(
+        &services,
+        "Service",
+        &workers_name,
+        &desired.workers_service,
+    )
+    .await
+    .map(drop);
     let mut pruned = Vec::new();
     let owner = Owner {
         name: &name,
         uid: owner_uid,
     };
+    let router = router_name(&name);
+    let router_deployment = apply_or_prune(
+        &deployments,
+        &owner.child(&router),
+        desired.router.as_ref(),
+        &mut pruned,
+    )
+    .await;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
     let pdb = apply_or_prune(&pdbs, &owner, desired.pdb.as_ref(), &mut pruned).await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
@@ -76,19 +97,34 @@ pub async fn apply_children(
         let object = desired.scaled_object.as_ref();
         scaled_object = apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await;
     }
-    let mut pod_monitor = Ok(());
+    let (mut pod_monitor, mut router_pod_monitor) = (Ok(()), Ok(()));
     if caps.prometheus_operator {
         let gvk = GroupVersionKind::gvk(MONITORING_GROUP, MONITORING_VERSION, "PodMonitor");
         let api = dynamic(client, namespace, &gvk, "podmonitors");
         let object = desired.pod_monitor.as_ref();
         pod_monitor = apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await;
+        let object = desired.router_pod_monitor.as_ref();
+        let router_owner = owner.child(&router);
+        router_pod_monitor =
+            apply_or_prune_json(&api, &router_owner, &gvk, object, &mut pruned).await;
+    }
+    let mut inference_pool = Ok(());
+    if caps.inference_pool {
+        let gvk = GroupVersionKind::gvk(INFERENCE_GROUP, INFERENCE_VERSION, "InferencePool");
+        let api = dynamic(client, namespace, &gvk, "inferencepools");
+        let object = desired.inference_pool.as_ref();
+        inference_pool = apply_or_prune_json(&api, &owner, &gvk, object, &mut pruned).await;
     }
     let deployment = deployment?;
     service?;
+    workers_service?;
+    router_deployment?;
     pdb?;
     hpa?;
     scaled_object?;
     pod_monitor?;
+    router_pod_monitor?;
+    inference_pool?;
     Ok(Applied { deployment, pruned })
 }
 
@@ -141,10 +177,21 @@ fn dynamic(
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// The LynxDeployment whose optional children are applied or pruned (they share its name).
+/// An optional child's name and the uid of the LynxDeployment that must control it to be
+/// pruned.
 struct Owner<'a> {
     name: &'a str,
     uid: &'a str,
+}
+
+impl<'a> Owner<'a> {
+    /// The same owner for the child named `name` (the router's children are `<name>-router`).
+    fn child(&self, name: &'a str) -> Owner<'a> {
+        Owner {
+            name,
+            uid: self.uid,
+        }
+    }
 }
 
 async fn apply_or_prune<K>(

@@ -22,7 +22,8 @@ pub struct Pruned {
 /// unchanged object publish nothing: the first reconcile that applied children (`Created`; with
 /// `applied` false, for an invalid spec, nothing was created), a new generation applied
 /// (`Updated`), a different autoscaler (`AutoscalerSelected`), autoscaling becoming unavailable
-/// (Warning `AutoscalingUnavailable`), Ready turning True (`Ready`), Degraded turning True (Warning
+/// (Warning `AutoscalingUnavailable`), the InferencePool API missing (Warning
+/// `InferencePoolUnavailable`), Ready turning True (`Ready`), Degraded turning True (Warning
 /// `Degraded`), and each pruned child (`Pruned`).
 pub fn significant_changes(
     previous: Option<&LynxDeploymentStatus>,
@@ -69,6 +70,12 @@ pub fn significant_changes(
             "AutoscalingUnavailable",
             format!("no autoscaler can be created: {reason}"),
         ));
+    }
+    if became(condition::INFERENCE_POOL_UNAVAILABLE) {
+        let message = find(next, condition::INFERENCE_POOL_UNAVAILABLE)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        events.push(warning("InferencePoolUnavailable", message));
     }
     if became(condition::READY) {
         events.push(normal(

@@ -143,6 +143,7 @@ async fn reconcile_inner(ld: &LynxDeployment, ctx: &Context) -> Result<(Outcome,
         ld,
         &applied.deployment,
         &desired.autoscaler,
+        desired.inference_pool_state,
         Timestamp::now(),
     );
     finish(ld, ctx, &namespace, status, Some(&applied.pruned)).await?;

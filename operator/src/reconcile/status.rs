@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{condition, LynxDeployment, LynxDeploymentStatus};
-use crate::desired::{self, AutoscalerChoice, AutoscalerKind};
+use crate::desired::{self, AutoscalerChoice, AutoscalerKind, InferencePoolState};
 
 /// The Deployment condition reason that means the rollout is stuck.
 const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
@@ -31,20 +31,24 @@ impl Observed {
     }
 }
 
-/// The status of `ld` given the worker Deployment as the API server returned it and the
-/// autoscaler chosen for it.
+/// The status of `ld` given the worker Deployment as the API server returned it, the
+/// autoscaler chosen for it and the state of its InferencePool.
 ///
 /// # Guarantees
 /// - `observedGeneration`, every condition's `observedGeneration`: `ld`'s generation.
-/// - `replicas`/`readyReplicas` copy the Deployment's; `selector` and `endpoint` are always set.
+/// - `replicas`/`readyReplicas` copy the Deployment's; `selector`, `endpoint` and
+///   `workersEndpoint` are always set.
 /// - Ready, Progressing, Degraded and ModelLoaded are always present; AutoscalingReady is present
 ///   (True) exactly when an autoscaler exists, AutoscalingUnavailable (True, with the choice's
-///   reason) exactly when one was requested but cannot be provided.
+///   reason) exactly when one was requested but cannot be provided; InferencePoolReady /
+///   InferencePoolUnavailable (`CrdNotServed`) likewise for `spec.inferencePool`.
+/// - At zero replicas without a router, Ready's message says that nothing wakes the fleet.
 /// - A condition whose status did not change keeps its `lastTransitionTime` from `previous`.
 pub fn from_deployment(
     ld: &LynxDeployment,
     deployment: &Deployment,
     autoscaler: &AutoscalerChoice,
+    inference_pool: InferencePoolState,
     now: Timestamp,
 ) -> LynxDeploymentStatus {
     let desired_replicas = ld.spec.replicas;
@@ -68,12 +72,13 @@ pub fn from_deployment(
         && ready == desired_replicas;
 
     let ready_condition = if desired_replicas == 0 {
-        Observed::new(
-            condition::READY,
-            false,
-            "ScaledToZero",
-            "no workers; the autoscaler adds them when load arrives".to_owned(),
-        )
+        let message = if desired::has_router(ld) {
+            "no workers; the router holds requests and the autoscaler adds workers when they arrive"
+        } else {
+            "no workers; without spec.router no request reaches the fleet to wake it (set \
+             spec.router, or scale it up)"
+        };
+        Observed::new(condition::READY, false, "ScaledToZero", message.to_owned())
     } else if ready >= desired_replicas && rolled_out {
         Observed::new(
             condition::READY,
@@ -153,6 +158,7 @@ pub fn from_deployment(
     };
     let mut observed = vec![ready_condition, progressing, degraded, model_loaded];
     observed.extend(autoscaling_condition(autoscaler));
+    observed.extend(inference_pool_condition(inference_pool));
 
     LynxDeploymentStatus {
         observed_generation: ld.metadata.generation,
@@ -160,6 +166,7 @@ pub fn from_deployment(
         ready_replicas: ready,
         selector: Some(desired::selector_string(ld)),
         endpoint: desired::endpoint(ld),
+        workers_endpoint: desired::workers_endpoint(ld),
         autoscaler: Some(autoscaler.kind.as_str().to_owned()),
         conditions: conditions(ld, observed, now),
     }
@@ -191,6 +198,7 @@ pub fn degraded(
         observed_generation: ld.metadata.generation,
         selector: Some(desired::selector_string(ld)),
         endpoint: desired::endpoint(ld),
+        workers_endpoint: desired::workers_endpoint(ld),
         conditions,
         ..previous
     }
@@ -214,6 +222,27 @@ fn autoscaling_condition(autoscaler: &AutoscalerChoice) -> Option<Observed> {
         ))
     } else {
         None
+    }
+}
+
+fn inference_pool_condition(state: InferencePoolState) -> Option<Observed> {
+    match state {
+        InferencePoolState::NotRequested => None,
+        InferencePoolState::Applied => Some(Observed::new(
+            condition::INFERENCE_POOL_READY,
+            true,
+            "Applied",
+            "the InferencePool selects the workers".to_owned(),
+        )),
+        InferencePoolState::NotServed => Some(Observed::new(
+            condition::INFERENCE_POOL_UNAVAILABLE,
+            true,
+            "CrdNotServed",
+            "spec.inferencePool is set but the cluster does not serve \
+             inference.networking.k8s.io/v1 InferencePools; install the Gateway API inference \
+             extension's CRDs"
+                .to_owned(),
+        )),
     }
 }
 

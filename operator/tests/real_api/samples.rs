@@ -6,7 +6,7 @@ use kube::api::PatchParams;
 use crate::harness::{yaml_docs, Cluster, TEST_MANAGER};
 
 /// What the API server says about each invalid sample (a part of its message).
-const REFUSALS: [(&str, &str); 6] = [
+const REFUSALS: [(&str, &str); 7] = [
     (
         "cel-min-above-max.yaml",
         "minReplicas must not exceed maxReplicas",
@@ -14,6 +14,10 @@ const REFUSALS: [(&str, &str); 6] = [
     (
         "cel-name-not-dns-label.yaml",
         "metadata.name must be at most 63 characters",
+    ),
+    (
+        "cel-router-with-tls.yaml",
+        "spec.router and spec.tls cannot be set together yet",
     ),
     (
         "cel-two-model-sources.yaml",
@@ -39,7 +43,7 @@ async fn every_sample_is_accepted_and_every_invalid_one_refused_with_its_message
         doc["metadata"]["namespace"] = ns.name.clone().into();
         doc
     };
-    for sample in ["minimal", "full"] {
+    for sample in ["minimal", "full", "router"] {
         let doc = yaml_docs(&format!("deploy/samples/{sample}.yaml")).remove(0);
         let result = cluster.apply_with(in_namespace(doc), &params).await;
         assert!(result.is_ok(), "{sample}: {result:?}");

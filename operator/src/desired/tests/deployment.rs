@@ -130,10 +130,27 @@ fn worker_args_carry_every_batching_and_limit_flag() {
         "extra args come last: {args}"
     );
     let minimal = desired_args(&sample("minimal"));
+    let defaults = "--max-connection-age-seconds 300 --max-connection-age-grace-seconds 600";
+    assert!(minimal.contains(defaults), "{minimal}");
     assert!(
-        !minimal.contains("--max-"),
+        !minimal.replace(defaults, "").contains("--max-"),
         "unset limits keep the worker defaults: {minimal}"
     );
+}
+
+#[test]
+fn the_maximum_connection_age_reaches_the_worker_unless_it_is_off() {
+    let mut ld = sample("minimal");
+    ld.spec.service.max_connection_age_seconds = 120;
+    ld.spec.service.max_connection_age_grace_seconds = 1800;
+    let args = desired_args(&ld);
+    assert!(
+        args.contains("--max-connection-age-seconds 120 --max-connection-age-grace-seconds 1800"),
+        "{args}"
+    );
+    ld.spec.service.max_connection_age_seconds = 0;
+    let args = desired_args(&ld);
+    assert!(!args.contains("--max-connection-age"), "0 is off: {args}");
 }
 
 fn desired_args(ld: &LynxDeployment) -> String {

@@ -1,9 +1,10 @@
 //! Tests of the desired-state builder: golden files for the samples, assertions on the fields
 //! that matter; the worker Deployment is in `deployment`, the autoscaling decisions in
-//! `autoscaling`.
+//! `autoscaling`, the headless Service, the router and the InferencePool in `router`.
 
 mod autoscaling;
 mod deployment;
+mod router;
 
 use std::path::PathBuf;
 
@@ -36,12 +37,14 @@ pub(super) const ALL: ClusterCapabilities = ClusterCapabilities {
     custom_metrics: true,
     external_metrics: true,
     prometheus_operator: true,
+    inference_pool: true,
 };
 pub(super) const NONE: ClusterCapabilities = ClusterCapabilities {
     keda: false,
     custom_metrics: false,
     external_metrics: false,
     prometheus_operator: false,
+    inference_pool: false,
 };
 
 /// All children as one multi-document YAML, `None` children left out.
@@ -49,17 +52,24 @@ fn render(desired: &Desired) -> String {
     let mut docs = vec![
         serde_yaml_ng::to_string(&desired.deployment),
         serde_yaml_ng::to_string(&desired.service),
+        serde_yaml_ng::to_string(&desired.workers_service),
     ];
+    if let Some(router) = &desired.router {
+        docs.push(serde_yaml_ng::to_string(router));
+    }
     if let Some(pdb) = &desired.pdb {
         docs.push(serde_yaml_ng::to_string(pdb));
     }
     if let Some(hpa) = &desired.hpa {
         docs.push(serde_yaml_ng::to_string(hpa));
     }
-    for value in [&desired.scaled_object, &desired.pod_monitor]
-        .into_iter()
-        .flatten()
-    {
+    let json_children = [
+        &desired.scaled_object,
+        &desired.pod_monitor,
+        &desired.router_pod_monitor,
+        &desired.inference_pool,
+    ];
+    for value in json_children.into_iter().flatten() {
         docs.push(serde_yaml_ng::to_string(value));
     }
     let docs: Vec<String> = docs

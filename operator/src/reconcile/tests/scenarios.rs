@@ -76,13 +76,29 @@ fn condition<'a>(status: &'a LynxDeploymentStatus, type_: &str) -> (&'a str, &'a
     (c.status.as_str(), c.reason.as_str())
 }
 
-/// The minimal sample's tail of a reconcile: the Service apply (echoed), then the pruning look-ups
-/// of the PDB and the HPA, which do not exist.
+/// After the main Service: the headless Service `<name>-workers` applied (echoed), then the
+/// pruning look-up of a router Deployment, which does not exist.
+async fn expect_workers_service_and_no_router(server: &mut ApiServer, name: &str) {
+    let workers = server
+        .expect("PATCH", &format!("{SERVICE}/{name}-workers"))
+        .await;
+    workers.assert_server_side_apply();
+    assert_eq!(workers.body["spec"]["clusterIP"], "None");
+    workers.echo();
+    server
+        .expect("GET", &format!("{DEPLOYMENT}/{name}-router"))
+        .await
+        .not_found();
+}
+
+/// The minimal sample's tail of a reconcile: the Service applies (echoed), then the pruning
+/// look-ups of the router, the PDB and the HPA, which do not exist.
 async fn expect_service_and_no_optional_children(server: &mut ApiServer, name: &str) {
     server
         .expect("PATCH", &format!("{SERVICE}/{name}"))
         .await
         .echo();
+    expect_workers_service_and_no_router(server, name).await;
     server
         .expect("GET", &format!("{PDB}/{name}"))
         .await
@@ -143,7 +159,8 @@ async fn create_applies_owned_children_and_writes_the_status() {
                 "uid-minimal"
             );
             service.echo();
-            // No PDB and no autoscaler are desired: the operator looks for stale ones to prune.
+            // No router, PDB or autoscaler is desired: the operator looks for stale ones to prune.
+            expect_workers_service_and_no_router(&mut server, "lynx-minimal").await;
             server
                 .expect("GET", &format!("{PDB}/lynx-minimal"))
                 .await
@@ -158,6 +175,10 @@ async fn create_applies_owned_children_and_writes_the_status() {
             assert_eq!(
                 status.endpoint.as_deref(),
                 Some("lynx-minimal.serving.svc.cluster.local:50051")
+            );
+            assert_eq!(
+                status.workers_endpoint.as_deref(),
+                Some("dns:///lynx-minimal-workers.serving.svc.cluster.local:50051")
             );
             assert_eq!(condition(&status, "Ready"), ("False", "WorkersNotReady"));
             assert_eq!(condition(&status, "Progressing"), ("True", "RollingOut"));
@@ -256,6 +277,7 @@ const CUSTOM_METRICS: ClusterCapabilities = ClusterCapabilities {
     custom_metrics: true,
     external_metrics: false,
     prometheus_operator: false,
+    inference_pool: false,
 };
 
 #[tokio::test]
@@ -264,6 +286,7 @@ async fn switching_the_engine_from_hpa_to_none_prunes_the_hpa() {
     let expected = ld.clone();
     let run = run(ld, CUSTOM_METRICS, |mut server| async move {
         expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE], "lynx-full").await;
+        expect_workers_service_and_no_router(&mut server, "lynx-full").await;
         let pdb = server.expect("PATCH", &format!("{PDB}/lynx-full")).await;
         pdb.assert_server_side_apply();
         pdb.echo();
@@ -293,7 +316,9 @@ async fn an_hpa_of_the_same_name_not_controlled_by_the_lynx_deployment_is_left_a
     let ld = full_with_engine(AutoscalingEngine::None);
     let expected = ld.clone();
     let run = run(ld, CUSTOM_METRICS, |mut server| async move {
-        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE, PDB], "lynx-full").await;
+        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE], "lynx-full").await;
+        expect_workers_service_and_no_router(&mut server, "lynx-full").await;
+        expect_applies_echoed(&mut server, &[PDB], "lynx-full").await;
         let mut foreign = owned_child(&expected, "autoscaling/v2", "HorizontalPodAutoscaler");
         foreign["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
         server
@@ -324,7 +349,9 @@ async fn keda_found_by_discovery_gets_a_scaled_object() {
     let ld = stored("full");
     let expected = ld.clone();
     let run = run(ld, caps, |mut server| async move {
-        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE, PDB], "lynx-full").await;
+        expect_applies_echoed(&mut server, &[DEPLOYMENT, SERVICE], "lynx-full").await;
+        expect_workers_service_and_no_router(&mut server, "lynx-full").await;
+        expect_applies_echoed(&mut server, &[PDB], "lynx-full").await;
         server
             .expect("GET", &format!("{HPA}/lynx-full"))
             .await

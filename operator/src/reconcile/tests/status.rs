@@ -3,10 +3,26 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{condition, LynxDeployment};
+use crate::crd::{condition, LynxDeployment, LynxDeploymentStatus, RouterSpec};
 use crate::desired::tests::sample;
-use crate::desired::{AutoscalerChoice, AutoscalerKind, AutoscalerReason};
-use crate::reconcile::status::{find, from_deployment};
+use crate::desired::{AutoscalerChoice, AutoscalerKind, AutoscalerReason, InferencePoolState};
+use crate::reconcile::status::{self as derive, find};
+
+/// The status of a LynxDeployment without `spec.inferencePool`.
+fn from_deployment(
+    ld: &LynxDeployment,
+    deployment: &Deployment,
+    autoscaler: &AutoscalerChoice,
+    now: Timestamp,
+) -> LynxDeploymentStatus {
+    derive::from_deployment(
+        ld,
+        deployment,
+        autoscaler,
+        InferencePoolState::NotRequested,
+        now,
+    )
+}
 
 const NONE: AutoscalerChoice = AutoscalerChoice {
     kind: AutoscalerKind::None,
@@ -226,4 +242,71 @@ fn unchanged_conditions_keep_their_transition_time() {
     assert_eq!(ready.last_transition_time.0, later);
     let degraded = find(&third, condition::DEGRADED).expect("Degraded");
     assert_eq!(degraded.last_transition_time.0, earlier);
+}
+
+#[test]
+fn the_status_publishes_the_workers_endpoint_for_client_side_balancing() {
+    let status = from_deployment(
+        &ld(1),
+        &deployment(1, ready_status(1, 1)),
+        &NONE,
+        Timestamp::now(),
+    );
+    assert_eq!(
+        status.workers_endpoint.as_deref(),
+        Some("dns:///lynx-minimal-workers.serving.svc.cluster.local:50051")
+    );
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("lynx-minimal.serving.svc.cluster.local:50051")
+    );
+}
+
+#[test]
+fn at_zero_the_ready_message_says_whether_a_router_wakes_the_fleet() {
+    let at_zero = |object: &LynxDeployment| {
+        let status = from_deployment(
+            object,
+            &deployment(1, ready_status(0, 0)),
+            &NONE,
+            Timestamp::now(),
+        );
+        find(&status, condition::READY)
+            .expect("Ready")
+            .message
+            .clone()
+    };
+    let mut object = ld(0);
+    assert!(at_zero(&object).contains("without spec.router"));
+    object.spec.router = Some(RouterSpec::default());
+    assert!(at_zero(&object).contains("the router holds requests"));
+}
+
+#[test]
+fn an_inference_pool_the_cluster_cannot_hold_is_a_condition() {
+    let status = |state| {
+        derive::from_deployment(
+            &ld(1),
+            &deployment(1, ready_status(1, 1)),
+            &NONE,
+            state,
+            Timestamp::now(),
+        )
+    };
+    let not_served = status(InferencePoolState::NotServed);
+    let unavailable = find(&not_served, condition::INFERENCE_POOL_UNAVAILABLE).expect("present");
+    assert_eq!(
+        (unavailable.status.as_str(), unavailable.reason.as_str()),
+        ("True", "CrdNotServed")
+    );
+    assert!(find(&not_served, condition::INFERENCE_POOL_READY).is_none());
+    let applied = status(InferencePoolState::Applied);
+    assert_eq!(
+        find(&applied, condition::INFERENCE_POOL_READY).map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert!(find(&applied, condition::INFERENCE_POOL_UNAVAILABLE).is_none());
+    let none = status(InferencePoolState::NotRequested);
+    assert!(find(&none, condition::INFERENCE_POOL_READY).is_none());
+    assert!(find(&none, condition::INFERENCE_POOL_UNAVAILABLE).is_none());
 }
