@@ -29,12 +29,12 @@ fn profiles() -> [Profile; 2] {
             // Measured: `lynx-worker serve --embedded small` on 2 CPU cores (docs/perf/fleet.md).
             name: "CPU small (measured)",
             costs: Costs {
-                vision_s: 0.892,
+                vision_s: 1.03,
                 vision_tokens: 32,
-                prefill_fixed_s: 0.030,
-                prefill_per_token_s: 0.0011,
-                step_fixed_s: 0.0154,
-                step_per_seq_s: 0.0022,
+                prefill_fixed_s: 0.015,
+                prefill_per_token_s: 0.0009,
+                step_fixed_s: 0.0041,
+                step_per_seq_s: 0.0025,
             },
             max_batch: 8,
             seconds: 7200.0,
@@ -213,7 +213,9 @@ fn scale_table(p: &Profile) {
         cfg.workers = max;
         simulate(&cfg, &reqs)
     };
-    let print = |label: &str, o: &Outcome| {
+    // A fleet kept at its max is alive for the whole window, not only until its last answer.
+    let at_max_alive = max as f64 * window.max(at_max.end_s);
+    let print = |label: &str, o: &Outcome, alive: f64| {
         let s = Summary::new(&reqs, o, &p.costs, SLO_FACTOR, window);
         let held = o.requests.iter().filter(|r| r.held).count();
         let held_ok = o
@@ -234,11 +236,11 @@ fn scale_table(p: &Profile) {
             ms(percentile(&lat, 50.0)),
             ms(percentile(&lat, 99.0)),
             o.busy_s,
-            o.alive_s,
-            100.0 * o.alive_s / at_max.alive_s,
+            alive,
+            100.0 * alive / at_max_alive,
         );
     };
-    print(&format!("{max} always | - | - | -"), &at_max);
+    print(&format!("{max} always | - | - | -"), &at_max, at_max_alive);
     for (poll, delay, hold) in [
         (30.0, 90.0, 60.0),
         (30.0, 90.0, 180.0),
@@ -258,7 +260,11 @@ fn scale_table(p: &Profile) {
             cooldown_s: 300.0,
         });
         let o = simulate(&cfg, &reqs);
-        print(&format!("0..={max} | {poll} | {delay} | {hold}"), &o);
+        print(
+            &format!("0..={max} | {poll} | {delay} | {hold}"),
+            &o,
+            o.alive_s,
+        );
     }
 }
 
@@ -269,7 +275,7 @@ fn main() {
     for p in profiles() {
         let c = p.costs;
         println!(
-            "| {} | {} | {} + {:.3} | {} + {:.2} | {} |",
+            "| {} | {:.0} | {:.0} + {:.3} | {:.1} + {:.2} | {} |",
             p.name,
             c.vision_s * 1e3,
             c.prefill_fixed_s * 1e3,

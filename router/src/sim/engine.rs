@@ -54,6 +54,8 @@ enum Kind {
     Scrape,
     Poll,
     Ready(usize),
+    /// Held requests go to the ready workers (after every worker ready at the same instant).
+    Release,
     HoldTimeout(usize),
 }
 
@@ -218,6 +220,7 @@ pub fn simulate(cfg: &FleetConfig, requests: &[Request]) -> Outcome {
             Kind::Scrape => sim.scrape(),
             Kind::Poll => sim.poll(),
             Kind::Ready(w) => sim.ready(w),
+            Kind::Release => sim.release(),
             Kind::HoldTimeout(r) => sim.hold_timeout(r),
         }
     }
@@ -455,6 +458,13 @@ impl Sim<'_> {
         }
         self.workers[w].state = State::Ready;
         self.workers[w].last_scrape_s = self.now;
+        self.schedule(self.now, Kind::Release);
+    }
+
+    fn release(&mut self) {
+        if !self.workers.iter().any(|w| w.state == State::Ready) {
+            return;
+        }
         while let Some(r) = self.held.pop_front() {
             self.dispatch(r);
         }

@@ -42,8 +42,8 @@ pub struct Workload {
 
 impl Workload {
     /// The default mix at a constant `rate` for `seconds`: 0/1/2 images with weights
-    /// 0.3/0.5/0.2, 70% of images from a uniform pool of 4096, prompts of 20-200 text tokens,
-    /// answers of 8-128 tokens.
+    /// 0.3/0.5/0.2, 70% of images from a uniform pool of 4096, prompts of 10-40 text tokens
+    /// (Lynx keeps the last `max_input_tokens` = 40), answers of 8-128 tokens.
     pub fn steady(seed: u64, rate: f64, seconds: f64) -> Self {
         Self {
             seed,
@@ -52,7 +52,7 @@ impl Workload {
             repeated_fraction: 0.7,
             pool_size: 4096,
             zipf_s: 0.0,
-            prompt_tokens: (20, 200),
+            prompt_tokens: (10, 40),
             output_tokens: (8, 128),
         }
     }
