@@ -110,6 +110,35 @@ impl Cluster {
             .expect("watch the CRD");
     }
 
+    /// Installs the CustomResourceDefinition of the fixture `relative` (a file of the
+    /// repository, e.g. a stand-in for KEDA's), waits until it is established and its group is
+    /// discovered (an operator started after this finds the API served). Idempotent; the CRD
+    /// stays for the later tests, which never depend on its absence.
+    pub async fn install_crd(&self, relative: &str) {
+        let doc = yaml_docs(relative).remove(0);
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .expect("CRD name")
+            .to_owned();
+        let group = doc["spec"]["group"].as_str().expect("CRD group").to_owned();
+        self.apply_json(doc).await.expect("install the CRD");
+        let crds: Api<CustomResourceDefinition> = Api::all(self.admin.clone());
+        let established = await_condition(crds, &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .expect("CRD established in time")
+            .expect("watch the CRD");
+        eventually(
+            &format!("{group} discovered"),
+            Duration::from_secs(30),
+            || async {
+                let groups = self.admin.list_api_groups().await.ok()?;
+                groups.groups.iter().any(|g| g.name == group).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Server-side applies one object given as JSON (any kind the server serves) as an
     /// administrator.
     pub async fn apply_json(&self, doc: serde_json::Value) -> Result<DynamicObject, kube::Error> {

@@ -10,5 +10,6 @@ mod harness;
 mod helm;
 mod kubelet;
 mod leader;
+mod routing;
 mod samples;
 mod scale;
