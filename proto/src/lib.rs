@@ -10,6 +10,10 @@ pub mod v1 {
     tonic::include_proto!("lynx.v1");
 }
 
+pub mod target;
+#[cfg(feature = "test-dns")]
+pub mod test_dns;
+
 /// Encoded `FileDescriptorSet` of `lynx.v1`, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lynx_v1_descriptor.bin"));

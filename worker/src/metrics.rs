@@ -59,6 +59,9 @@ pub struct Metrics {
     pub prepare_memory: IntGauge,
     /// Requests being received, checked or prepared now (at most `--max-incoming-requests`).
     pub incoming_requests: IntGauge,
+    /// gRPC connections accepted (a client that reconnects after `--max-connection-age-seconds`
+    /// counts again).
+    pub grpc_connections: IntCounter,
     /// The process's peak resident memory (Linux `VmHWM`), read at each scrape.
     pub peak_resident_memory: IntGauge,
     /// The process's CPU time, user + system, in seconds (Linux), read at each scrape.
@@ -193,6 +196,10 @@ impl Metrics {
             incoming_requests: int_gauge(
                 "lynx_incoming_requests",
                 "Requests being received, checked or prepared now (at most --max-incoming-requests).",
+            )?,
+            grpc_connections: counter(
+                "lynx_grpc_connections_total",
+                "gRPC connections accepted.",
             )?,
             peak_resident_memory: int_gauge(
                 "lynx_process_peak_resident_memory_bytes",

@@ -229,6 +229,26 @@ pub struct ServeArgs {
     )]
     pub image_url_hosts: Vec<String>,
 
+    /// gRPC connections older than this are asked to close (HTTP/2 GOAWAY; their requests
+    /// finish), so that long-lived clients connect again and reach workers added since; 0: never.
+    /// Behind a Service or a `dns:///` name this is what spreads clients over new workers.
+    #[arg(
+        long,
+        env = "LYNX_MAX_CONNECTION_AGE_SECONDS",
+        default_value_t = 0,
+        help_heading = "Lifecycle"
+    )]
+    pub max_connection_age_seconds: u64,
+    /// How long the requests of a connection closed for its age may still take before it is cut;
+    /// longer than the longest generation.
+    #[arg(
+        long,
+        env = "LYNX_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        default_value_t = 600,
+        help_heading = "Lifecycle"
+    )]
+    pub max_connection_age_grace_seconds: u64,
+
     /// After SIGTERM: how long admitted requests may take to finish before the worker exits.
     #[arg(
         long,
@@ -314,6 +334,9 @@ impl ServeArgs {
             },
             auth_tokens,
             image_url_hosts: self.image_url_hosts.clone(),
+            max_connection_age: (self.max_connection_age_seconds > 0)
+                .then(|| Duration::from_secs(self.max_connection_age_seconds)),
+            max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_seconds),
         })
     }
 }

@@ -72,6 +72,8 @@ pub struct Level {
     pub ttft: Vec<f64>,
     /// Latency per request, seconds.
     pub latency: Vec<f64>,
+    /// Requests answered by each worker (its address, or the URL), sorted by worker.
+    pub per_worker: Vec<(String, usize)>,
 }
 
 /// The `q` quantile (0..1) of `v` (nearest rank).
@@ -140,13 +142,15 @@ struct Sample {
     ttft: f64,
     latency: f64,
     tokens: u64,
+    worker: Arc<str>,
 }
 
 async fn one(
-    client: &mut v1::lynx_client::LynxClient<tonic::transport::Channel>,
+    workers: &connect::Workers,
     req: v1::GenerateRequest,
     args: &ConnectArgs,
 ) -> Result<Sample, ClientError> {
+    let connect::Worker { label, mut client } = workers.next();
     let t0 = Instant::now();
     let mut stream = client
         .generate_stream(connect::request(req, args, None)?)
@@ -164,6 +168,7 @@ async fn one(
                     ttft: ttft.unwrap_or(latency),
                     latency,
                     tokens: u64::from(f.usage.unwrap_or_default().completion_tokens),
+                    worker: label,
                 });
             }
             None => {}
@@ -185,6 +190,7 @@ fn progress(level: usize, done: usize, total: usize) {
 
 async fn run_level(
     args: &BenchArgs,
+    workers: &Arc<connect::Workers>,
     concurrency: usize,
     salt: usize,
 ) -> Result<Level, ClientError> {
@@ -195,18 +201,18 @@ async fn run_level(
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
-    let mut workers = Vec::new();
+    let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let mut client = connect::client(&args.connect).await?;
+        let workers = Arc::clone(workers);
         let (requests, next, done) = (Arc::clone(&requests), Arc::clone(&next), Arc::clone(&done));
         let connect_args = args.connect.clone();
         let show = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        workers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(req) = requests.get(i) else { break };
-                samples.push(one(&mut client, req.clone(), &connect_args).await?);
+                samples.push(one(&workers, req.clone(), &connect_args).await?);
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if show {
                     progress(concurrency, d, requests.len());
@@ -216,7 +222,7 @@ async fn run_level(
         }));
     }
     let mut samples = Vec::new();
-    for w in workers {
+    for w in tasks {
         let got = w
             .await
             .map_err(|e| ClientError(format!("a client task failed: {e}")))??;
@@ -232,7 +238,27 @@ async fn run_level(
         tokens: samples.iter().map(|s| s.tokens).sum(),
         ttft: samples.iter().map(|s| s.ttft).collect(),
         latency: samples.iter().map(|s| s.latency).collect(),
+        per_worker: per_worker(&samples),
     })
+}
+
+fn per_worker(samples: &[Sample]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for s in samples {
+        *counts.entry(&s.worker).or_default() += 1;
+    }
+    counts.into_iter().map(|(w, n)| (w.to_owned(), n)).collect()
+}
+
+/// Requests answered by each worker at each level, as a Markdown table.
+pub fn worker_table(levels: &[Level]) -> String {
+    let mut s = String::from("| concurrency | worker | requests |\n|---|---|---|\n");
+    for l in levels {
+        for (worker, n) in &l.per_worker {
+            s.push_str(&format!("| {} | {worker} | {n} |\n", l.concurrency));
+        }
+    }
+    s
 }
 
 /// The results as a Markdown table.
@@ -295,14 +321,17 @@ pub async fn run(args: &BenchArgs) -> Result<(), ClientError> {
             "--image and --instruction-file need --goodput-seconds".into(),
         ));
     }
-    // One unmeasured request so that connection set-up does not count.
-    let mut client = connect::client(&args.connect).await?;
-    one(&mut client, request_for(3, 0, args)?, &args.connect).await?;
+    let workers = connect::workers(&args.connect).await?;
+    // One unmeasured request per worker so that connection set-up does not count.
+    for _ in 0..workers.len() {
+        one(&workers, request_for(3, 0, args)?, &args.connect).await?;
+    }
     let mut levels = Vec::new();
     for (salt, &c) in args.concurrency.iter().enumerate() {
-        levels.push(run_level(args, c, salt + 1).await?);
+        levels.push(run_level(args, &workers, c, salt + 1).await?);
     }
     println!("{}", table(&levels));
+    println!("{}", worker_table(&levels));
     let series = |name, colour, q: f64| Series {
         name,
         colour,
@@ -350,10 +379,14 @@ mod tests {
             tokens: 100,
             ttft: vec![0.01; 10],
             latency: vec![0.1; 10],
+            per_worker: vec![("10.0.0.1:50051".into(), 6), ("10.0.0.2:50051".into(), 4)],
         };
         let t = table(&[level(1, 1000), level(4, 250)]);
         assert!(t.contains("| 1 | 10 | 10.0 | 100 |"), "{t}");
         assert!(t.contains("| 4 | 10 | 40.0 | 400 |"), "{t}");
         assert!(t.contains("4.00x"), "{t}");
+        let w = worker_table(&[level(4, 250)]);
+        assert!(w.contains("| 4 | 10.0.0.1:50051 | 6 |"), "{w}");
+        assert!(w.contains("| 4 | 10.0.0.2:50051 | 4 |"), "{w}");
     }
 }

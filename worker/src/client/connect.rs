@@ -1,15 +1,166 @@
-//! A channel to the worker (plaintext or TLS) and requests carrying the bearer token.
+//! Channels to the workers (plaintext or TLS) and requests carrying the bearer token.
+//!
+//! `--addr` is one URL (one connection) or a target that names several workers
+//! ([`lynx_proto::target`]: `dns:///host:port`, `ipv4:a:port,b:port`): then [`Workers`] keeps one
+//! channel per resolved address, resolves the name again every `--dns-refresh-seconds` (workers
+//! that appear are used, those that disappear are dropped) and hands them out round robin.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use lynx_proto::target::Target;
 use lynx_proto::v1::lynx_client::LynxClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::{ClientError, ConnectArgs};
 
-/// A connected client.
-pub async fn client(args: &ConnectArgs) -> Result<LynxClient<Channel>, ClientError> {
-    let mut endpoint = Endpoint::from_shared(args.addr.clone())
-        .map_err(|e| ClientError(format!("bad --addr {}: {e}", args.addr)))?;
-    if args.addr.starts_with("https://") {
+/// One worker: its label (the URL or the resolved address) and a client of it.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// The URL or `ip:port`.
+    pub label: Arc<str>,
+    /// The client (cheap to clone; one connection per worker).
+    pub client: LynxClient<Channel>,
+}
+
+/// The workers `--addr` names, handed out round robin.
+#[derive(Debug)]
+pub struct Workers {
+    list: RwLock<Vec<(SocketAddr, Worker)>>,
+    next: AtomicUsize,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(task) = &self.refresher {
+            task.abort();
+        }
+    }
+}
+
+impl Workers {
+    /// The next worker, round robin.
+    pub fn next(&self) -> Worker {
+        let list = self.list.read().unwrap_or_else(PoisonError::into_inner);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len().max(1);
+        // Never empty: a resolution that finds nothing keeps the previous list.
+        list[i].1.clone()
+    }
+
+    /// How many workers are known now.
+    pub fn len(&self) -> usize {
+        self.list
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no worker is known (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The workers of `args.addr`: a URL is connected at once (an unreachable worker is an error
+/// here); a balanced target is resolved (no address is an error) and its workers connected as
+/// they are used.
+pub async fn workers(args: &ConnectArgs) -> Result<Arc<Workers>, ClientError> {
+    let target: Target = args.addr.parse().map_err(|e| ClientError(format!("{e}")))?;
+    if let Target::Url(url) = &target {
+        let channel = endpoint(url, args)?
+            .connect()
+            .await
+            .map_err(|e| ClientError(format!("cannot connect to {url}: {e}")))?;
+        let worker = Worker {
+            label: Arc::from(url.as_str()),
+            client: LynxClient::new(channel),
+        };
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        return Ok(Arc::new(Workers {
+            list: RwLock::new(vec![(unspecified, worker)]),
+            next: AtomicUsize::new(0),
+            refresher: None,
+        }));
+    }
+    let addrs = target
+        .resolve()
+        .await
+        .map_err(|e| ClientError(e.to_string()))?;
+    let list = connect_all(&addrs, &[], args)?;
+    let workers = Arc::new_cyclic(|weak: &std::sync::Weak<Workers>| {
+        let weak = weak.clone();
+        let args = args.clone();
+        let every = Duration::from_secs_f64(args.dns_refresh_seconds.max(0.05));
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(workers) = weak.upgrade() else {
+                    return;
+                };
+                match target.resolve().await {
+                    Ok(addrs) => workers.update(&addrs, &args),
+                    // Keep the workers we know: a failed lookup is not an empty fleet.
+                    Err(e) => tracing::warn!(error = %e, "DNS refresh failed"),
+                }
+            }
+        });
+        Workers {
+            list: RwLock::new(list),
+            next: AtomicUsize::new(0),
+            refresher: Some(refresher),
+        }
+    });
+    Ok(workers)
+}
+
+impl Workers {
+    fn update(&self, addrs: &[SocketAddr], args: &ConnectArgs) {
+        let known = self
+            .list
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match connect_all(addrs, &known, args) {
+            Ok(list) => *self.list.write().unwrap_or_else(PoisonError::into_inner) = list,
+            Err(e) => tracing::warn!(error = %e, "cannot use the refreshed workers"),
+        }
+    }
+}
+
+/// A channel per address, reusing those of `known`.
+fn connect_all(
+    addrs: &[SocketAddr],
+    known: &[(SocketAddr, Worker)],
+    args: &ConnectArgs,
+) -> Result<Vec<(SocketAddr, Worker)>, ClientError> {
+    let tls = args.ca_cert.is_some();
+    addrs
+        .iter()
+        .map(|addr| {
+            if let Some((_, w)) = known.iter().find(|(a, _)| a == addr) {
+                return Ok((*addr, w.clone()));
+            }
+            let scheme = if tls { "https" } else { "http" };
+            let channel = endpoint(&format!("{scheme}://{addr}"), args)?.connect_lazy();
+            Ok((
+                *addr,
+                Worker {
+                    label: Arc::from(addr.to_string()),
+                    client: LynxClient::new(channel),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The endpoint of one worker URL, with TLS for `https://`.
+fn endpoint(url: &str, args: &ConnectArgs) -> Result<Endpoint, ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ClientError(format!("bad --addr {url}: {e}")))?;
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.ca_cert {
             let pem = std::fs::read(ca)
@@ -23,11 +174,12 @@ pub async fn client(args: &ConnectArgs) -> Result<LynxClient<Channel>, ClientErr
             .tls_config(tls)
             .map_err(|e| ClientError(format!("TLS: {e}")))?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError(format!("cannot connect to {}: {e}", args.addr)))?;
-    Ok(LynxClient::new(channel))
+    Ok(endpoint)
+}
+
+/// A connected client of the first worker `--addr` names.
+pub async fn client(args: &ConnectArgs) -> Result<LynxClient<Channel>, ClientError> {
+    Ok(workers(args).await?.next().client)
 }
 
 /// `msg` as a request with the token and an optional deadline.

@@ -75,19 +75,22 @@ async fn run_level(
     };
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(seconds);
-    let mut workers = Vec::new();
+    let mut tasks = Vec::new();
     for w in 0..concurrency.max(1) {
-        let mut client = connect::client(&args.connect).await?;
+        // Each client has connections of its own (to every worker of a balanced address).
+        let workers = connect::workers(&args.connect).await?;
         let pool = Arc::clone(&pool);
         let connect_args = args.connect.clone();
-        workers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(Code, f64)> = Vec::new();
             let mut i = w;
             while Instant::now() < end {
                 let req = pool[i % pool.len()].clone();
                 i += concurrency;
                 let sent = Instant::now();
-                let code = match client
+                let code = match workers
+                    .next()
+                    .client
                     .generate(connect::request(req, &connect_args, None)?)
                     .await
                 {
@@ -108,7 +111,7 @@ async fn run_level(
         server_cpu_seconds: None,
         server_peak_rss: None,
     };
-    for w in workers {
+    for w in tasks {
         let seen = w
             .await
             .map_err(|e| ClientError(format!("a client task failed: {e}")))??;

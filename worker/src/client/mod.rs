@@ -4,7 +4,7 @@
 //! `--goodput-seconds` it measures goodput and refusals under overload instead.
 
 pub mod bench;
-mod connect;
+pub mod connect;
 pub mod generate;
 pub mod goodput;
 pub mod http;
@@ -34,9 +34,15 @@ pub enum ClientCommand {
 /// How to reach the worker.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Worker address (`http://` or `https://`).
+    /// Worker address: `http(s)://host:port` (one connection), or every worker a name resolves
+    /// to, round robin: `dns:///host:port` (e.g. the LynxDeployment's `status.workersEndpoint`),
+    /// `dns://dns-server:port/host:port`, `ipv4:a:port,b:port` (TLS with `--ca-cert`).
     #[arg(long, env = "LYNX_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// How often a `dns:` address is resolved again (workers that appear are used, those that
+    /// disappear are dropped).
+    #[arg(long, env = "LYNX_DNS_REFRESH_SECONDS", default_value_t = 5.0)]
+    pub dns_refresh_seconds: f64,
     /// Bearer token.
     #[arg(long, env = "LYNX_AUTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

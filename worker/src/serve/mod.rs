@@ -7,6 +7,7 @@
 //! answered, or the drain timeout -> listeners closed -> `Ok(())`.
 
 pub mod auth;
+pub mod connection_age;
 pub mod decode_errors;
 pub mod door;
 pub mod grpc;
@@ -62,6 +63,11 @@ pub struct ServeConfig {
     pub auth_tokens: Vec<String>,
     /// Hosts whose `http(s)` image URLs the OpenAI API fetches (empty: `data:` URIs only).
     pub image_url_hosts: Vec<String>,
+    /// gRPC connections older than this are asked to close (HTTP/2 GOAWAY), so that long-lived
+    /// clients connect again and spread over new workers; none: connections live on.
+    pub max_connection_age: Option<Duration>,
+    /// How long a closing connection's requests may still take before it is cut.
+    pub max_connection_age_grace: Duration,
 }
 
 /// PEM files of the server's TLS identity.
@@ -162,6 +168,10 @@ impl Server {
         let Self { grpc, http, cfg } = self;
         // TLS problems are start-up errors, before the model loads.
         let mut builder = tonic::transport::Server::builder();
+        // GOAWAY at the age; the cut after the grace is `connection_age::AgedStream`'s.
+        if let Some(age) = cfg.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
         if let Some(tls) = &cfg.tls {
             builder = builder.tls_config(tls_config(tls)?).map_err(|e| {
                 ServeError::Tls(format!(
@@ -239,7 +249,19 @@ impl Server {
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
         openai.serve(Arc::clone(&shared));
         // Small streamed messages must not wait for Nagle's algorithm (+40 ms per token).
-        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let accepted = metrics.grpc_connections.clone();
+        let lifetime = cfg
+            .max_connection_age
+            .map(|age| age + cfg.max_connection_age_grace);
+        let incoming = tokio_stream::StreamExt::map(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            move |conn| {
+                conn.map(|tcp| {
+                    accepted.inc();
+                    connection_age::AgedStream::new(tcp, lifetime)
+                })
+            },
+        );
         let grpc_task = tokio::spawn(
             builder
                 .add_service(health_service)

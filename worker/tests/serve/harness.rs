@@ -44,6 +44,8 @@ pub fn config() -> ServeConfig {
         tls: None,
         auth_tokens: Vec::new(),
         image_url_hosts: Vec::new(),
+        max_connection_age: None,
+        max_connection_age_grace: Duration::from_secs(600),
     }
 }
 

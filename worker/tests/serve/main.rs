@@ -6,6 +6,7 @@
 mod common;
 mod harness;
 
+mod balancing;
 mod batching;
 mod client;
 mod front_door;
