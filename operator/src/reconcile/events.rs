@@ -156,4 +156,22 @@ mod tests {
             ["Updated", "AutoscalerSelected", "Ready", "Pruned"]
         );
     }
+
+    #[test]
+    fn an_inference_pool_api_that_is_not_served_warns_once() {
+        let before = status(3, "none", true);
+        let mut after = before.clone();
+        after.conditions.push(Condition {
+            type_: condition::INFERENCE_POOL_UNAVAILABLE.to_owned(),
+            status: "True".to_owned(),
+            reason: "CrdNotServed".to_owned(),
+            message: "not served".to_owned(),
+            observed_generation: Some(3),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        });
+        let events = significant_changes(Some(&before), &after, true, &[]);
+        assert_eq!(reasons(&events), ["InferencePoolUnavailable"]);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert!(significant_changes(Some(&after), &after, true, &[]).is_empty());
+    }
 }
