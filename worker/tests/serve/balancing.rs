@@ -10,19 +10,19 @@ use lynx_worker::client::{connect, ConnectArgs};
 
 use crate::harness::{input, request, TestServer};
 
-const NAME: &str = "workers.lynx.test";
+pub const NAME: &str = "workers.lynx.test";
 
-/// Workers on 127.0.0.1, .2, ... all on one port, as the pods of a headless Service are.
-async fn fleet(n: u8, tune: impl Fn(&mut lynx_worker::serve::ServeConfig)) -> Vec<TestServer> {
+/// Workers on 127.0.0.1, .2, ... all on the same two ports, as the pods of a headless Service are.
+pub async fn fleet(n: u8, tune: impl Fn(&mut lynx_worker::serve::ServeConfig)) -> Vec<TestServer> {
     let first = TestServer::start(&tune).await;
-    let port = first.grpc.port();
+    let (port, http_port) = (first.grpc.port(), first.http.port());
     let mut all = vec![first];
     for i in 2..=n {
         all.push(
             TestServer::start(|c| {
                 tune(c);
                 c.grpc_addr = SocketAddr::from(([127, 0, 0, i], port));
-                c.http_addr = SocketAddr::from(([127, 0, 0, i], 0));
+                c.http_addr = SocketAddr::from(([127, 0, 0, i], http_port));
             })
             .await,
         );
@@ -30,11 +30,11 @@ async fn fleet(n: u8, tune: impl Fn(&mut lynx_worker::serve::ServeConfig)) -> Ve
     all
 }
 
-fn ips(servers: &[&TestServer]) -> Vec<IpAddr> {
+pub fn ips(servers: &[&TestServer]) -> Vec<IpAddr> {
     servers.iter().map(|s| s.grpc.ip()).collect()
 }
 
-async fn ok_answers(server: &TestServer) -> f64 {
+pub async fn ok_answers(server: &TestServer) -> f64 {
     server
         .metrics()
         .await

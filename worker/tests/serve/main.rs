@@ -14,5 +14,6 @@ mod lifecycle;
 mod limits;
 mod openai;
 mod openai_sdk;
+mod router;
 mod scheduling;
 mod security;

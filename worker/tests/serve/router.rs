@@ -1,0 +1,285 @@
+//! `lynx-router` in front of real workers on 127.0.0.x: image affinity (the worker that encoded
+//! an image gets it again and its encoder cache hits), load (an overloaded worker is avoided),
+//! holding at zero workers, retries of requests a worker never started, the OpenAI API.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lynx_proto::test_dns::TestDns;
+use lynx_proto::v1::lynx_client::LynxClient;
+use lynx_proto::v1::{DecodingMode, GenerateRequest};
+use lynx_router::fleet::FleetConfig;
+use lynx_router::policy::{PickerConfig, Policy};
+use lynx_router::route::HoldConfig;
+use lynx_router::server::{Router, RouterConfig};
+use tokio::sync::oneshot;
+use tonic::Code;
+
+use crate::balancing::{fleet, ips, ok_answers, NAME};
+use crate::harness::{http_get, input, request, with_timeout, Metrics, TestServer};
+
+struct TestRouter {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestRouter {
+    async fn start(
+        workers: String,
+        worker_http_port: u16,
+        tune: impl FnOnce(&mut RouterConfig),
+    ) -> Self {
+        let mut cfg = RouterConfig {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            fleet: FleetConfig {
+                target: workers.parse().unwrap(),
+                http_port: worker_http_port,
+                resolve_every: Duration::from_millis(100),
+                scrape_every: Duration::from_millis(50),
+            },
+            picker: PickerConfig::default(),
+            hold: HoldConfig {
+                max_held: 16,
+                timeout: Duration::from_secs(30),
+            },
+            max_attempts: 3,
+            drain_timeout: Duration::from_secs(5),
+            auth_tokens: Vec::new(),
+        };
+        tune(&mut cfg);
+        let router = Router::bind(cfg).await.unwrap();
+        let (grpc, http) = (router.grpc_addr(), router.http_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(router.run(async {
+            stopped.await.ok();
+        }));
+        Self {
+            grpc,
+            http,
+            _stop: stop,
+        }
+    }
+
+    async fn client(&self) -> LynxClient<tonic::transport::Channel> {
+        LynxClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    async fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.http, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Waits until the router sees `n` ready workers.
+    async fn wait_ready(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.metrics().await.get("lynx_router_ready_workers") != n as f64 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{n} workers never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn image_request(image: &str) -> GenerateRequest {
+    request(
+        "What is in the image?",
+        &[&input(image)],
+        None,
+        DecodingMode::Greedy,
+        2,
+    )
+}
+
+async fn hits(w: &TestServer) -> f64 {
+    w.metrics().await.get("lynx_encoder_cache_hits_total")
+}
+
+/// Two workers on 127.0.0.1 and .2 (same ports): the first `tune`d, the second not.
+async fn pair(tune: impl FnOnce(&mut lynx_worker::serve::ServeConfig)) -> Vec<TestServer> {
+    let first = TestServer::start(tune).await;
+    let (port, http_port) = (first.grpc.port(), first.http.port());
+    let second = TestServer::start(|c| {
+        c.grpc_addr = SocketAddr::from(([127, 0, 0, 2], port));
+        c.http_addr = SocketAddr::from(([127, 0, 0, 2], http_port));
+    })
+    .await;
+    vec![first, second]
+}
+
+fn workers_target(workers: &[TestServer]) -> String {
+    let list: Vec<String> = workers.iter().map(|w| w.grpc.to_string()).collect();
+    format!("ipv4:{}", list.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_image_goes_to_the_worker_that_encoded_it() {
+    let workers = fleet(2, |_| {}).await;
+    let router = TestRouter::start(workers_target(&workers), workers[0].http.port(), |_| {}).await;
+    router.wait_ready(2).await;
+    let mut client = router.client().await;
+    let before = [hits(&workers[0]).await, hits(&workers[1]).await];
+    for _ in 0..4 {
+        client
+            .generate(image_request("img_landscape.png"))
+            .await
+            .unwrap();
+    }
+    let gained = [
+        hits(&workers[0]).await - before[0],
+        hits(&workers[1]).await - before[1],
+    ];
+    // One worker encoded the image and got the three repeats: three hits there, none elsewhere.
+    gained
+        .iter()
+        .for_each(|g| assert!(*g == 0.0 || *g == 3.0, "{gained:?}"));
+    assert_eq!(gained.iter().sum::<f64>(), 3.0, "{gained:?}");
+    let m = router.metrics().await;
+    assert_eq!(
+        m.get("lynx_router_decisions_total{reason=\"affinity\"}"),
+        3.0
+    );
+    assert_eq!(m.get("lynx_router_requests_total{code=\"OK\"}"), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_worker_is_avoided_even_with_affinity() {
+    // A long batching delay keeps the held requests waiting in the first worker's queue.
+    let workers = pair(|c| c.runner.scheduler.max_batch_delay = Duration::from_secs(30)).await;
+    let (busy, idle) = (&workers[0], &workers[1]);
+    let router = TestRouter::start(workers_target(&workers), busy.http.port(), |_| {}).await;
+    router.wait_ready(2).await;
+    let mut client = router.client().await;
+    // Equal loads: the first pick is the first worker (by address), which remembers the image;
+    // it would wait 30 s for a batch, so the request gives up after 300 ms.
+    let status = client
+        .generate(with_timeout(
+            image_request("img_landscape.png"),
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert_eq!(
+        ok_answers(idle).await,
+        0.0,
+        "the image went to the idle worker"
+    );
+    let held = busy.hold_in_queue(6).await;
+    // The router reads the queue at its next scrape.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = ok_answers(idle).await;
+    for _ in 0..3 {
+        client
+            .generate(image_request("img_landscape.png"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ok_answers(idle).await - before, 3.0);
+    let m = router.metrics().await;
+    assert!(m.get("lynx_router_decisions_total{reason=\"affinity_overloaded\"}") >= 1.0);
+    held.into_iter().for_each(|h| h.abort());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_zero_workers_a_request_is_held_until_one_is_ready_or_refused_after_the_hold() {
+    let dns = TestDns::start().await.unwrap();
+    // The name has no worker yet; the first one will listen on 127.0.0.1 at ports known only
+    // once it runs, so the router is told the ports of a probe worker started and stopped first.
+    let probe = TestServer::start(|_| {}).await;
+    let (port, http_port) = (probe.grpc.port(), probe.http.port());
+    probe.stop().await.unwrap();
+    let target = format!("dns://{}/{NAME}:{port}", dns.addr());
+    let router = TestRouter::start(target, http_port, |c| {
+        c.hold.timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut client = router.client().await;
+    let held =
+        tokio::spawn(async move { client.generate(image_request("img_landscape.png")).await });
+    let t0 = Instant::now();
+    while router.metrics().await.get("lynx_router_pending_requests") != 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Scale from zero: a worker starts, the name resolves to it, the held request is answered.
+    let worker = TestServer::start(|c| {
+        c.grpc_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        c.http_addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+    })
+    .await;
+    dns.set(NAME, &ips(&[&worker]));
+    let answer = held.await.unwrap().unwrap().into_inner();
+    assert!(!answer.token_ids.is_empty());
+    let m = router.metrics().await;
+    assert_eq!(m.get("lynx_router_pending_requests"), 0.0);
+    assert_eq!(m.get("lynx_router_hold_seconds_count"), 1.0);
+
+    // A router whose hold times out says so.
+    let empty = format!("dns://{}/nobody.lynx.test:{port}", dns.addr());
+    let short = TestRouter::start(empty, http_port, |c| {
+        c.hold.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let status = short
+        .client()
+        .await
+        .generate(image_request("img_landscape.png"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("hold_timeout_seconds"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_start_goes_to_another_worker() {
+    // Tiny queues, kept full on one worker; the router's view of the load is never refreshed
+    // (one scrape an hour), so it does send there, and the refusal is retried elsewhere.
+    let workers = pair(|c| {
+        c.runner.scheduler.max_queue = 2;
+        c.runner.scheduler.max_batch_delay = Duration::from_secs(30);
+    })
+    .await;
+    let router = TestRouter::start(workers_target(&workers), workers[0].http.port(), |c| {
+        c.fleet.scrape_every = Duration::from_secs(3600);
+        c.picker.policy = Policy::RoundRobin;
+    })
+    .await;
+    router.wait_ready(2).await;
+    let held = workers[0].hold_in_queue(2).await;
+    let mut client = router.client().await;
+    let mut other = client.clone();
+    let (a, b) = tokio::join!(
+        other.generate(request("hi", &[], None, DecodingMode::Greedy, 2)),
+        client.generate(request("hello", &[], None, DecodingMode::Greedy, 2)),
+    );
+    a.unwrap();
+    b.unwrap();
+    let m = router.metrics().await;
+    assert_eq!(m.get("lynx_router_retries_total"), 1.0);
+    held.into_iter().for_each(|h| h.abort());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_api_goes_through_the_router() {
+    let workers = fleet(1, |_| {}).await;
+    let router = TestRouter::start(workers_target(&workers), workers[0].http.port(), |_| {}).await;
+    router.wait_ready(1).await;
+    let (status, body) = http_get(router.http, "/v1/models").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"object\":\"list\""), "{body}");
+    let (status, _) = http_get(router.http, "/readyz").await;
+    assert_eq!(status, 200);
+}
