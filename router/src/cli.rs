@@ -120,3 +120,47 @@ impl RouterArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operators_arguments_parse() {
+        let dir = std::env::temp_dir().join(format!("lynx-router-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, "# clients\nt1\n").expect("write");
+        let args = RouterArgs::try_parse_from([
+            "lynx-router",
+            "--workers",
+            "dns:///chat-workers.ml.svc.cluster.local:50051",
+            "--worker-http-port",
+            "9090",
+            "--grpc-addr",
+            "0.0.0.0:50051",
+            "--http-addr",
+            "0.0.0.0:9090",
+            "--max-held-requests",
+            "256",
+            "--hold-timeout-seconds",
+            "120",
+            "--drain-timeout-seconds",
+            "30",
+            "--auth-tokens-file",
+            tokens.to_str().expect("utf-8"),
+        ])
+        .expect("parse");
+        let cfg = args.config().expect("config");
+        assert_eq!(cfg.hold.max_held, 256);
+        assert_eq!(cfg.hold.timeout, Duration::from_secs(120));
+        assert_eq!(cfg.auth_tokens, vec!["t1".to_owned()]);
+        assert_eq!(cfg.picker.policy, Policy::LeastLoadAffinity);
+        let bad = RouterArgs::try_parse_from(["lynx-router", "--workers", "workers:50051"])
+            .expect("parse")
+            .config()
+            .expect_err("not a target");
+        assert!(bad.contains("--workers"), "{bad}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
