@@ -3,12 +3,12 @@
 //! gauges) every `--scrape-interval-ms`, with one lazily connected gRPC channel each.
 //!
 //! A worker is a candidate while its last scrape found it ready. The load a pick sees is the
-//! last scrape's plus the requests this router sent it since (`unreported`); its age is observed
-//! in `lynx_router_load_age_seconds`.
+//! last scrape's plus this router's requests on it that started after that scrape and are still
+//! running (`unreported`); its age is observed in `lynx_router_load_age_seconds`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,28 @@ pub struct Worker {
     /// A client of its `lynx.v1.Lynx` (one connection, made when first used).
     pub client: LynxClient<Channel>,
     state: Mutex<Scraped>,
-    /// Requests sent since the last scrape.
-    unreported: AtomicU64,
+    /// Requests this router has in flight on it.
+    in_flight: AtomicI64,
+    /// `in_flight` when the last scrape started (those show in the scraped gauges).
+    at_scrape: AtomicI64,
+}
+
+/// A request in flight on a worker: counted until dropped.
+#[derive(Debug)]
+pub struct Sent(Arc<Worker>);
+
+impl std::ops::Deref for Sent {
+    type Target = Worker;
+
+    fn deref(&self) -> &Worker {
+        &self.0
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,13 +76,21 @@ impl Worker {
                 load: Load::default(),
                 at: Instant::now(),
             }),
-            unreported: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            at_scrape: AtomicI64::new(0),
         })
     }
 
-    /// A request was sent to it.
-    pub fn sent(&self) {
-        self.unreported.fetch_add(1, Ordering::Relaxed);
+    /// A request is sent to it; it counts as load until the returned guard is dropped.
+    pub fn sent(self: &Arc<Self>) -> Sent {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Sent(Arc::clone(self))
+    }
+
+    /// Requests in flight that started after the last scrape began (not in its gauges).
+    fn unreported(&self) -> f64 {
+        let now = self.in_flight.load(Ordering::Acquire);
+        (now - self.at_scrape.load(Ordering::Acquire)).max(0) as f64
     }
 
     fn scraped(&self) -> Scraped {
@@ -114,7 +142,7 @@ impl Fleet {
                         .load_age
                         .observe(now.duration_since(s.at).as_secs_f64());
                     let mut load = s.load;
-                    load.unreported = w.unreported.load(Ordering::Relaxed) as f64;
+                    load.unreported = w.unreported();
                     (Arc::clone(w), load)
                 })
             })
@@ -158,9 +186,10 @@ impl Fleet {
                 for w in workers {
                     let http = http.clone();
                     scrapes.spawn(async move {
+                        let in_flight = w.in_flight.load(Ordering::Acquire);
                         let scraped = scrape(&http, &w).await;
                         *w.state.lock().unwrap_or_else(PoisonError::into_inner) = scraped;
-                        w.unreported.store(0, Ordering::Relaxed);
+                        w.at_scrape.store(in_flight, Ordering::Release);
                     });
                 }
                 while scrapes.join_next().await.is_some() {}

@@ -19,7 +19,7 @@ use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::fleet::Worker;
+use crate::fleet::Sent;
 use crate::metrics::Metrics;
 use crate::policy::{image_key, ImageKey};
 use crate::route::Routing;
@@ -47,7 +47,7 @@ impl RouterService {
         &self,
         req: &v1::GenerateRequest,
         meta: &MetadataMap,
-    ) -> Result<(SocketAddr, Streaming<v1::GenerateStreamResponse>), Status> {
+    ) -> Result<(Sent, Streaming<v1::GenerateStreamResponse>), Status> {
         let deadline = deadline_of(meta);
         let keys = keys_of(req);
         let mut refused: Vec<SocketAddr> = Vec::new();
@@ -59,7 +59,7 @@ impl RouterService {
             };
             let forwarded = forward(req.clone(), meta, deadline)?;
             match worker.client.clone().generate_stream(forwarded).await {
-                Ok(stream) => return Ok((worker.addr, stream.into_inner())),
+                Ok(stream) => return Ok((worker, stream.into_inner())),
                 Err(status) if never_started(&status) && refused.len() + 1 < self.max_attempts => {
                     tracing::debug!(worker = %worker.addr, %status, "not started; trying another worker");
                     self.metrics.retries.inc();
@@ -206,7 +206,8 @@ impl v1::lynx_server::Lynx for RouterService {
         let mut flight = InFlight::new(self);
         let (meta, _, req) = request.into_parts();
         let result = async {
-            let (worker, mut stream) = self.start(&req, &meta).await?;
+            let (sent, mut stream) = self.start(&req, &meta).await?;
+            let worker = sent.addr;
             let mut messages = 0;
             loop {
                 match stream.message().await {
@@ -238,7 +239,7 @@ impl v1::lynx_server::Lynx for RouterService {
     ) -> Result<Response<EventStream>, Status> {
         let mut flight = InFlight::new(self);
         let (meta, _, req) = request.into_parts();
-        let (worker, stream) = match self.start(&req, &meta).await {
+        let (sent, stream) = match self.start(&req, &meta).await {
             Ok(started) => started,
             Err(status) => {
                 flight.end(status.code());
@@ -246,15 +247,17 @@ impl v1::lynx_server::Lynx for RouterService {
             }
         };
         let mut messages = 0usize;
-        let relayed = tokio_stream::StreamExt::map(stream, move |item| match item {
-            Ok(msg) => {
+        let worker = sent.addr;
+        // `sent` counts as the worker's load for as long as the stream is relayed.
+        let relayed = tokio_stream::StreamExt::map(stream, move |item| match (item, &sent) {
+            (Ok(msg), _) => {
                 messages += 1;
                 if matches!(msg.event, Some(Event::Final(_))) {
                     flight.end(Code::Ok);
                 }
                 Ok(msg)
             }
-            Err(status) => {
+            (Err(status), _) => {
                 let status = after_start(worker, messages, &status);
                 flight.end(status.code());
                 Err(status)
@@ -269,7 +272,7 @@ impl v1::lynx_server::Lynx for RouterService {
     ) -> Result<Response<v1::ModelInfo>, Status> {
         let (meta, _, req) = request.into_parts();
         let deadline = deadline_of(&meta);
-        let worker: Arc<Worker> = self
+        let worker: Sent = self
             .routing
             .choose(&[], deadline, &[])
             .await?

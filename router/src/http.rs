@@ -176,9 +176,9 @@ async fn forward(s: &HttpState, headers: &HeaderMap, path: &str, body: Option<By
             {
                 s.metrics.retries.inc();
                 refused.push(worker.addr);
-                last = Some(relay(resp));
+                last = Some(relay(resp, None));
             }
-            Ok(resp) => return relay(resp),
+            Ok(resp) => return relay(resp, Some(worker)),
             Err(e) if retry_left && e.is_connect() => {
                 s.metrics.retries.inc();
                 refused.push(worker.addr);
@@ -197,11 +197,16 @@ async fn forward(s: &HttpState, headers: &HeaderMap, path: &str, body: Option<By
     }
 }
 
-/// The worker's answer, its body streamed as it arrives.
-fn relay(resp: reqwest::Response) -> Response {
+/// The worker's answer, its body streamed as it arrives (`sent` counts as the worker's load
+/// until the body ends).
+fn relay(resp: reqwest::Response, sent: Option<crate::fleet::Sent>) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
+    let body = tokio_stream::StreamExt::map(resp.bytes_stream(), move |chunk| {
+        let _ = &sent;
+        chunk
+    });
+    let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     if let Some(ct) = content_type.and_then(|v| header::HeaderValue::from_bytes(v.as_bytes()).ok())
     {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Status;
 
-use crate::fleet::{Fleet, Worker};
+use crate::fleet::{Fleet, Sent, Worker};
 use crate::metrics::Metrics;
 use crate::policy::{ImageKey, Picker, PickerConfig};
 
@@ -80,7 +80,7 @@ impl Routing {
         images: &[ImageKey],
         deadline: Option<Instant>,
         exclude: &[SocketAddr],
-    ) -> Result<Option<Arc<Worker>>, Status> {
+    ) -> Result<Option<Sent>, Status> {
         let mut ready = self.fleet.ready();
         let mut held: Option<Held<'_>> = None;
         loop {
@@ -144,11 +144,7 @@ impl Routing {
         })
     }
 
-    fn pick(
-        &self,
-        candidates: &[(Arc<Worker>, crate::policy::Load)],
-        images: &[ImageKey],
-    ) -> Arc<Worker> {
+    fn pick(&self, candidates: &[(Arc<Worker>, crate::policy::Load)], images: &[ImageKey]) -> Sent {
         let by_addr: Vec<_> = candidates.iter().map(|(w, l)| (w.addr, *l)).collect();
         let picked = self
             .picker
@@ -165,7 +161,6 @@ impl Routing {
             .iter()
             .find(|(w, _)| w.addr == addr)
             .map_or_else(|| Arc::clone(&candidates[0].0), |(w, _)| Arc::clone(w));
-        worker.sent();
-        worker
+        worker.sent()
     }
 }

@@ -222,17 +222,17 @@ async fn drain_refuses_new_requests_and_finishes_every_admitted_one() {
 }
 
 /// The `lynx-worker` binary serving on loopback ports, its log lines collected by a thread.
-struct Spawned {
-    child: std::process::Child,
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
     logs: std::thread::JoinHandle<Vec<String>>,
     _cache: tempfile::TempDir,
 }
 
 impl Spawned {
     /// Waits up to `within` for `/readyz` to answer 200, then connects a gRPC client.
-    async fn ready_client(
+    pub async fn ready_client(
         &self,
         within: Duration,
     ) -> lynx_proto::v1::lynx_client::LynxClient<tonic::transport::Channel> {
@@ -249,7 +249,7 @@ impl Spawned {
 
 /// Starts `lynx-worker serve` with `args` (plus loopback listeners) and waits for its
 /// addresses.
-fn spawn_worker(args: &[&std::ffi::OsStr]) -> Spawned {
+pub fn spawn_worker(args: &[&std::ffi::OsStr]) -> Spawned {
     let cache = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lynx-worker"))
         .arg("serve")

@@ -267,8 +267,17 @@ async fn a_request_refused_before_its_start_goes_to_another_worker() {
     );
     a.unwrap();
     b.unwrap();
-    let m = router.metrics().await;
-    assert_eq!(m.get("lynx_router_retries_total"), 1.0);
+    // Every refusal of the full worker was sent again, and answered by the other one.
+    let refused = workers[0]
+        .metrics()
+        .await
+        .get_or_zero("lynx_requests_total{code=\"RESOURCE_EXHAUSTED\"}");
+    let retries = router.metrics().await.get("lynx_router_retries_total");
+    assert!(
+        retries >= 1.0 && retries == refused,
+        "{retries} retries, {refused} refusals"
+    );
+    assert_eq!(ok_answers(&workers[1]).await, 2.0);
     held.into_iter().for_each(|h| h.abort());
 }
 
@@ -282,4 +291,59 @@ async fn the_openai_api_goes_through_the_router() {
     assert!(body.contains("\"object\":\"list\""), "{body}");
     let (status, _) = http_get(router.http, "/readyz").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_gives_the_client_a_clear_error() {
+    let model = crate::common::model_dir();
+    let mut worker =
+        crate::lifecycle::spawn_worker(&[std::ffi::OsStr::new("--model"), model.as_os_str()]);
+    drop(worker.ready_client(Duration::from_secs(30)).await);
+    let router =
+        TestRouter::start(format!("ipv4:{}", worker.grpc), worker.http.port(), |_| {}).await;
+    router.wait_ready(1).await;
+    // Sampling at a high temperature keeps the model from ending early.
+    let mut req = request(
+        "Describe the image.",
+        &[&input("img_landscape.png")],
+        None,
+        DecodingMode::Sample,
+        512,
+    );
+    if let Some(p) = req.parameters.as_mut() {
+        p.temperature = Some(5.0);
+        p.seed = Some(7);
+    }
+    let mut stream = router
+        .client()
+        .await
+        .generate_stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap();
+    assert!(first.is_some());
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(msg)) => assert!(
+                !matches!(
+                    msg.event,
+                    Some(lynx_proto::v1::generate_stream_response::Event::Final(_))
+                ),
+                "the answer was complete before the worker was killed"
+            ),
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("worker {}", worker.grpc)),
+        "{status:?}"
+    );
+    assert!(status.message().contains("not retried"), "{status:?}");
 }
