@@ -84,6 +84,9 @@ fn never_started(status: &Status) -> bool {
     match status.code() {
         // Draining, or the connection could not be made.
         Code::Unavailable => true,
+        // The connection closed before the request was sent (a worker's GOAWAY for its
+        // connection age crossed it): this router's own call was cancelled, not the client's.
+        Code::Cancelled => true,
         // A full queue or all incoming places taken; not an oversize message, which every
         // worker refuses alike.
         Code::ResourceExhausted => !status.message().contains("max_request_bytes"),
@@ -312,6 +315,7 @@ mod tests {
             "message over max_request_bytes"
         )));
         assert!(!never_started(&Status::invalid_argument("bad image")));
+        assert!(never_started(&Status::cancelled("connection closed")));
         let s = after_start(
             "10.0.0.7:50051".parse().expect("addr"),
             3,
