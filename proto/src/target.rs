@@ -117,14 +117,30 @@ impl Target {
         !matches!(self, Self::Url(_))
     }
 
-    /// The workers' addresses now, sorted and without duplicates (a URL has none: connect to it
-    /// as it is).
+    /// The workers' addresses now, sorted and without duplicates; a URL is one worker, the
+    /// first address of its `host:port` (a client that keeps TLS and the host name connects to
+    /// the URL itself instead).
     ///
     /// # Guarantees
     /// A name that resolves to no address is an error, not an empty list.
     pub async fn resolve(&self) -> Result<Vec<SocketAddr>, TargetError> {
         let mut addrs = match self {
-            Self::Url(_) => return Ok(Vec::new()),
+            Self::Url(url) => {
+                let authority = url
+                    .split_once("://")
+                    .map_or(url.as_str(), |(_, rest)| rest)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                let found =
+                    tokio::net::lookup_host(authority)
+                        .await
+                        .map_err(|e| TargetError::Resolve {
+                            host: authority.to_owned(),
+                            reason: e.to_string(),
+                        })?;
+                found.take(1).collect()
+            }
             Self::Static(list) => list.clone(),
             Self::Dns { server, host, port } => lookup(*server, host, *port).await?,
         };
@@ -231,6 +247,11 @@ mod tests {
                 "127.0.0.1:9".parse().expect("addr"),
                 "127.0.0.2:9".parse().expect("addr")
             ]
+        );
+        let t: Target = "http://127.0.0.1:9/".parse().expect("target");
+        assert_eq!(
+            t.resolve().await.expect("resolve"),
+            vec!["127.0.0.1:9".parse().expect("addr")]
         );
         let t: Target = "dns:///localhost:9".parse().expect("target");
         let addrs = t.resolve().await.expect("localhost resolves");

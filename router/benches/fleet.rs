@@ -59,11 +59,7 @@ fn profiles() -> [Profile; 2] {
 fn fleet(p: &Profile, picker: PickerConfig, scrape_interval_s: f64) -> FleetConfig {
     FleetConfig {
         workers: WORKERS,
-        worker: WorkerConfig {
-            max_batch: p.max_batch,
-            kv_tokens: 65_536,
-            encoder_cache_entries: CACHE_ENTRIES,
-        },
+        worker: worker_config(p),
         costs: p.costs,
         router: RouterConfig {
             picker,
@@ -102,18 +98,19 @@ fn row(label: &str, reqs: &[Request], o: &Outcome, costs: &Costs, window_s: f64)
     )
 }
 
+/// A worker of profile `p`.
+fn worker_config(p: &Profile) -> WorkerConfig {
+    WorkerConfig {
+        max_batch: p.max_batch,
+        kv_tokens: 65_536,
+        encoder_cache_entries: CACHE_ENTRIES,
+    }
+}
+
 const HEADER: &str = "| answered | latency p50 ms | p99 ms | TTFT p50 ms | p99 ms | goodput req/s | encoder hit rate | busy GPU-s | alive GPU-s |";
 
 fn policies_table(p: &Profile, workload: &Workload) -> f64 {
-    let cap = capacity_per_worker(
-        &p.costs,
-        &WorkerConfig {
-            max_batch: p.max_batch,
-            kv_tokens: 65_536,
-            encoder_cache_entries: CACHE_ENTRIES,
-        },
-        workload,
-    );
+    let cap = capacity_per_worker(&p.costs, &worker_config(p), workload);
     println!(
         "\n### {}: policies, {WORKERS} workers, scrape every 1 s\n\nNominal capacity (every image encoded): {:.2} req/s per worker, {:.1} for the fleet; {:.0} s of arrivals.\n",
         p.name,
@@ -177,11 +174,7 @@ fn margin_table(p: &Profile, cap: f64) {
 fn scale_table(p: &Profile) {
     let cap = capacity_per_worker(
         &p.costs,
-        &WorkerConfig {
-            max_batch: p.max_batch,
-            kv_tokens: 65_536,
-            encoder_cache_entries: CACHE_ENTRIES,
-        },
+        &worker_config(p),
         &Workload::steady(SEED, 1.0, 1.0),
     );
     let max = 4;

@@ -169,7 +169,7 @@ impl Fleet {
             loop {
                 if resolved_at.is_none_or(|t| t.elapsed() >= cfg.resolve_every) {
                     resolved_at = Some(Instant::now());
-                    match resolve(&cfg.target).await {
+                    match cfg.target.resolve().await {
                         Ok(addrs) => fleet.set_members(&addrs, cfg.http_port),
                         Err(e) => tracing::warn!(error = %e, "cannot resolve the workers"),
                     }
@@ -230,23 +230,6 @@ impl Fleet {
             *n = ready;
             changed
         });
-    }
-}
-
-async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
-    match target {
-        Target::Url(url) => {
-            // One worker by URL: its host must be an address here.
-            let hostport = url
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .trim_end_matches('/');
-            tokio::net::lookup_host(hostport)
-                .await
-                .map(|a| a.take(1).collect())
-                .map_err(|e| format!("{url}: {e}"))
-        }
-        _ => target.resolve().await.map_err(|e| e.to_string()),
     }
 }
 

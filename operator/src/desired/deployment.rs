@@ -66,14 +66,7 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
             .as_ref()
             .map(|uri| vec![fetch_container(uri)]),
         volumes: Some(volumes(spec)),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security()),
         termination_grace_period_seconds: Some(
             PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
         ),
@@ -410,6 +403,19 @@ pub(super) fn restricted() -> SecurityContext {
         }),
         seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
+    }
+}
+
+/// The pod security context of every pod the operator creates: non-root as `RUN_AS`, the
+/// runtime's default seccomp profile.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
     }
 }
 

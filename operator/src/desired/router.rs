@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements,
+    Container, LocalObjectReference, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::deployment::{
-    http_probe, mount, non_empty, non_empty_map, port, quantities, restricted, runtime_default,
-    secret_volume, AUTH_MOUNT, HTTP_PORT, RUN_AS,
+    http_probe, mount, non_empty, non_empty_map, pod_security, port, quantities, restricted,
+    secret_volume, AUTH_MOUNT, HTTP_PORT,
 };
 use super::{labels, router_name, service, workers_target, ClusterCapabilities, Context};
 use crate::crd::{PullPolicy, RouterSpec};
@@ -99,14 +98,7 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Option<Deployment> {
             .auth
             .as_ref()
             .map(|auth| vec![secret_volume("auth", &auth.secret_name)]),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security()),
         termination_grace_period_seconds: Some(spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS),
         automount_service_account_token: Some(false),
         image_pull_secrets: non_empty(

@@ -62,6 +62,18 @@ impl Workers {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn update(&self, addrs: &[SocketAddr], args: &ConnectArgs) {
+        let known = self
+            .list
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match connect_all(addrs, &known, args) {
+            Ok(list) => *self.list.write().unwrap_or_else(PoisonError::into_inner) = list,
+            Err(e) => tracing::warn!(error = %e, "cannot use the refreshed workers"),
+        }
+    }
 }
 
 /// The workers of `args.addr`: a URL is connected at once (an unreachable worker is an error
@@ -114,20 +126,6 @@ pub async fn workers(args: &ConnectArgs) -> Result<Arc<Workers>, ClientError> {
         }
     });
     Ok(workers)
-}
-
-impl Workers {
-    fn update(&self, addrs: &[SocketAddr], args: &ConnectArgs) {
-        let known = self
-            .list
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match connect_all(addrs, &known, args) {
-            Ok(list) => *self.list.write().unwrap_or_else(PoisonError::into_inner) = list,
-            Err(e) => tracing::warn!(error = %e, "cannot use the refreshed workers"),
-        }
-    }
 }
 
 /// A channel per address, reusing those of `known`.
