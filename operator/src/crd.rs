@@ -15,20 +15,24 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod autoscaling;
+mod model;
 mod router;
 mod status;
 #[cfg(test)]
 mod tests;
 
 pub use autoscaling::{AutoscalingEngine, AutoscalingMetric, AutoscalingSpec};
+pub use model::{
+    HostPathSource, ModelCacheSpec, ModelDtype, ModelLayout, ModelSource, ModelSpec, PvcSource,
+    UriSource, LEGACY_FETCHER_IMAGE,
+};
 pub use router::{
     EndpointPickerFailureMode, InferencePoolSpec, RouterSpec, DEFAULT_ENDPOINT_PICKER_PORT,
 };
-pub use status::{condition, LynxDeploymentStatus};
+pub use status::{condition, LynxDeploymentStatus, ModelStatus};
 
 use crate::validate::{
-    MODEL_PATH_MESSAGE, MODEL_PATH_RULE, MODEL_SOURCE_MESSAGE, MODEL_SOURCE_RULE, NAME_MESSAGE,
-    NAME_RULE, PDB_MESSAGE, PDB_RULE, ROUTER_TLS_MESSAGE, ROUTER_TLS_RULE,
+    NAME_MESSAGE, NAME_RULE, PDB_MESSAGE, PDB_RULE, ROUTER_TLS_MESSAGE, ROUTER_TLS_RULE,
 };
 
 /// The API group of every Lynx custom resource.
@@ -151,112 +155,6 @@ fn default_replicas() -> i32 {
 
 fn default_drain_timeout() -> i64 {
     30
-}
-
-/// The model: one source, a directory inside it, its layout and the compute dtype.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelSpec {
-    /// Where the model directory lives; exactly one of `pvc`, `hostPath`, `uri`.
-    pub source: ModelSource,
-    /// Model directory relative to the root of the source (empty: the root itself).
-    #[serde(default)]
-    #[x_kube(validation = Rule::new(MODEL_PATH_RULE).message(MODEL_PATH_MESSAGE))]
-    pub path: String,
-    /// On-disk layout of the model directory.
-    #[serde(default)]
-    pub layout: ModelLayout,
-    /// Compute dtype of the weights on the GPU.
-    #[serde(default)]
-    pub dtype: ModelDtype,
-}
-
-/// The volume the model directory is read from. Exactly one field is set.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(MODEL_SOURCE_RULE).message(MODEL_SOURCE_MESSAGE))]
-pub struct ModelSource {
-    /// An existing PersistentVolumeClaim holding the model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pvc: Option<PvcSource>,
-    /// A directory on every GPU node (pre-provisioned images, local NVMe).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_path: Option<HostPathSource>,
-    /// A tar archive downloaded by an init container before the worker starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<UriSource>,
-}
-
-/// A model on an existing PersistentVolumeClaim.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PvcSource {
-    /// Name of the claim, in the LynxDeployment's namespace.
-    #[schemars(length(min = 1))]
-    pub claim_name: String,
-    /// Mount the claim read-only (the worker never writes to the model).
-    #[serde(default = "default_true")]
-    pub read_only: bool,
-}
-
-/// A model in a directory of the node's filesystem.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HostPathSource {
-    /// Absolute directory on the node; mounted read-only.
-    #[schemars(length(min = 1))]
-    pub path: String,
-}
-
-/// A model archive fetched over HTTP(S) by an init container.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UriSource {
-    /// `http://` or `https://` URL of a `.tar`, `.tar.gz` or `.tgz` archive of the model root.
-    #[schemars(length(min = 1), regex(pattern = r"^https?://"))]
-    pub uri: String,
-    /// Image of the init container; it must provide `sh`, `curl` and `tar`.
-    #[serde(default = "default_fetcher_image")]
-    pub fetcher_image: String,
-    /// Where the archive is unpacked: a PersistentVolumeClaim (kept across restarts) or, when
-    /// absent, an emptyDir that lives as long as the pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claim_name: Option<String>,
-    /// Size limit of the emptyDir (ignored with `claimName`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size_limit: Option<Quantity>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_fetcher_image() -> String {
-    "curlimages/curl:8.11.1".to_owned()
-}
-
-/// On-disk layout of a model directory (see `lynx-worker convert`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelLayout {
-    /// The official release checkpoint with its YAML config.
-    #[default]
-    Release,
-    /// The safetensors layout written by `lynx-worker convert`.
-    Converted,
-}
-
-/// Compute dtype of the weights.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelDtype {
-    /// 32-bit float.
-    F32,
-    /// 16-bit IEEE float.
-    F16,
-    /// bfloat16.
-    #[default]
-    Bf16,
 }
 
 /// The worker container and its placement.
@@ -544,4 +442,8 @@ pub struct PodDisruptionBudgetSpec {
     /// Workers that may be evicted at once (count or percentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -5,7 +5,14 @@
 //! same specs when it is handed an object that bypassed admission (tests, older CRDs). The CEL
 //! text and message live here as constants so the two cannot drift in wording.
 
-use crate::crd::{AutoscalingMetric, LynxDeployment, LynxDeploymentSpec};
+mod uri;
+
+pub use uri::{
+    uri_error, GS_MESSAGE, GS_RULE, HF_MESSAGE, HF_RULE, HTTP_MESSAGE, HTTP_RULE, S3_MESSAGE,
+    S3_RULE, SCHEME_MESSAGE, SCHEME_RULE,
+};
+
+use crate::crd::{AutoscalingMetric, LynxDeployment, LynxDeploymentSpec, ModelLayout, ModelSpec};
 
 /// CEL rule on the whole object: the name is a DNS-1035 label (the Service carries it, and so
 /// does every child's `app.kubernetes.io/instance` label value).
@@ -28,6 +35,24 @@ pub const MODEL_PATH_RULE: &str = "!self.startsWith('/') && !self.contains('..')
 /// Message of [`MODEL_PATH_RULE`].
 pub const MODEL_PATH_MESSAGE: &str =
     "path must be relative to the source root and must not contain '..'";
+/// CEL rule on `spec.model.source.uri`: `s3://` and `gs://` need credentials.
+pub const CREDENTIALS_RULE: &str = "!(self.uri.startsWith('s3://') || \
+     self.uri.startsWith('gs://')) || has(self.credentialsSecret)";
+/// Message of [`CREDENTIALS_RULE`].
+pub const CREDENTIALS_MESSAGE: &str = "s3:// and gs:// sources need credentialsSecret: a Secret \
+     whose keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or GOOGLE_SERVICE_ACCOUNT_KEY) \
+     become the fetcher's environment";
+/// CEL rule on `spec.model.source.uri`: not both `cache` and `claimName`.
+pub const CACHE_RULE: &str = "!has(self.cache) || !has(self.claimName)";
+/// Message of [`CACHE_RULE`].
+pub const CACHE_MESSAGE: &str = "set at most one of cache (one Job fetches into a shared claim) \
+     and claimName (each worker's init container fetches into the claim)";
+/// CEL rule on `spec.model`: `convert` converts a release checkpoint.
+pub const CONVERT_RULE: &str = "!has(self.source.uri) || !has(self.source.uri.convert) || \
+     !self.source.uri.convert || !has(self.layout) || self.layout == 'release'";
+/// Message of [`CONVERT_RULE`].
+pub const CONVERT_MESSAGE: &str = "source.uri.convert converts a release checkpoint: layout must \
+     be release (the layout of the fetched model; the workers then serve the converted one)";
 /// CEL rule on `spec.autoscaling`: `minReplicas <= maxReplicas`.
 pub const REPLICAS_RULE: &str = "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas";
 /// Message of [`REPLICAS_RULE`].
@@ -56,6 +81,21 @@ pub enum ValidationError {
     /// Zero or several model sources are set.
     #[error("spec.model.source: {MODEL_SOURCE_MESSAGE}")]
     ModelSource,
+    /// The model uri breaks its scheme's grammar (the message of the rule).
+    #[error("spec.model.source.uri.uri: {0}")]
+    Uri(&'static str),
+    /// An `s3://` or `gs://` source without `credentialsSecret`.
+    #[error("spec.model.source.uri: {CREDENTIALS_MESSAGE}")]
+    Credentials,
+    /// Both `cache` and `claimName`.
+    #[error("spec.model.source.uri: {CACHE_MESSAGE}")]
+    CacheAndClaim,
+    /// `convert` with a model that is not a release checkpoint.
+    #[error("spec.model: {CONVERT_MESSAGE}")]
+    ConvertLayout,
+    /// `sha256` is not 64 lowercase hex digits (the OpenAPI pattern).
+    #[error("spec.model.source.uri.sha256 must be 64 lowercase hexadecimal digits")]
+    Sha256,
     /// The model path is absolute or climbs out of the source.
     #[error("spec.model.path: {MODEL_PATH_MESSAGE}")]
     ModelPath,
@@ -137,6 +177,7 @@ impl LynxDeploymentSpec {
         if self.model.path.starts_with('/') || self.model.path.contains("..") {
             return Err(ValidationError::ModelPath);
         }
+        validate_uri_source(&self.model)?;
         if let Some(autoscaling) = &self.autoscaling {
             if autoscaling.min_replicas < 0 {
                 return Err(ValidationError::Negative("spec.autoscaling.minReplicas"));
@@ -178,4 +219,34 @@ impl LynxDeploymentSpec {
         }
         Ok(())
     }
+}
+
+/// The rules on `spec.model.source.uri` and the convert rule on `spec.model`.
+fn validate_uri_source(model: &ModelSpec) -> Result<(), ValidationError> {
+    let Some(source) = &model.source.uri else {
+        return Ok(());
+    };
+    if let Some(message) = uri_error(&source.uri) {
+        return Err(ValidationError::Uri(message));
+    }
+    let needs_credentials = source.uri.starts_with("s3://") || source.uri.starts_with("gs://");
+    if needs_credentials && source.credentials_secret.is_none() {
+        return Err(ValidationError::Credentials);
+    }
+    if source.cache.is_some() && source.claim_name.is_some() {
+        return Err(ValidationError::CacheAndClaim);
+    }
+    if source.convert && model.layout != ModelLayout::Release {
+        return Err(ValidationError::ConvertLayout);
+    }
+    let hex = |digest: &str| {
+        digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if source.sha256.as_deref().is_some_and(|digest| !hex(digest)) {
+        return Err(ValidationError::Sha256);
+    }
+    Ok(())
 }

@@ -38,7 +38,10 @@ fn samples(folder: &str, prefix: &str) -> Vec<PathBuf> {
 fn the_samples_pass_the_cel_rules() {
     let schema = crd_schema();
     let valid = samples("deploy/samples", "");
-    assert!(valid.len() >= 3, "minimal, full and router samples");
+    assert!(
+        valid.len() >= 4,
+        "minimal, full, router and s3-cache samples"
+    );
     for path in valid {
         let result = kube::core::cel::Validator::new().validate(&schema, &yaml(&path), None);
         assert!(result.is_ok(), "{}: {result:?}", path.display());
@@ -50,6 +53,10 @@ fn the_cel_samples_are_rejected_by_the_cel_rules_with_their_message() {
     let schema = crd_schema();
     let expected = [
         (
+            "cel-hf-without-repo.yaml",
+            "an hf:// uri is hf://ORG/REPO[@REVISION]",
+        ),
+        (
             "cel-min-above-max.yaml",
             "minReplicas must not exceed maxReplicas",
         ),
@@ -60,6 +67,10 @@ fn the_cel_samples_are_rejected_by_the_cel_rules_with_their_message() {
         (
             "cel-router-with-tls.yaml",
             "spec.router and spec.tls cannot be set together yet",
+        ),
+        (
+            "cel-s3-without-credentials.yaml",
+            "s3:// and gs:// sources need credentialsSecret",
         ),
         (
             "cel-two-model-sources.yaml",

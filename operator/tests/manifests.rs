@@ -191,7 +191,7 @@ fn the_generated_children_validate_strictly() {
     // The golden files are the desired-state builder's output for the samples (Deployment,
     // Service, PDB, HPA; ScaledObject and PodMonitor have no built-in schema and only warn).
     let Some(tools) = Tools::find() else { return };
-    let golden: Vec<String> = ["minimal", "full-keda", "full-hpa"]
+    let golden: Vec<String> = ["minimal", "full-keda", "full-hpa", "s3-cache"]
         .iter()
         .map(|name| format!("operator/tests/golden/{name}.yaml"))
         .collect();

@@ -31,10 +31,32 @@ pub struct LynxDeploymentStatus {
     /// The autoscaler in use: `keda`, `hpa` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<String>,
-    /// Ready, Progressing, Degraded, ModelLoaded, AutoscalingReady / AutoscalingUnavailable,
-    /// InferencePoolReady / InferencePoolUnavailable.
+    /// The model the last successful fetch of a `uri` source delivered (absent for `pvc` and
+    /// `hostPath` sources, and until the current source was fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelStatus>,
+    /// Ready, Progressing, Degraded, ModelLoaded, ModelReady (`uri` sources only),
+    /// AutoscalingReady / AutoscalingUnavailable, InferencePoolReady / InferencePoolUnavailable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What `lynx-worker fetch` reported about the model of a `uri` source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The source that was fetched.
+    pub uri: String,
+    /// The revision a Hugging Face source resolved to, when the fetcher reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `sha256:<64 hex>`: of the archive or file, or of the manifest of a prefix or repository
+    /// (what `sha256` pins).
+    pub digest: String,
+    /// Bytes of the model on disk.
+    pub bytes: i64,
+    /// Seconds the fetch took (a check of an existing copy when nothing was downloaded).
+    pub fetch_seconds: f64,
 }
 
 /// Condition types the operator writes into [`LynxDeploymentStatus::conditions`].
@@ -47,6 +69,11 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// At least one worker has loaded the model.
     pub const MODEL_LOADED: &str = "ModelLoaded";
+    /// The model of a `uri` source was fetched (True), or is being fetched, or could not be
+    /// (False; the reason says why: `Fetching`, `CredentialsMissing`, `NotFound`,
+    /// `AccessDenied`, `ChecksumMismatch`, `DiskFull`, `Network`, `InvalidUri`, `FetchFailed`).
+    /// Absent for `pvc` and `hostPath` sources.
+    pub const MODEL_READY: &str = "ModelReady";
     /// The chosen autoscaler exists.
     pub const AUTOSCALING_READY: &str = "AutoscalingReady";
     /// Autoscaling was requested but no autoscaler could be created; the reason says why.

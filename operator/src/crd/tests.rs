@@ -288,3 +288,97 @@ fn names_that_are_not_dns_labels_are_refused() {
         }
     }
 }
+
+/// The model source rules, as the CRD's CEL (evaluated client-side) and as the operator's own
+/// check, agree on every case and give the same message.
+#[test]
+fn model_uris_and_their_options_are_judged_alike_by_cel_and_validate() {
+    use crate::validate::*;
+    assert_eq!(
+        rules_at(&["spec", "model", "source", "uri"]),
+        [
+            SCHEME_RULE,
+            S3_RULE,
+            GS_RULE,
+            HF_RULE,
+            HTTP_RULE,
+            CREDENTIALS_RULE,
+            CACHE_RULE
+        ]
+    );
+    assert_eq!(rules_at(&["spec", "model"]), [CONVERT_RULE]);
+    let schema = crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    let secret = Some("creds".to_owned());
+    let cache = Some(ModelCacheSpec {
+        claim_name: "cache".to_owned(),
+    });
+    type Edit = Box<dyn Fn(&mut ModelSpec)>;
+    let uri = |text: &'static str, credentials: Option<String>| -> Edit {
+        Box::new(move |m: &mut ModelSpec| {
+            if let Some(source) = m.source.uri.as_mut() {
+                source.uri = text.to_owned();
+                source.credentials_secret = credentials.clone();
+            }
+        })
+    };
+    let cases: Vec<(Edit, Option<&str>)> = vec![
+        (uri("s3://models/lynx-7b/", secret.clone()), None),
+        (uri("gs://models/lynx.tar", secret.clone()), None),
+        (uri("hf://lynx-ai/lynx-7b@v1.0", None), None),
+        (uri("http://127.0.0.1:8080/model.tar", None), None),
+        (uri("s3://", secret.clone()), Some(S3_MESSAGE)),
+        (uri("s3://Models/x", secret.clone()), Some(S3_MESSAGE)),
+        (uri("gs://ab", secret.clone()), Some(GS_MESSAGE)),
+        (uri("hf://lynx-7b", None), Some(HF_MESSAGE)),
+        (uri("hf://org/repo@", None), Some(HF_MESSAGE)),
+        (uri("hf://org/repo@a..b", None), Some(HF_MESSAGE)),
+        (uri("https://host", None), Some(HTTP_MESSAGE)),
+        (uri("https://host/a b", None), Some(HTTP_MESSAGE)),
+        (uri("ftp://host/model.tar", None), Some(SCHEME_MESSAGE)),
+        (uri("s3://models/lynx-7b/", None), Some(CREDENTIALS_MESSAGE)),
+        (uri("gs://models/lynx-7b/", None), Some(CREDENTIALS_MESSAGE)),
+        (
+            Box::new(move |m: &mut ModelSpec| {
+                if let Some(source) = m.source.uri.as_mut() {
+                    source.cache = cache.clone();
+                    source.claim_name = Some("claim".to_owned());
+                }
+            }),
+            Some(CACHE_MESSAGE),
+        ),
+        (
+            Box::new(|m: &mut ModelSpec| {
+                if let Some(source) = m.source.uri.as_mut() {
+                    source.convert = true;
+                }
+                m.layout = ModelLayout::Converted;
+            }),
+            Some(CONVERT_MESSAGE),
+        ),
+    ];
+    for (edit, message) in cases {
+        let mut ld = sample("full");
+        ld.spec.model.layout = ModelLayout::Release;
+        edit(&mut ld.spec.model);
+        let what = format!("{:?}", ld.spec.model.source.uri);
+        let operator = ld.validate();
+        let object = serde_json::to_value(&ld).expect("serializes");
+        let cel = kube::core::cel::Validator::new().validate(&schema, &object, None);
+        match message {
+            None => {
+                assert_eq!(operator, Ok(()), "{what}");
+                assert!(cel.is_ok(), "{what}: {cel:?}");
+            }
+            Some(message) => {
+                let refusal = operator.expect_err(&what).to_string();
+                assert!(refusal.contains(message), "{what}: {refusal}");
+                assert!(format!("{cel:?}").contains(message), "{what}: {cel:?}");
+            }
+        }
+    }
+    let mut bad_digest = sample("full");
+    if let Some(source) = bad_digest.spec.model.source.uri.as_mut() {
+        source.sha256 = Some("ABC".to_owned());
+    }
+    assert_eq!(bad_digest.validate(), Err(ValidationError::Sha256));
+}

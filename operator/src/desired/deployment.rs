@@ -8,17 +8,16 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    HostPathVolumeSource, LocalObjectReference, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::Context;
-use crate::crd::{CpuMemory, LynxDeploymentSpec, ModelSource, PullPolicy, UriSource};
+use super::{model, Context};
+use crate::crd::{CpuMemory, LynxDeploymentSpec, PullPolicy, WorkerSpec};
 
 /// The worker's gRPC port inside the pod.
 pub const GRPC_PORT: i32 = 50051;
@@ -32,7 +31,7 @@ const PRESTOP_SLEEP_SECONDS: i64 = 5;
 const GRACE_MARGIN_SECONDS: i64 = 10;
 const TLS_MOUNT: &str = "/etc/lynx/tls";
 pub(super) const AUTH_MOUNT: &str = "/etc/lynx/auth";
-/// Non-root uid/gid the worker and fetcher run as.
+/// Non-root uid/gid the worker and the fetcher run as.
 pub(super) const RUN_AS: i64 = 65532;
 /// The worker's cache (compiled kernels, generated models): an emptyDir, as the root file
 /// system is read-only; `LYNX_CACHE_DIR` points there.
@@ -59,12 +58,7 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
     }
     let pod = PodSpec {
         containers: vec![worker_container(spec)],
-        init_containers: spec
-            .model
-            .source
-            .uri
-            .as_ref()
-            .map(|uri| vec![fetch_container(uri)]),
+        init_containers: model::init_containers(spec),
         volumes: Some(volumes(spec)),
         security_context: Some(pod_security()),
         termination_grace_period_seconds: Some(
@@ -138,17 +132,12 @@ fn strategy(spec: &LynxDeploymentSpec) -> DeploymentStrategy {
 /// `cpu`), listen addresses, then each batching/limit flag that is set, the maximum connection
 /// age and its grace (unless the age is 0), TLS/auth files, then the user's extra args.
 pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
-    let model = if spec.model.path.is_empty() {
-        MODEL_MOUNT.to_owned()
-    } else {
-        format!("{MODEL_MOUNT}/{}", spec.model.path.trim_end_matches('/'))
-    };
     let mut args = vec![
         "serve".to_owned(),
         "--model".to_owned(),
-        model,
+        model::worker_model_dir(&spec.model),
         "--layout".to_owned(),
-        enum_str(&spec.model.layout),
+        enum_str(&model::served_layout(&spec.model)),
         "--dtype".to_owned(),
         enum_str(&spec.model.dtype),
         "--device".to_owned(),
@@ -242,14 +231,7 @@ fn worker_container(spec: &LynxDeploymentSpec) -> Container {
     Container {
         name: "worker".to_owned(),
         image: Some(worker.image.clone()),
-        image_pull_policy: worker.image_pull_policy.map(|policy| {
-            match policy {
-                PullPolicy::Always => "Always",
-                PullPolicy::IfNotPresent => "IfNotPresent",
-                PullPolicy::Never => "Never",
-            }
-            .to_owned()
-        }),
+        image_pull_policy: pull_policy(worker),
         command: Some(vec!["lynx-worker".to_owned()]),
         args: Some(worker_args(spec)),
         env: Some(env),
@@ -282,39 +264,9 @@ fn worker_container(spec: &LynxDeploymentSpec) -> Container {
     }
 }
 
-/// The init container that downloads and unpacks the model archive into the model volume; it
-/// skips the download when a previous run completed (PVC cache).
-fn fetch_container(uri: &UriSource) -> Container {
-    let untar = if uri.uri.ends_with(".tar.gz") || uri.uri.ends_with(".tgz") {
-        "tar -xzf -"
-    } else {
-        "tar -xf -"
-    };
-    let script = format!(
-        "set -eu; if [ -f {MODEL_MOUNT}/.lynx-fetched ]; then exit 0; fi; \
-         curl -fsSL \"$LYNX_MODEL_URI\" | {untar} -C {MODEL_MOUNT}; touch {MODEL_MOUNT}/.lynx-fetched"
-    );
-    Container {
-        name: "fetch-model".to_owned(),
-        image: Some(uri.fetcher_image.clone()),
-        command: Some(vec!["sh".to_owned(), "-c".to_owned(), script]),
-        env: Some(vec![EnvVar {
-            name: "LYNX_MODEL_URI".to_owned(),
-            value: Some(uri.uri.clone()),
-            value_from: None,
-        }]),
-        volume_mounts: Some(vec![
-            mount("model", MODEL_MOUNT, false),
-            mount("tmp", "/tmp", false),
-        ]),
-        security_context: Some(restricted()),
-        ..Container::default()
-    }
-}
-
 fn volumes(spec: &LynxDeploymentSpec) -> Vec<Volume> {
     let mut volumes = vec![
-        model_volume(&spec.model.source),
+        model::model_volume(&spec.model),
         Volume {
             name: "dshm".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -344,39 +296,16 @@ fn volumes(spec: &LynxDeploymentSpec) -> Vec<Volume> {
     volumes
 }
 
-/// The `model` volume; `validate()` guarantees exactly one source, checked in this order.
-fn model_volume(source: &ModelSource) -> Volume {
-    let mut volume = Volume {
-        name: "model".to_owned(),
-        ..Volume::default()
-    };
-    if let Some(pvc) = &source.pvc {
-        volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
-            claim_name: pvc.claim_name.clone(),
-            read_only: Some(pvc.read_only),
-        });
-    } else if let Some(host) = &source.host_path {
-        volume.host_path = Some(HostPathVolumeSource {
-            path: host.path.clone(),
-            type_: Some("Directory".to_owned()),
-        });
-    } else if let Some(uri) = &source.uri {
-        match &uri.claim_name {
-            Some(claim) => {
-                volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(false),
-                });
-            }
-            None => {
-                volume.empty_dir = Some(EmptyDirVolumeSource {
-                    size_limit: uri.size_limit.clone(),
-                    ..EmptyDirVolumeSource::default()
-                });
-            }
+/// The pull policy of the worker image (also the fetcher's).
+pub(super) fn pull_policy(worker: &WorkerSpec) -> Option<String> {
+    worker.image_pull_policy.map(|policy| {
+        match policy {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
         }
-    }
-    volume
+        .to_owned()
+    })
 }
 
 pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {

@@ -7,6 +7,7 @@
 mod autoscaling;
 mod deployment;
 mod inference_pool;
+mod model;
 mod router;
 mod service;
 
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -25,6 +27,10 @@ use crate::validate::ValidationError;
 pub use autoscaling::{AutoscalerChoice, AutoscalerKind, AutoscalerReason};
 pub use deployment::{GRPC_PORT, HTTP_PORT, MODEL_MOUNT};
 pub use inference_pool::{InferencePoolState, INFERENCE_POOL_ANNOTATIONS};
+pub use model::{
+    cache_key, delivery, job_name, job_selector, CacheKey, Delivery, CACHE_ROOT, FETCH_CONTAINER,
+    JOB_BACKOFF_LIMIT, JOB_CONTAINER, MODEL_KEY_LABEL, TERMINATION_LOG, WAIT_CONTAINER,
+};
 pub use router::{ROUTER_GRPC_PORT, ROUTER_HTTP_PORT};
 
 /// The API groups the operator found served at run time (discovery).
@@ -70,6 +76,9 @@ pub struct Desired {
     pub pod_monitor: Option<serde_json::Value>,
     /// Which autoscaler was chosen, and why.
     pub autoscaler: AutoscalerChoice,
+    /// The Job that fetches a `uri` source into its `cache` claim; `None` without a cache (every
+    /// other cache Job of the LynxDeployment is pruned).
+    pub model_job: Option<Job>,
 }
 
 /// Why no desired state could be built.
@@ -101,6 +110,8 @@ pub mod labels {
     /// Value of [`NAME`] on the router: the workers' selector (`name: lynx-worker`) never matches
     /// a router pod, and the router's (`name: lynx-router`) never a worker.
     pub const ROUTER: &str = "lynx-router";
+    /// Value of [`NAME`] on the cache Jobs and their pods (never selected as workers).
+    pub const MODEL_FETCH: &str = "lynx-model-fetch";
     /// Value of [`COMPONENT`] on the router.
     pub const ROUTER_COMPONENT: &str = "router";
     /// Value of [`MANAGED_BY`].
@@ -135,6 +146,7 @@ pub fn desired(ld: &LynxDeployment, caps: &ClusterCapabilities) -> Result<Desire
         scaled_object: autoscaling::scaled_object(&ctx, &autoscaler),
         pod_monitor: service::pod_monitor(&ctx, caps),
         autoscaler,
+        model_job: model::job(&ctx),
     })
 }
 

@@ -131,7 +131,12 @@ pub async fn apply_children(
 /// Server-side apply of one child of kind `kind` named `name`; returns the object the API server
 /// stored. An invalid merge (422) is repaired once: the desired `spec` set with a merge patch,
 /// then the apply again.
-async fn apply<K, T>(api: &Api<K>, kind: &str, name: &str, object: &T) -> Result<K, Error>
+pub(super) async fn apply<K, T>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    object: &T,
+) -> Result<K, Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
     T: Serialize + Debug,

@@ -3,6 +3,7 @@
 
 use kube::runtime::events::{Event, EventType};
 
+use super::model_ready::FETCHING;
 use super::status::{find, is_true};
 use crate::crd::{condition, LynxDeploymentStatus};
 
@@ -23,8 +24,11 @@ pub struct Pruned {
 /// `applied` false, for an invalid spec, nothing was created), a new generation applied
 /// (`Updated`), a different autoscaler (`AutoscalerSelected`), autoscaling becoming unavailable
 /// (Warning `AutoscalingUnavailable`), the InferencePool API missing (Warning
-/// `InferencePoolUnavailable`), Ready turning True (`Ready`), Degraded turning True (Warning
-/// `Degraded`), and each pruned child (`Pruned`).
+/// `InferencePoolUnavailable`), the model fetched (`ModelFetched`, when ModelReady turns True),
+/// a failed or impossible fetch (Warning with ModelReady's reason, e.g. `NotFound`,
+/// `CredentialsMissing`, when ModelReady turns False with a reason other than `Fetching`, or
+/// changes reason), Ready turning True (`Ready`), Degraded turning True (Warning `Degraded`),
+/// and each pruned child (`Pruned`).
 pub fn significant_changes(
     previous: Option<&LynxDeploymentStatus>,
     next: &LynxDeploymentStatus,
@@ -76,6 +80,15 @@ pub fn significant_changes(
             .map(|c| c.message.clone())
             .unwrap_or_default();
         events.push(warning("InferencePoolUnavailable", message));
+    }
+    if let Some(model) = find(next, condition::MODEL_READY) {
+        let before = previous.and_then(|p| find(p, condition::MODEL_READY));
+        let changed = before.is_none_or(|b| b.status != model.status || b.reason != model.reason);
+        if changed && model.status == "True" {
+            events.push(normal("ModelFetched", model.message.clone()));
+        } else if changed && model.reason != FETCHING {
+            events.push(warning(&model.reason, model.message.clone()));
+        }
     }
     if became(condition::READY) {
         events.push(normal(
@@ -155,6 +168,45 @@ mod tests {
             reasons(&events),
             ["Updated", "AutoscalerSelected", "Ready", "Pruned"]
         );
+    }
+
+    fn with_model(
+        mut status: LynxDeploymentStatus,
+        value: &str,
+        reason: &str,
+    ) -> LynxDeploymentStatus {
+        status.conditions.push(Condition {
+            type_: condition::MODEL_READY.to_owned(),
+            status: value.to_owned(),
+            reason: reason.to_owned(),
+            message: format!("{reason} message"),
+            observed_generation: Some(3),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        });
+        status
+    }
+
+    #[test]
+    fn a_failed_fetch_warns_with_its_reason_once_and_a_fetched_model_is_told() {
+        let base = status(3, "none", false);
+        let fetching = with_model(base.clone(), "False", "Fetching");
+        let missing = with_model(base.clone(), "False", "NotFound");
+        let fetched = with_model(base.clone(), "True", "Fetched");
+        assert!(significant_changes(Some(&base), &fetching, true, &[]).is_empty());
+        let events = significant_changes(Some(&fetching), &missing, true, &[]);
+        assert_eq!(reasons(&events), ["NotFound"]);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(events[0].note.as_deref(), Some("NotFound message"));
+        assert!(significant_changes(Some(&missing), &missing, true, &[]).is_empty());
+        let denied = with_model(base.clone(), "False", "AccessDenied");
+        assert_eq!(
+            reasons(&significant_changes(Some(&missing), &denied, true, &[])),
+            ["AccessDenied"]
+        );
+        let events = significant_changes(Some(&fetching), &fetched, true, &[]);
+        assert_eq!(reasons(&events), ["ModelFetched"]);
+        assert_eq!(events[0].type_, EventType::Normal);
+        assert!(significant_changes(Some(&fetched), &fetched, true, &[]).is_empty());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod apply;
 pub mod backoff;
 pub mod events;
+pub mod model;
+pub mod model_ready;
 pub mod publisher;
 pub mod status;
 #[cfg(test)]
@@ -32,6 +34,9 @@ use publisher::Publisher;
 /// How often a healthy LynxDeployment is reconciled even without a change (to undo drift of the
 /// children that are not watched, such as ScaledObjects and PodMonitors).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a LynxDeployment whose model is not ready is reconciled again when no watched object
+/// would say so (a credentials Secret created, a worker pod's init container finished).
+pub const MODEL_RECHECK: Duration = Duration::from_secs(10);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -68,8 +73,11 @@ impl Context {
 /// Reconciles one LynxDeployment.
 ///
 /// # Guarantees
-/// - Valid spec: every desired child is applied, every undesired one pruned, then the status is
-///   written from the worker Deployment the API server returned; requeued after [`RESYNC`].
+/// - Valid spec: every desired child is applied, every undesired one pruned, the model's cache
+///   Job applied unless its credentials Secret is missing (see [`model::deliver`]), then the
+///   status is written from the worker Deployment the API server returned and what the model's
+///   fetchers reported; requeued after [`RESYNC`], or [`MODEL_RECHECK`] while the model is not
+///   ready and nothing watched would say when it is.
 /// - Invalid spec (the CEL rules, e.g. an object stored before the CRD was updated): nothing is
 ///   applied or deleted; the status says `InvalidSpec`; waits for the next change.
 /// - A failed apply: the status says `ApplyFailed` with the error (best effort), and the error is
@@ -129,25 +137,40 @@ async fn reconcile_inner(ld: &LynxDeployment, ctx: &Context) -> Result<(Outcome,
     let applied = match apply::apply_children(&ctx.client, &namespace, &uid, &desired, &caps).await
     {
         Ok(applied) => applied,
-        Err(err) => {
-            // Best effort: say why in the status; the reconcile error is what gets retried.
-            let message = err.to_string();
-            let status = status::degraded(ld, "ApplyFailed", &message, Timestamp::now());
-            if let Err(status_err) = finish(ld, ctx, &namespace, status, None).await {
-                warn!(error = %status_err, "cannot write the ApplyFailed status");
-            }
-            return Err(err);
-        }
+        Err(err) => return Err(apply_failed(ld, ctx, &namespace, err).await),
     };
+    let job = desired.model_job.as_ref();
+    let delivered = match model::deliver(&ctx.client, &namespace, &uid, ld, job).await {
+        Ok(delivered) => delivered,
+        Err(err) => return Err(apply_failed(ld, ctx, &namespace, err).await),
+    };
+    let previous_model = ld.status.as_ref().and_then(|s| s.model.as_ref());
+    let model = model_ready::model_ready(&ld.spec.model, &delivered.observed, previous_model);
     let status = status::from_deployment(
         ld,
         &applied.deployment,
         &desired.autoscaler,
         desired.inference_pool_state,
+        model.as_ref(),
         Timestamp::now(),
     );
-    finish(ld, ctx, &namespace, status, Some(&applied.pruned)).await?;
-    Ok((Outcome::Applied, Action::requeue(RESYNC)))
+    let mut pruned = applied.pruned;
+    pruned.extend(delivered.pruned);
+    finish(ld, ctx, &namespace, status, Some(&pruned)).await?;
+    let recheck = model.is_some_and(|m| m.recheck);
+    let requeue = if recheck { MODEL_RECHECK } else { RESYNC };
+    Ok((Outcome::Applied, Action::requeue(requeue)))
+}
+
+/// Says why in the status (best effort: the reconcile error is what gets retried) and returns
+/// `err`.
+async fn apply_failed(ld: &LynxDeployment, ctx: &Context, namespace: &str, err: Error) -> Error {
+    let message = err.to_string();
+    let status = status::degraded(ld, "ApplyFailed", &message, Timestamp::now());
+    if let Err(status_err) = finish(ld, ctx, namespace, status, None).await {
+        warn!(error = %status_err, "cannot write the ApplyFailed status");
+    }
+    err
 }
 
 /// Writes `status` (server-side apply on the status subresource) and publishes the events of the

@@ -4,6 +4,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::model_ready::ModelReady;
 use crate::crd::{condition, LynxDeployment, LynxDeploymentStatus};
 use crate::desired::{self, AutoscalerChoice, AutoscalerKind, InferencePoolState};
 
@@ -16,23 +17,24 @@ const PODS_NOT_CREATED: &str = "PodsNotCreated";
 struct Observed {
     type_: &'static str,
     status: bool,
-    reason: &'static str,
+    reason: String,
     message: String,
 }
 
 impl Observed {
-    fn new(type_: &'static str, status: bool, reason: &'static str, message: String) -> Self {
+    fn new(type_: &'static str, status: bool, reason: &str, message: String) -> Self {
         Self {
             type_,
             status,
-            reason,
+            reason: reason.to_owned(),
             message,
         }
     }
 }
 
 /// The status of `ld` given the worker Deployment as the API server returned it, the
-/// autoscaler chosen for it and the state of its InferencePool.
+/// autoscaler chosen for it, the state of its InferencePool and the delivery of its model
+/// ([`ModelReady`], `None` for `pvc` and `hostPath` sources).
 ///
 /// # Guarantees
 /// - `observedGeneration`, every condition's `observedGeneration`: `ld`'s generation.
@@ -41,7 +43,8 @@ impl Observed {
 /// - Ready, Progressing, Degraded and ModelLoaded are always present; AutoscalingReady is present
 ///   (True) exactly when an autoscaler exists, AutoscalingUnavailable (True, with the choice's
 ///   reason) exactly when one was requested but cannot be provided; InferencePoolReady /
-///   InferencePoolUnavailable (`CrdNotServed`) likewise for `spec.inferencePool`.
+///   InferencePoolUnavailable (`CrdNotServed`) likewise for `spec.inferencePool`; ModelReady
+///   exactly when `model` is given, and `status.model` is its model.
 /// - At zero replicas without a router, Ready's message says that nothing wakes the fleet.
 /// - A condition whose status did not change keeps its `lastTransitionTime` from `previous`.
 pub fn from_deployment(
@@ -49,6 +52,7 @@ pub fn from_deployment(
     deployment: &Deployment,
     autoscaler: &AutoscalerChoice,
     inference_pool: InferencePoolState,
+    model: Option<&ModelReady>,
     now: Timestamp,
 ) -> LynxDeploymentStatus {
     let desired_replicas = ld.spec.replicas;
@@ -159,6 +163,12 @@ pub fn from_deployment(
     let mut observed = vec![ready_condition, progressing, degraded, model_loaded];
     observed.extend(autoscaling_condition(autoscaler));
     observed.extend(inference_pool_condition(inference_pool));
+    observed.extend(model.map(|model| Observed {
+        type_: condition::MODEL_READY,
+        status: model.status,
+        reason: model.reason.clone(),
+        message: model.message.clone(),
+    }));
 
     LynxDeploymentStatus {
         observed_generation: ld.metadata.generation,
@@ -168,6 +178,7 @@ pub fn from_deployment(
         endpoint: desired::endpoint(ld),
         workers_endpoint: desired::workers_endpoint(ld),
         autoscaler: Some(autoscaler.kind.as_str().to_owned()),
+        model: model.and_then(|model| model.model.clone()),
         conditions: conditions(ld, observed, now),
     }
 }
@@ -264,7 +275,7 @@ fn conditions(ld: &LynxDeployment, observed: Vec<Observed>, now: Timestamp) -> V
             Condition {
                 type_: o.type_.to_owned(),
                 status: status.to_owned(),
-                reason: o.reason.to_owned(),
+                reason: o.reason,
                 message: o.message,
                 observed_generation: ld.metadata.generation,
                 last_transition_time,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
@@ -205,7 +206,11 @@ async fn run_controller(
         .owns(Api::<Deployment>::all(client.clone()), config())
         .owns(Api::<Service>::all(client.clone()), config())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), config())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client), config())
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            config(),
+        )
+        .owns(Api::<Job>::all(client), config())
         .reconcile_all_on(rediscovered)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

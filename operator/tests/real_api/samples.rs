@@ -6,7 +6,11 @@ use kube::api::PatchParams;
 use crate::harness::{yaml_docs, Cluster, TEST_MANAGER};
 
 /// What the API server says about each invalid sample (a part of its message).
-const REFUSALS: [(&str, &str); 7] = [
+const REFUSALS: [(&str, &str); 10] = [
+    (
+        "cel-hf-without-repo.yaml",
+        "an hf:// uri is hf://ORG/REPO[@REVISION]",
+    ),
     (
         "cel-min-above-max.yaml",
         "minReplicas must not exceed maxReplicas",
@@ -20,10 +24,15 @@ const REFUSALS: [(&str, &str); 7] = [
         "spec.router and spec.tls cannot be set together yet",
     ),
     (
+        "cel-s3-without-credentials.yaml",
+        "s3:// and gs:// sources need credentialsSecret",
+    ),
+    (
         "cel-two-model-sources.yaml",
         "exactly one of pvc, hostPath or uri must be set",
     ),
     ("schema-negative-replicas.yaml", "spec.replicas"),
+    ("schema-sha256-not-hex.yaml", "spec.model.source.uri.sha256"),
     ("schema-two-gpus.yaml", "spec.worker.gpus"),
     ("schema-unknown-field.yaml", "field not declared in schema"),
 ];
@@ -43,7 +52,7 @@ async fn every_sample_is_accepted_and_every_invalid_one_refused_with_its_message
         doc["metadata"]["namespace"] = ns.name.clone().into();
         doc
     };
-    for sample in ["minimal", "full", "router"] {
+    for sample in ["minimal", "full", "router", "s3-cache"] {
         let doc = yaml_docs(&format!("deploy/samples/{sample}.yaml")).remove(0);
         let result = cluster.apply_with(in_namespace(doc), &params).await;
         assert!(result.is_ok(), "{sample}: {result:?}");

@@ -266,11 +266,11 @@ fn model_sources_become_the_model_volume() {
     );
     let desired = desired(&full, &NONE).expect("valid");
     let init = &pod(&desired).init_containers.as_ref().expect("init")[0];
-    assert!(init
-        .command
-        .iter()
-        .flatten()
-        .any(|arg| arg.contains("tar -xzf -")));
+    assert_eq!(init.name, FETCH_CONTAINER);
+    assert_eq!(
+        init.command.as_deref(),
+        Some(&["lynx-worker".to_owned()][..])
+    );
     assert!(pod(&desired_ok(&sample("minimal")))
         .init_containers
         .is_none());

@@ -4,6 +4,7 @@
 
 mod autoscaling;
 mod deployment;
+mod model;
 mod router;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ fn render(desired: &Desired) -> String {
     }
     if let Some(hpa) = &desired.hpa {
         docs.push(serde_yaml_ng::to_string(hpa));
+    }
+    if let Some(job) = &desired.model_job {
+        docs.push(serde_yaml_ng::to_string(job));
     }
     let json_children = [
         &desired.scaled_object,
@@ -136,6 +140,12 @@ fn golden_full_with_custom_metrics_api() {
     };
     let desired = desired(&sample("full"), &caps).expect("valid");
     assert_golden("full-hpa", &render(&desired));
+}
+
+#[test]
+fn golden_s3_with_a_model_cache() {
+    let desired = desired(&sample("s3-cache"), &NONE).expect("valid");
+    assert_golden("s3-cache", &render(&desired));
 }
 
 #[test]

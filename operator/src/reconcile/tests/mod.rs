@@ -2,5 +2,7 @@
 //! operator must make, in order, and the API server's answers.
 
 mod api_server;
+mod model_ready;
+mod model_scenarios;
 mod scenarios;
 mod status;

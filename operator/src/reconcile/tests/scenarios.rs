@@ -17,23 +17,25 @@ use crate::metrics::{Metrics, Outcome};
 use crate::reconcile::{error_policy, reconcile, RESYNC};
 use crate::Error;
 
-const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/serving/deployments";
-const SERVICE: &str = "/api/v1/namespaces/serving/services";
+pub(super) const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/serving/deployments";
+pub(super) const SERVICE: &str = "/api/v1/namespaces/serving/services";
 const PDB: &str = "/apis/policy/v1/namespaces/serving/poddisruptionbudgets";
 const HPA: &str = "/apis/autoscaling/v2/namespaces/serving/horizontalpodautoscalers";
 const SCALED_OBJECT: &str = "/apis/keda.sh/v1alpha1/namespaces/serving/scaledobjects";
-const LYNX: &str = "/apis/serving.lynx.dev/v1alpha1/namespaces/serving/lynxdeployments";
+pub(super) const LYNX: &str = "/apis/serving.lynx.dev/v1alpha1/namespaces/serving/lynxdeployments";
+pub(super) const JOB: &str = "/apis/batch/v1/namespaces/serving/jobs";
+pub(super) const POD: &str = "/api/v1/namespaces/serving/pods";
 
 /// What one scripted reconcile produced.
-struct Run {
-    result: Result<Action, Error>,
-    events: Vec<String>,
-    metrics: Metrics,
+pub(super) struct Run {
+    pub result: Result<Action, Error>,
+    pub events: Vec<String>,
+    pub metrics: Metrics,
 }
 
 /// Reconciles `ld` once on a cluster serving `caps` while `script` plays the API server; the
 /// requests after the script must be Event creations.
-async fn run<F, Fut>(ld: LynxDeployment, caps: ClusterCapabilities, script: F) -> Run
+pub(super) async fn run<F, Fut>(ld: LynxDeployment, caps: ClusterCapabilities, script: F) -> Run
 where
     F: FnOnce(ApiServer) -> Fut + Send + 'static,
     Fut: Future<Output = ApiServer> + Send,
@@ -57,7 +59,7 @@ where
 }
 
 /// A stored object: a sample with generation 1 and no status yet.
-fn stored(name: &str) -> LynxDeployment {
+pub(super) fn stored(name: &str) -> LynxDeployment {
     let mut ld = sample(name);
     ld.metadata.generation = Some(1);
     ld
@@ -67,7 +69,7 @@ fn status_of(body: &Value) -> LynxDeploymentStatus {
     serde_json::from_value(body["status"].clone()).expect("status patch body")
 }
 
-fn condition<'a>(status: &'a LynxDeploymentStatus, type_: &str) -> (&'a str, &'a str) {
+pub(super) fn condition<'a>(status: &'a LynxDeploymentStatus, type_: &str) -> (&'a str, &'a str) {
     let c = status
         .conditions
         .iter()
@@ -78,7 +80,7 @@ fn condition<'a>(status: &'a LynxDeploymentStatus, type_: &str) -> (&'a str, &'a
 
 /// After the main Service: the headless Service `<name>-workers` applied (echoed), then the
 /// pruning look-up of a router Deployment, which does not exist.
-async fn expect_workers_service_and_no_router(server: &mut ApiServer, name: &str) {
+pub(super) async fn expect_workers_service_and_no_router(server: &mut ApiServer, name: &str) {
     let workers = server
         .expect("PATCH", &format!("{SERVICE}/{name}-workers"))
         .await;
@@ -93,7 +95,7 @@ async fn expect_workers_service_and_no_router(server: &mut ApiServer, name: &str
 
 /// The minimal sample's tail of a reconcile: the Service applies (echoed), then the pruning
 /// look-ups of the router, the PDB and the HPA, which do not exist.
-async fn expect_service_and_no_optional_children(server: &mut ApiServer, name: &str) {
+pub(super) async fn expect_service_and_no_optional_children(server: &mut ApiServer, name: &str) {
     server
         .expect("PATCH", &format!("{SERVICE}/{name}"))
         .await
@@ -119,8 +121,35 @@ async fn expect_applies_echoed(server: &mut ApiServer, kinds: &[&str], name: &st
     }
 }
 
+/// An empty list of `kind`.
+pub(super) fn empty_list(api_version: &str, kind: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {}, "items": []})
+}
+
+/// The model step of a reconcile without a cache: the LynxDeployment's cache Jobs listed (there
+/// are none) and, for a `uri` source, its worker pods listed to read the fetchers' reports (none
+/// yet).
+async fn expect_model_without_cache(server: &mut ApiServer, ld: &LynxDeployment) {
+    let jobs = server.expect("GET", JOB).await;
+    let selector = "labelSelector=app.kubernetes.io%2Fname%3Dlynx-model-fetch";
+    assert!(jobs.uri.contains(selector), "{}", jobs.uri);
+    jobs.ok(&empty_list("batch/v1", "JobList"));
+    if ld.spec.model.source.uri.is_some() {
+        let pods = server.expect("GET", POD).await;
+        assert!(
+            pods.uri.contains("app.kubernetes.io%2Fname%3Dlynx-worker"),
+            "{}",
+            pods.uri
+        );
+        pods.ok(&empty_list("v1", "PodList"));
+    }
+}
+
 /// Answers the status patch with the object carrying the patched status; returns that status.
-async fn expect_status(server: &mut ApiServer, ld: &LynxDeployment) -> LynxDeploymentStatus {
+pub(super) async fn expect_status(
+    server: &mut ApiServer,
+    ld: &LynxDeployment,
+) -> LynxDeploymentStatus {
     let name = ld.metadata.name.clone().unwrap_or_default();
     let exchange = server
         .expect("PATCH", &format!("{LYNX}/{name}/status"))
@@ -169,6 +198,7 @@ async fn create_applies_owned_children_and_writes_the_status() {
                 .expect("GET", &format!("{HPA}/lynx-minimal"))
                 .await
                 .not_found();
+            expect_model_without_cache(&mut server, &expected).await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!(status.observed_generation, Some(1));
             assert_eq!(status.autoscaler.as_deref(), Some("none"));
@@ -213,6 +243,7 @@ async fn an_image_change_patches_the_deployment() {
             assert_eq!(container["image"], "ghcr.io/lynx-serve/lynx-worker:0.2.0");
             deployment.echo();
             expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
+            expect_model_without_cache(&mut server, &expected).await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!(status.observed_generation, Some(2));
             server
@@ -242,6 +273,7 @@ async fn replicas_set_through_the_scale_subresource_reach_the_deployment_and_the
             let body = deployment_with_status(&deployment.body, 3, 3);
             deployment.ok(&body);
             expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
+            expect_model_without_cache(&mut server, &expected).await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!((status.replicas, status.ready_replicas), (3, 3));
             assert_eq!(
@@ -298,6 +330,7 @@ async fn switching_the_engine_from_hpa_to_none_prunes_the_hpa() {
         let delete = server.expect("DELETE", &format!("{HPA}/lynx-full")).await;
         assert_eq!(delete.body["preconditions"]["uid"], "child-uid");
         delete.ok(&hpa);
+        expect_model_without_cache(&mut server, &expected).await;
         let status = expect_status(&mut server, &expected).await;
         assert_eq!(status.autoscaler.as_deref(), Some("none"));
         assert!(status
@@ -325,7 +358,8 @@ async fn an_hpa_of_the_same_name_not_controlled_by_the_lynx_deployment_is_left_a
             .expect("GET", &format!("{HPA}/lynx-full"))
             .await
             .ok(&foreign);
-        // No DELETE: the next request is the status.
+        // No DELETE: the next requests are the model's and the status.
+        expect_model_without_cache(&mut server, &expected).await;
         expect_status(&mut server, &expected).await;
         server
     })
@@ -370,6 +404,7 @@ async fn keda_found_by_discovery_gets_a_scaled_object() {
             "uid-full"
         );
         scaled.echo();
+        expect_model_without_cache(&mut server, &expected).await;
         let status = expect_status(&mut server, &expected).await;
         assert_eq!(status.autoscaler.as_deref(), Some("keda"));
         assert_eq!(
@@ -401,6 +436,7 @@ async fn a_stuck_rollout_marks_the_lynx_deployment_degraded() {
             }]);
             deployment.ok(&body);
             expect_service_and_no_optional_children(&mut server, "lynx-minimal").await;
+            expect_model_without_cache(&mut server, &expected).await;
             let status = expect_status(&mut server, &expected).await;
             assert_eq!(
                 condition(&status, "Degraded"),

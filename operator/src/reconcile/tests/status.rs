@@ -20,6 +20,7 @@ fn from_deployment(
         deployment,
         autoscaler,
         InferencePoolState::NotRequested,
+        None,
         now,
     )
 }
@@ -290,6 +291,7 @@ fn an_inference_pool_the_cluster_cannot_hold_is_a_condition() {
             &deployment(1, ready_status(1, 1)),
             &NONE,
             state,
+            None,
             Timestamp::now(),
         )
     };
