@@ -1,9 +1,10 @@
 //! The `lynx-worker` command line: `serve` (the gRPC worker), `demo` (serve + one client request),
 //! `generate` (one multimodal request,
-//! or a batch of images, from the shell) and `convert` (release layout -> converted layout).
+//! or a batch of images, from the shell) `convert` (release layout -> converted layout) and `fetch` (a model from a store, the hub or HTTP into a folder).
 
 pub mod demo;
 pub mod device;
+pub mod fetch;
 pub mod serve;
 
 use std::io::Write;
@@ -55,6 +56,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Convert a release-layout model dir into the converted (safetensors) layout.
     Convert(ConvertArgs),
+    /// Fetch a model into a folder from s3://, gs://, http(s)://, hf:// or a local path:
+    /// verified, resumable, once for all concurrent fetchers (the pods' init containers).
+    Fetch(Box<fetch::FetchCommand>),
     /// Check every GPU attention kernel against the CPU reference on fresh random inputs.
     GpuSelftest(crate::gpu_cli::SelftestArgs),
     /// Time the GPU attention kernels on Lynx's anchor shapes (CUDA events, median).
@@ -303,6 +307,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(a) => demo::demo(a),
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
+        Command::Fetch(a) => fetch::fetch(a),
         Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),
         Command::GpuBench(a) => crate::gpu_cli::run_bench(a),
         Command::GpuCheckModel(a) => crate::gpu_cli::run_check_model(a),
