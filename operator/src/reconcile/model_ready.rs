@@ -123,9 +123,9 @@ pub struct ModelReady {
 ///   spec's uri; `model` holds the fetcher's report (or `previous` when the report is gone and
 ///   named the same uri).
 /// - False `CredentialsMissing` when the Secret is missing; False with the fetcher's reason
-///   (`NotFound`, `AccessDenied`, ..., else `FetchFailed`) and message when the Job failed or,
-///   without a cache, when no worker fetched it and the latest run failed; else False
-///   `Fetching` (naming the last failed attempt when the Job retries).
+///   (`NotFound`, `AccessDenied`, ..., else `FetchFailed`) and message when the newest run of
+///   the Job failed (whether the Job retries or gave up) or, without a cache, when no worker
+///   fetched it and the newest run failed; else False `Fetching`.
 pub fn model_ready(
     model: &ModelSpec,
     observed: &ModelObserved,
@@ -158,17 +158,17 @@ pub fn model_ready(
                     Some(failure) => failure_of(failure, false),
                     None => not_ready(FETCH_FAILED, format!("the Job {name} failed: {why}"), false),
                 },
-                JobPhase::Active => {
-                    let mut message = format!("the Job {name} fetches {uri}");
-                    if let Some(failure) = latest.iter().find(|t| t.exit_code != 0) {
-                        let failed = failure_of(failure, false);
-                        message.push_str(&format!(
-                            "; a previous attempt failed ({}): {}",
-                            failed.reason, failed.message
-                        ));
+                JobPhase::Active => match latest.first().filter(|t| t.exit_code != 0) {
+                    // The newest attempt failed: say why now, not after every retry.
+                    Some(failure) => {
+                        let mut failed = failure_of(failure, false);
+                        failed
+                            .message
+                            .push_str(&format!(" (the Job {name} retries)"));
+                        failed
                     }
-                    not_ready(FETCHING, message, false)
-                }
+                    None => not_ready(FETCHING, format!("the Job {name} fetches {uri}"), false),
+                },
             }
         }
         ModelObserved::InitContainers {

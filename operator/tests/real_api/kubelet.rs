@@ -22,7 +22,7 @@ use kube::{Api, ResourceExt};
 use crate::harness::{eventually, repo_file, yaml_docs, Cluster, Operator};
 
 /// A binary of the workspace, built beside this test (`target/<profile>/<name>`).
-fn workspace_binary(name: &str) -> PathBuf {
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()

@@ -10,6 +10,7 @@ mod harness;
 mod helm;
 mod kubelet;
 mod leader;
+mod model_delivery;
 mod routing;
 mod samples;
 mod scale;
