@@ -514,3 +514,72 @@ async fn malformed_uris_and_s3_without_credentials_are_refused_at_apply_time() {
     }
     ns.delete().await;
 }
+
+#[tokio::test]
+async fn without_a_cache_the_workers_init_container_report_makes_the_model_ready() {
+    let Some(cluster) = Cluster::connect().await else {
+        return;
+    };
+    let ns = cluster.namespace("model-init").await;
+    let _operator = Operator::start(&cluster, &format!("lynx-operator-{}", ns.name)).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let (tar, hex) = tiny_model_tar(dir.path());
+    let addr = serve_files(BTreeMap::from([("model.tar".to_owned(), tar)]));
+    let name = "per-pod";
+    apply_uri(
+        &cluster,
+        &ns,
+        name,
+        json!({"uri": format!("http://{addr}/model.tar")}),
+    )
+    .await
+    .expect("apply");
+    let lynx: Api<LynxDeployment> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    model_ready(&lynx, name, "Fetching").await;
+
+    // A worker pod created by the ReplicaSet controller; its init container run for real into
+    // the pod's model volume.
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &ns.name);
+    let pod = eventually("a worker pod", REACT, || async {
+        let params = ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"));
+        pods.list(&params).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let spec = pod.spec.clone().expect("pod spec");
+    let fetch = spec.init_containers.clone().expect("init")[0].clone();
+    assert_eq!(fetch.name, "fetch-model");
+    let volumes: BTreeMap<String, PathBuf> = ["model", "tmp"]
+        .iter()
+        .map(|v| {
+            let path = dir.path().join(v);
+            std::fs::create_dir_all(&path).expect("folder");
+            ((*v).to_owned(), path)
+        })
+        .collect();
+    let log = dir.path().join("termination-log");
+    let code = run_container(&fetch, &volumes, &BTreeMap::new(), &log);
+    let message = std::fs::read_to_string(&log).expect("the fetcher's report");
+    assert_eq!(code, 0, "{message}");
+    assert!(
+        dir.path().join("model/model/LYNX.yaml").is_file(),
+        "the model under --model"
+    );
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {"initContainerStatuses": [{
+        "name": "fetch-model", "ready": true, "restartCount": 0,
+        "image": "lynx-worker", "imageID": "",
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message,
+                                 "startedAt": now, "finishedAt": now}},
+    }]}});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .expect("write the pod's status");
+    let status = model_ready(&lynx, name, "Fetched").await;
+    let model = status.model.expect("status.model");
+    assert_eq!(model.digest, format!("sha256:{hex}"));
+    ns.delete().await;
+}
