@@ -84,9 +84,19 @@ impl From<object_store::Error> for FetchError {
             )),
             E::Generic { store, source } => {
                 let text = format!("{source}");
-                if text.contains("403") || text.contains("AccessDenied") {
+                let says = |words: &[&str]| words.iter().any(|w| text.contains(w));
+                if says(&["NoSuchBucket", "NoSuchKey", "404 Not Found"]) {
+                    Self::NotFound(format!("{store}: {}", first_line(&text)))
+                } else if says(&[
+                    "403 Forbidden",
+                    "401 Unauthorized",
+                    "AccessDenied",
+                    "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch",
+                ]) {
                     Self::AccessDenied(format!(
-                        "{store} denied access ({text}); check the credentials Secret"
+                        "{store} denied access ({}); check the credentials Secret",
+                        first_line(&text)
                     ))
                 } else {
                     Self::Network(format!("{store}: {text}"))
@@ -94,6 +104,19 @@ impl From<object_store::Error> for FetchError {
             }
             other => Self::Failed(other.to_string()),
         }
+    }
+}
+
+/// The first line of a store's error (the response body, XML, follows on the next lines), with
+/// the code the body names when it has one.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+    {
+        Some((code, _)) => format!("{line} {code}"),
+        None => line.to_owned(),
     }
 }
 
