@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-cargo build --release -p lynx-worker --bin lynx-worker --bin lynx
+cargo build --release -p lynx-worker --bin lynx-worker -p lynx-client --bin lynx
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 mkdir -p gpu/bin
 for bin in lynx-worker lynx; do

@@ -11,7 +11,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p lynx-worker --bin lynx-worker --bin lynx \
+    cargo build --release --locked -p lynx-worker --bin lynx-worker -p lynx-client --bin lynx \
  && cargo build --release --locked -p lynx-router --bin lynx-router \
  && install -D -t /out target/release/lynx-worker target/release/lynx target/release/lynx-router
 

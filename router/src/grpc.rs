@@ -74,7 +74,7 @@ impl RouterService {
     fn count(&self, code: Code) {
         self.metrics
             .requests
-            .with_label_values(&[code_name(code)])
+            .with_label_values(&[lynx_proto::code_name(code)])
             .inc();
     }
 }
@@ -154,20 +154,6 @@ pub fn deadline_of(meta: &MetadataMap) -> Option<Instant> {
         _ => return None,
     };
     Instant::now().checked_add(d)
-}
-
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        Code::Internal => "INTERNAL",
-        _ => "OTHER",
-    }
 }
 
 /// One forwarded request in flight: counted in the in-flight gauge, and by its code at the end

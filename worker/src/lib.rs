@@ -11,12 +11,11 @@
 //! - [`served`]: the model as the server sees it (CPU model or the forward on a device);
 //! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
 //! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
-//! - [`cli`]: the `lynx-worker` command line; [`client`]: the `lynx` client (`generate`, `bench`);
+//! - [`cli`]: the `lynx-worker` command line (the `lynx` client is the crate `lynx-client`);
 //!   [`gpu_cli`]: the GPU kernel selftest and bench (kernels in the `lynx-kernels` crate).
 
 pub mod checkpoint;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod engine;

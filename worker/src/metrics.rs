@@ -220,7 +220,7 @@ impl Metrics {
     /// Counts one finished generation request with the gRPC status its client got.
     pub fn count_request(&self, code: tonic::Code, duration: std::time::Duration) {
         self.requests
-            .with_label_values(&[crate::serve::status::code_label(code)])
+            .with_label_values(&[lynx_proto::code_name(code)])
             .inc();
         self.request_duration.observe(duration.as_secs_f64());
     }

@@ -12,8 +12,8 @@ use lynx_proto::v1::GetModelInfoRequest;
 use tokio::sync::oneshot;
 
 use super::{load_model, CliError, ModelArgs};
-use crate::client::{generate, ClientCli, ClientCommand};
 use crate::serve::Server;
+use lynx_client::{generate, ClientCli, ClientCommand};
 
 /// `demo` arguments.
 #[derive(Debug, Clone, Args)]
@@ -108,7 +108,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
             return Err(CliError("internal: demo client arguments".into()));
         };
         generate::run(&request).await.map_err(err)?;
-        let metrics = crate::client::http::get(&http.to_string(), "/metrics")
+        let metrics = lynx_client::http::get(&http.to_string(), "/metrics")
             .await
             .map_err(err)?;
         for line in metrics

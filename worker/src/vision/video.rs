@@ -12,23 +12,11 @@
 //! checked against the limits), but only the selected frames are decoded as images, so a corrupt
 //! frame that is not selected is not reported.
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine as _;
 use image::RgbImage;
+use lynx_proto::video::{frames_from_json, VideoJsonError, VideoLimits};
 
 use super::decode::{decode_image, VisionError, VisionLimits};
 use super::preprocess::{preprocess, PreprocessConfig};
-
-/// Standard-alphabet base64, at least as lenient as Python's `base64.b64decode`: ASCII whitespace
-/// is removed before decoding and non-zero trailing bits are accepted; missing padding is also
-/// accepted (Python would reject it).
-const FRAME_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_allow_trailing_bits(true)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Frames per video expected by the model (`absolute_frame_pos_embed` has shape `(1, 5, 1, D)`).
 pub const LYNX_NUM_FRAMES: usize = 5;
@@ -71,41 +59,22 @@ pub fn parse_video_json_with_limits(
     bytes: &[u8],
     limits: &VisionLimits,
 ) -> Result<Vec<Vec<u8>>, VisionError> {
-    let frames: Vec<String> =
-        serde_json::from_slice(bytes).map_err(|e| VisionError::BadVideoJson(e.to_string()))?;
-    if frames.is_empty() {
-        return Err(VisionError::EmptyVideo);
-    }
-    if frames.len() > limits.max_video_frames {
-        return Err(VisionError::TooManyFrames {
-            frames: frames.len(),
-            limit: limits.max_video_frames,
-        });
-    }
-    frames
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            // Decoded size (within 2 bytes), checked before allocating.
-            let approx = s.bytes().filter(|b| !b.is_ascii_whitespace()).count() / 4 * 3;
-            if approx > limits.max_image_bytes.saturating_add(3) {
-                return Err(VisionError::VideoFrame {
-                    frame: i,
-                    source: Box::new(VisionError::TooManyBytes {
-                        size: approx,
-                        limit: limits.max_image_bytes,
-                    }),
-                });
-            }
-            let decoded = if s.bytes().any(|b| b.is_ascii_whitespace()) {
-                let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-                FRAME_BASE64.decode(compact)
-            } else {
-                FRAME_BASE64.decode(s)
-            };
-            decoded.map_err(|source| VisionError::BadBase64 { frame: i, source })
-        })
-        .collect()
+    let limits = VideoLimits {
+        max_frames: limits.max_video_frames,
+        max_frame_bytes: limits.max_image_bytes,
+    };
+    frames_from_json(bytes, &limits).map_err(|e| match e {
+        VideoJsonError::NotJson(why) => VisionError::BadVideoJson(why),
+        VideoJsonError::Empty => VisionError::EmptyVideo,
+        VideoJsonError::TooManyFrames { frames, limit } => {
+            VisionError::TooManyFrames { frames, limit }
+        }
+        VideoJsonError::FrameTooLarge { frame, size, limit } => VisionError::VideoFrame {
+            frame,
+            source: Box::new(VisionError::TooManyBytes { size, limit }),
+        },
+        VideoJsonError::BadBase64 { frame, source } => VisionError::BadBase64 { frame, source },
+    })
 }
 
 /// [`parse_video_json_with_limits`] with the default [`VisionLimits`].

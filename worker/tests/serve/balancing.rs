@@ -4,9 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use lynx_client::{connect, ConnectArgs};
 use lynx_proto::test_dns::TestDns;
 use lynx_proto::v1::DecodingMode;
-use lynx_worker::client::{connect, ConnectArgs};
 
 use crate::harness::{input, request, TestServer};
 
@@ -49,7 +49,7 @@ async fn bench_over_a_dns_name_reaches_every_worker() {
     let addr = format!("dns://{}/{NAME}:{}", dns.addr(), workers[0].grpc.port());
     let svg = tempfile::NamedTempFile::new().unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lynx"))
+        std::process::Command::new(crate::harness::lynx_binary())
             .args(["bench", "--addr", &addr, "--concurrency", "2", "--requests"])
             .args(["6", "--max-new-tokens", "2", "--no-progress", "--svg"])
             .arg(svg.path())

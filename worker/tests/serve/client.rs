@@ -9,7 +9,7 @@ use crate::harness::{input, request, TestServer};
 
 async fn lynx(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lynx"))
+        Command::new(crate::harness::lynx_binary())
             .args(&args)
             .output()
             .unwrap()

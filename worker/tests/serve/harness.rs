@@ -325,3 +325,20 @@ pub async fn generate_invalid_utf8(grpc: SocketAddr, token: Option<&str>) -> ton
     let path = "/lynx.v1.Lynx/Generate".parse().unwrap();
     grpc.unary(req, path, codec).await.unwrap_err()
 }
+
+/// The `lynx` client binary (crate `lynx-client`), built beside this test by
+/// `cargo test --workspace` (`target/<profile>/lynx`).
+pub fn lynx_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join("lynx");
+    assert!(
+        path.is_file(),
+        "{} is not built: build the workspace (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}

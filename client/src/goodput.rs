@@ -116,7 +116,7 @@ async fn run_level(
             .await
             .map_err(|e| ClientError(format!("a client task failed: {e}")))??;
         for (code, latency) in seen {
-            let name = crate::serve::status::code_label(code).to_owned();
+            let name = lynx_proto::code_name(code).to_owned();
             *level.statuses.entry(name).or_default() += 1;
             if code == Code::Ok {
                 level.ok_latency.push(latency);

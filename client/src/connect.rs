@@ -71,7 +71,7 @@ impl Workers {
             .clone();
         match connect_all(addrs, &known, args) {
             Ok(list) => *self.list.write().unwrap_or_else(PoisonError::into_inner) = list,
-            Err(e) => tracing::warn!(error = %e, "cannot use the refreshed workers"),
+            Err(e) => eprintln!("warning: cannot use the refreshed workers: {e}"),
         }
     }
 }
@@ -115,7 +115,7 @@ pub async fn workers(args: &ConnectArgs) -> Result<Arc<Workers>, ClientError> {
                 match target.resolve().await {
                     Ok(addrs) => workers.update(&addrs, &args),
                     // Keep the workers we know: a failed lookup is not an empty fleet.
-                    Err(e) => tracing::warn!(error = %e, "DNS refresh failed"),
+                    Err(e) => eprintln!("warning: DNS refresh failed: {e}"),
                 }
             }
         });

@@ -3,8 +3,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = lynx_worker::client::ClientCli::parse();
-    match lynx_worker::client::run(cli) {
+    let cli = lynx_client::ClientCli::parse();
+    match lynx_client::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

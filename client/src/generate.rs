@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use lynx_proto::v1::{self, generate_stream_response::Event};
+use lynx_proto::video::VideoLimits;
 
 use super::{connect, inputs, ClientError, ConnectArgs};
 
@@ -109,7 +110,7 @@ pub fn build_request(args: &GenerateArgs) -> Result<v1::GenerateRequest, ClientE
         })
         .collect::<Result<Vec<_>, ClientError>>()?;
     let video = if let Some(v) = &args.video {
-        let frames = crate::vision::parse_video_json(&inputs::read(v)?)
+        let frames = lynx_proto::video::frames_from_json(&inputs::read(v)?, &VideoLimits::NONE)
             .map_err(|e| ClientError(format!("{}: {e}", v.display())))?;
         Some(v1::Video { frames })
     } else if !args.frames.is_empty() {
