@@ -8,11 +8,14 @@
 //! - [`engine`]: the scheduler's state machine (queue, token budget, KV blocks, encoder cache);
 //! - [`loader`], [`pipeline`], [`prompt`]: one batch end to end;
 //! - [`embedded`]: the generated tiny model used by default;
+//! - [`verify`]: a backend's whole forward checked against the host mirror and the official
+//!   outputs (above both [`forward`] and [`generation`]);
 //! - [`served`]: the model as the server sees it (CPU model or the forward on a device);
 //! - [`runner`]: the model thread that serves many requests (dynamic + continuous batching);
 //! - [`serve`]: the gRPC and HTTP servers, limits, [`metrics`], graceful drain;
-//! - [`cli`]: the `lynx-worker` command line (the `lynx` client is the crate `lynx-client`);
-//!   [`gpu_cli`]: the GPU kernel selftest and bench (kernels in the `lynx-kernels` crate).
+//! - [`cli`]: the `lynx-worker` command line, its GPU selftest / bench / model check in
+//!   [`cli::gpu`] (kernels in the `lynx-kernels` crate; the `lynx` client is the crate
+//!   `lynx-client`).
 
 pub mod checkpoint;
 pub mod cli;
@@ -23,7 +26,6 @@ pub mod forward;
 /// Fuzz targets over the untrusted inputs (images, videos, token ids, requests); see `fuzz/`.
 pub mod fuzz;
 pub mod generation;
-pub mod gpu_cli;
 pub mod loader;
 pub mod metrics;
 pub mod model;
@@ -33,4 +35,5 @@ pub mod runner;
 pub mod serve;
 pub mod served;
 pub mod tokenizer;
+pub mod verify;
 pub mod vision;

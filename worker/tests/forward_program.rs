@@ -234,7 +234,7 @@ fn random_weights_run_and_are_reproducible() {
 /// read, compared, and matches itself and the official outputs.
 #[test]
 fn the_model_check_harness_reads_every_case_and_compares() {
-    use lynx_worker::forward::check::{compare, fixture_cases};
+    use lynx_worker::verify::{compare, fixture_cases};
     let cases = fixture_cases(&tiny()).unwrap();
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     for want in IMAGE_CASES.iter().chain(&VIDEO_CASES) {

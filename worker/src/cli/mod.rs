@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod device;
 pub mod fetch;
+pub mod gpu;
 pub mod serve;
 
 use std::io::Write;
@@ -60,12 +61,12 @@ pub enum Command {
     /// verified, resumable, once for all concurrent fetchers (the pods' init containers).
     Fetch(Box<fetch::FetchCommand>),
     /// Check every GPU attention kernel against the CPU reference on fresh random inputs.
-    GpuSelftest(crate::gpu_cli::SelftestArgs),
+    GpuSelftest(gpu::SelftestArgs),
     /// Time the GPU attention kernels on Lynx's anchor shapes (CUDA events, median).
-    GpuBench(crate::gpu_cli::BenchArgs),
+    GpuBench(gpu::BenchArgs),
     /// Run the whole forward on the GPU (f32 and bf16) against the host mirror and the official
     /// outputs on the fixture's cases.
-    GpuCheckModel(crate::gpu_cli::CheckModelArgs),
+    GpuCheckModel(gpu::CheckModelArgs),
 }
 
 /// Where the model comes from.
@@ -308,8 +309,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
         Command::Fetch(a) => fetch::fetch(a),
-        Command::GpuSelftest(a) => crate::gpu_cli::run_selftest(a),
-        Command::GpuBench(a) => crate::gpu_cli::run_bench(a),
-        Command::GpuCheckModel(a) => crate::gpu_cli::run_check_model(a),
+        Command::GpuSelftest(a) => gpu::run_selftest(a),
+        Command::GpuBench(a) => gpu::run_bench(a),
+        Command::GpuCheckModel(a) => gpu::run_check_model(a),
     }
 }

@@ -11,7 +11,6 @@
 //! - [`DeviceLynx`] and [`DeviceSession`]: the model and a decoding session (a
 //!   [`crate::generation::StepModel`]).
 
-pub mod check;
 pub mod cuda;
 pub mod e2e;
 pub mod host;

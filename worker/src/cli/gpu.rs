@@ -7,7 +7,7 @@ use clap::Args;
 use lynx_kernels::cuda::CudaAttention;
 use lynx_kernels::{bench, selftest, DType};
 
-use crate::cli::CliError;
+use super::CliError;
 use crate::embedded::cache_dir;
 
 /// Which GPU.
@@ -303,7 +303,7 @@ const CHECK_BLOCK_SIZE: usize = 16;
 /// Runs the whole forward on the GPU at each precision and compares it with the host mirror
 /// (and the official outputs) on every fixture case; fails when a case misses its bound.
 pub fn run_check_model(args: &CheckModelArgs) -> Result<(), CliError> {
-    use crate::forward::check::{compare, fixture_cases};
+    use crate::verify::{compare, fixture_cases};
     use lynx_kernels::Precision;
     let err = |e: crate::forward::ForwardError| CliError(e.to_string());
     let gpu = std::sync::Arc::new(open(&args.device)?);

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::host::HostOps;
-use super::ops::Ops;
-use super::vision::Pixels;
-use super::{DeviceLynx, ForwardError};
+use crate::forward::host::HostOps;
+use crate::forward::ops::Ops;
+use crate::forward::vision::Pixels;
+use crate::forward::{DeviceLynx, ForwardError};
 use crate::generation::{generate, DecodeIds, DecodingMode, GenerationParams};
 
 /// One fixture case: inputs plus the official token ids when known.
