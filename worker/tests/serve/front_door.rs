@@ -325,9 +325,7 @@ async fn every_request_is_counted_once_with_the_status_its_client_got() {
         .await;
     let mut want = std::collections::BTreeMap::<&str, f64>::new();
     for c in &seen {
-        *want
-            .entry(lynx_proto::code_name(*c))
-            .or_default() += 1.0;
+        *want.entry(lynx_proto::code_name(*c)).or_default() += 1.0;
     }
     assert_eq!(
         want,
