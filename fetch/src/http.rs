@@ -56,6 +56,7 @@ impl HttpOrigin {
             path: self.file_name(),
             size,
             sha256: None,
+            md5: None,
             version,
         }))
     }

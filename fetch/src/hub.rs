@@ -109,6 +109,7 @@ impl HubOrigin {
                 path: s.rfilename,
                 size: s.size,
                 sha256: s.lfs.map(|l| l.sha256.to_ascii_lowercase()),
+                md5: None,
                 version: s.blob_id,
             })
             .collect();

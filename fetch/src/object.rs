@@ -21,6 +21,8 @@ pub(crate) struct StoreOrigin {
     /// The prefix the listed paths are relative to (set by `list`).
     base: String,
     uri: String,
+    /// The store's ETags of single-part objects are their MD5 (S3).
+    etag_is_md5: bool,
 }
 
 impl StoreOrigin {
@@ -94,6 +96,7 @@ impl StoreOrigin {
             key,
             base: String::new(),
             uri,
+            etag_is_md5: matches!(source, Source::S3 { .. }),
         })
     }
 
@@ -105,7 +108,7 @@ impl StoreOrigin {
                 Ok(meta) => {
                     let (base, name) = key.rsplit_once('/').unwrap_or(("", key));
                     self.base = base.to_owned();
-                    return Ok(Listing::file(remote_file(name, &meta)));
+                    return Ok(Listing::file(remote_file(name, &meta, self.etag_is_md5)));
                 }
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -123,7 +126,7 @@ impl StoreOrigin {
                 } else {
                     location.strip_prefix(key)?.strip_prefix('/')?
                 };
-                (!relative.is_empty()).then(|| remote_file(relative, meta))
+                (!relative.is_empty()).then(|| remote_file(relative, meta, self.etag_is_md5))
             })
             .collect();
         if files.is_empty() {
@@ -166,14 +169,42 @@ impl StoreOrigin {
     }
 }
 
-fn remote_file(path: &str, meta: &ObjectMeta) -> RemoteFile {
+fn remote_file(path: &str, meta: &ObjectMeta, etag_is_md5: bool) -> RemoteFile {
     RemoteFile {
         path: path.to_owned(),
         size: Some(meta.size),
         sha256: None,
+        md5: meta
+            .e_tag
+            .as_deref()
+            .filter(|_| etag_is_md5)
+            .and_then(md5_of_etag),
         version: meta
             .e_tag
             .clone()
             .or_else(|| Some(meta.last_modified.to_rfc3339())),
+    }
+}
+
+/// The MD5 an S3 ETag carries: 32 hex digits in quotes (a multipart upload's ETag has a `-N`
+/// suffix and is no digest of the content).
+fn md5_of_etag(etag: &str) -> Option<String> {
+    let hex = etag.trim_matches('"');
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::md5_of_etag;
+
+    #[test]
+    fn only_single_part_etags_are_digests() {
+        assert_eq!(
+            md5_of_etag("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(md5_of_etag("\"9e107d9d372bb6826bd81d3542a419d6-4\""), None);
+        assert_eq!(md5_of_etag("W/\"abc\""), None);
     }
 }

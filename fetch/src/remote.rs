@@ -15,6 +15,9 @@ pub struct RemoteFile {
     /// The sha256 the source publishes (the hub's LFS files), lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The MD5 the source publishes (an S3 ETag of a single-part upload), lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     /// A version tag (ETag, blob id, modification time): a change means new content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

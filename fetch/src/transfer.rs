@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -52,6 +53,28 @@ struct PartOf {
     version: Option<String>,
 }
 
+/// The digests computed as bytes arrive: always sha256, MD5 when the source publishes one.
+struct Hashes {
+    sha256: Sha256,
+    md5: Option<Md5>,
+}
+
+impl Hashes {
+    fn new(file: &RemoteFile) -> Self {
+        Self {
+            sha256: Sha256::new(),
+            md5: file.md5.as_ref().map(|_| Md5::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(bytes);
+        }
+    }
+}
+
 /// Downloads `file` into `part` (resuming it when it holds the start of the same version) and
 /// returns its sha256 (lowercase hex), checked against the digest the source publishes.
 pub(crate) async fn download(
@@ -84,9 +107,9 @@ pub(crate) async fn download(
     }
     let mut counted = 0;
     let mut attempt = 0;
-    let digest = loop {
+    let (digest, md5) = loop {
         match download_once(origin, file, part, progress, &mut counted).await {
-            Ok(digest) => break digest,
+            Ok(digests) => break digests,
             Err(FetchError::Network(message)) if attempt < RETRIES => {
                 attempt += 1;
                 let wait = Duration::from_millis(500 << attempt.min(5));
@@ -101,13 +124,21 @@ pub(crate) async fn download(
             Err(e) => return Err(e),
         }
     };
-    if let Some(expected) = &file.sha256 {
-        if *expected != digest {
+    if let Some(expected) = file.sha256.as_ref().filter(|e| **e != digest) {
+        remove_if_present(part).await?;
+        return Err(FetchError::ChecksumMismatch {
+            what: file.path.clone(),
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    if let (Some(expected), Some(actual)) = (&file.md5, md5) {
+        if *expected != actual {
             remove_if_present(part).await?;
             return Err(FetchError::ChecksumMismatch {
-                what: file.path.clone(),
+                what: format!("{} (the MD5 of its ETag, not sha256)", file.path),
                 expected: expected.clone(),
-                actual: digest,
+                actual,
             });
         }
     }
@@ -116,19 +147,20 @@ pub(crate) async fn download(
 }
 
 /// One try: continue from the end of `part`, hash everything, fail with `Network` when the
-/// transfer breaks off (what arrived stays for the next try).
+/// transfer breaks off (what arrived stays for the next try). Returns the sha256 and, when the
+/// source publishes one, the MD5.
 async fn download_once(
     origin: &Ranged,
     file: &RemoteFile,
     part: &Path,
     progress: &Progress,
     counted: &mut u64,
-) -> Result<String, FetchError> {
-    let mut hasher = Sha256::new();
+) -> Result<(String, Option<String>), FetchError> {
+    let mut hasher = Hashes::new(file);
     let mut offset = hash_prefix(part, &mut hasher).await?;
     if file.size.is_some_and(|size| offset > size) {
         remove_if_present(part).await?;
-        hasher = Sha256::new();
+        hasher = Hashes::new(file);
         offset = 0;
     }
     let complete = file.size.is_some_and(|size| offset == size && size > 0);
@@ -137,7 +169,7 @@ async fn download_once(
         if body.from != offset {
             // The source sent the whole file again.
             remove_if_present(part).await?;
-            hasher = Sha256::new();
+            hasher = Hashes::new(file);
             offset = 0;
         }
         let handle = tokio::fs::OpenOptions::new()
@@ -181,11 +213,14 @@ async fn download_once(
             file.path
         )));
     }
-    Ok(hex(&hasher.finalize()))
+    Ok((
+        hex(&hasher.sha256.finalize()),
+        hasher.md5.map(|m| hex(&m.finalize())),
+    ))
 }
 
 /// Feeds what `part` already holds into `hasher`; returns its length (0 when absent).
-async fn hash_prefix(part: &Path, hasher: &mut Sha256) -> Result<u64, FetchError> {
+async fn hash_prefix(part: &Path, hasher: &mut Hashes) -> Result<u64, FetchError> {
     let mut f = match tokio::fs::File::open(part).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -228,7 +263,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// The sha256 of a file on disk, lowercase hex.
 pub(crate) async fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut hasher = Sha256::new();
+    let mut hasher = Hashes {
+        sha256: Sha256::new(),
+        md5: None,
+    };
     hash_prefix(path, &mut hasher).await?;
-    Ok(hex(&hasher.finalize()))
+    Ok(hex(&hasher.sha256.finalize()))
 }

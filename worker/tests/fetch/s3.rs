@@ -143,6 +143,15 @@ fn an_s3_prefix_serves_the_official_ids_and_a_second_fetch_skips_the_download() 
         .unwrap();
     let shell = String::from_utf8(shell.stdout).unwrap();
     assert_eq!(report["digest"], format!("sha256:{}", shell.trim()));
+    // Each object's ETag is its MD5 (single-part uploads): recorded and checked as it arrived.
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(".lynx-model.json")).unwrap()).unwrap();
+    for file in marker["sourceFiles"].as_array().unwrap() {
+        let path = common::model_dir().join(file["path"].as_str().unwrap());
+        let md5sum = Command::new("md5sum").arg(&path).output().unwrap();
+        let md5sum = String::from_utf8(md5sum.stdout).unwrap();
+        assert_eq!(file["md5"].as_str(), md5sum.split_whitespace().next(), "{path:?}");
+    }
     assert_official_ids(&out);
 
     let second = fetch(&["--uri", "s3://models/lynx/tiny/", "--out", out_arg], &env);
