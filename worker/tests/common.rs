@@ -187,3 +187,34 @@ pub fn run_sequences(
     let (results, _) = run_batch(m, reqs, p).unwrap();
     results.into_iter().map(|r| r.generated.sequence).collect()
 }
+
+/// The folder of the project's Python packages (`scripts/install-python-clients`, or
+/// `LYNX_PYTHON_CLIENTS`) when `python3` can import every module of `imports` from it; `None`
+/// (with the reason printed) when it cannot and `LYNX_REQUIRE_PYTHON_CLIENTS` is not set, which
+/// makes the missing packages a failure.
+pub fn python_packages(imports: &[&str]) -> Option<PathBuf> {
+    let dir = std::env::var_os("LYNX_PYTHON_CLIENTS").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.tools/python-clients"
+            ))
+        },
+        PathBuf::from,
+    );
+    let found = std::process::Command::new("python3")
+        .env("PYTHONPATH", &dir)
+        .args(["-c", &format!("import {}", imports.join(", "))])
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("LYNX_REQUIRE_PYTHON_CLIENTS").is_none(),
+        "LYNX_REQUIRE_PYTHON_CLIENTS is set but {imports:?} cannot be imported from {}",
+        dir.display()
+    );
+    eprintln!("skipped: {imports:?} not installed (scripts/install-python-clients)");
+    None
+}

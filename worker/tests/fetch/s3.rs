@@ -7,35 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-/// The folder of the project's Python packages (`scripts/install-python-clients`), or `None`
-/// (with the reason printed) when moto is not installed and not required.
-fn python_packages() -> Option<PathBuf> {
-    let dir = std::env::var_os("LYNX_PYTHON_CLIENTS").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.tools/python-clients"
-            ))
-        },
-        PathBuf::from,
-    );
-    let found = Command::new("python3")
-        .env("PYTHONPATH", &dir)
-        .args(["-c", "import moto.server, boto3"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("LYNX_REQUIRE_PYTHON_CLIENTS").is_none(),
-        "LYNX_REQUIRE_PYTHON_CLIENTS is set but moto[server] cannot be imported from {}",
-        dir.display()
-    );
-    eprintln!("skipped: moto is not installed (scripts/install-python-clients)");
-    None
-}
-
 /// A moto server on a free loopback port, stopped on drop.
 struct Moto {
     child: Child,
@@ -116,7 +87,7 @@ const CREDENTIALS: [(&str, &str); 3] = [
 
 #[test]
 fn an_s3_prefix_serves_the_official_ids_and_a_second_fetch_skips_the_download() {
-    let Some(packages) = python_packages() else {
+    let Some(packages) = common::python_packages(&["moto.server", "boto3"]) else {
         return;
     };
     let moto = Moto::start(&packages, false);
@@ -150,7 +121,11 @@ fn an_s3_prefix_serves_the_official_ids_and_a_second_fetch_skips_the_download() 
         let path = common::model_dir().join(file["path"].as_str().unwrap());
         let md5sum = Command::new("md5sum").arg(&path).output().unwrap();
         let md5sum = String::from_utf8(md5sum.stdout).unwrap();
-        assert_eq!(file["md5"].as_str(), md5sum.split_whitespace().next(), "{path:?}");
+        assert_eq!(
+            file["md5"].as_str(),
+            md5sum.split_whitespace().next(),
+            "{path:?}"
+        );
     }
     assert_official_ids(&out);
 
@@ -206,7 +181,7 @@ fn an_s3_prefix_serves_the_official_ids_and_a_second_fetch_skips_the_download() 
 
 #[test]
 fn unknown_s3_credentials_are_access_denied() {
-    let Some(packages) = python_packages() else {
+    let Some(packages) = common::python_packages(&["moto.server", "boto3"]) else {
         return;
     };
     let moto = Moto::start(&packages, true);

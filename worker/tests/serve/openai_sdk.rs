@@ -11,30 +11,6 @@ use serde_json::Value;
 
 use crate::harness::{input, request, TestServer};
 
-/// The folder holding the `openai` package, or `None` (with a printed reason) when it is not
-/// installed and not required.
-fn python_clients() -> Option<PathBuf> {
-    let dir = std::env::var_os("LYNX_PYTHON_CLIENTS").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.tools/python-clients"
-            ))
-        },
-        PathBuf::from,
-    );
-    if dir.join("openai").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("LYNX_REQUIRE_PYTHON_CLIENTS").is_none(),
-        "LYNX_REQUIRE_PYTHON_CLIENTS is set but {} has no openai package",
-        dir.display()
-    );
-    eprintln!("skipped: the openai package is not installed (scripts/install-python-clients)");
-    None
-}
-
 /// Runs `openai_sdk.py SCENARIO` against `server` with `api_key`; what it printed.
 async fn sdk(clients: &PathBuf, server: &TestServer, scenario: &str, api_key: &str) -> Value {
     let image = common_image();
@@ -67,7 +43,7 @@ fn common_image() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_client_lists_chats_and_streams() {
-    let Some(clients) = python_clients() else {
+    let Some(clients) = crate::common::python_packages(&["openai"]) else {
         return;
     };
     let server = TestServer::start(|_| {}).await;
@@ -113,7 +89,7 @@ async fn the_official_client_lists_chats_and_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_client_gets_401_and_429() {
-    let Some(clients) = python_clients() else {
+    let Some(clients) = crate::common::python_packages(&["openai"]) else {
         return;
     };
     let server = TestServer::start(|c| {
@@ -144,7 +120,7 @@ async fn the_official_client_gets_401_and_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_frees_its_place() {
-    let Some(clients) = python_clients() else {
+    let Some(clients) = crate::common::python_packages(&["openai"]) else {
         return;
     };
     let server = TestServer::start(|_| {}).await;
