@@ -2,6 +2,7 @@
 //! and a restricted-PSS security context.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -15,14 +16,17 @@ use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lynx_serve_flags::{Device, Dtype, Flag, Layout, Listeners, ModelArgs, ServeFlags};
 
 use super::{model, Context};
-use crate::crd::{CpuMemory, LynxDeploymentSpec, PullPolicy, WorkerSpec};
+use crate::crd::{CpuMemory, LynxDeploymentSpec, ModelDtype, ModelLayout, PullPolicy, WorkerSpec};
 
 /// The worker's gRPC port inside the pod.
-pub const GRPC_PORT: i32 = 50051;
+pub const GRPC_PORT: i32 = GRPC_LISTEN_PORT as i32;
 /// The worker's HTTP port (`/healthz`, `/readyz`, `/metrics`) inside the pod.
-pub const HTTP_PORT: i32 = 9090;
+pub const HTTP_PORT: i32 = HTTP_LISTEN_PORT as i32;
+const GRPC_LISTEN_PORT: u16 = 50051;
+const HTTP_LISTEN_PORT: u16 = 9090;
 /// Where the model source is mounted in the worker.
 pub const MODEL_MOUNT: &str = "/models";
 /// Seconds `preStop` sleeps so endpoints drop the pod before the worker starts draining.
@@ -129,71 +133,119 @@ fn strategy(spec: &LynxDeploymentSpec) -> DeploymentStrategy {
 }
 
 /// `lynx-worker serve` arguments: model, compute device (`cuda` when the pod gets GPUs, else
-/// `cpu`), listen addresses, then each batching/limit flag that is set, the maximum connection
-/// age and its grace (unless the age is 0), TLS/auth files, then the user's extra args.
+/// `cpu`), listen addresses, then each batching/limit flag that is set, the drain timeout, the
+/// maximum connection age and its grace (unless the age is 0), TLS/auth files, then the user's
+/// extra args. What the spec sets is passed even at the worker's default.
 pub(super) fn worker_args(spec: &LynxDeploymentSpec) -> Vec<String> {
-    let mut args = vec![
-        "serve".to_owned(),
-        "--model".to_owned(),
-        model::worker_model_dir(&spec.model),
-        "--layout".to_owned(),
-        enum_str(&model::served_layout(&spec.model)),
-        "--dtype".to_owned(),
-        enum_str(&spec.model.dtype),
-        "--device".to_owned(),
-        if spec.worker.gpus > 0 { "cuda" } else { "cpu" }.to_owned(),
-        "--grpc-addr".to_owned(),
-        format!("0.0.0.0:{GRPC_PORT}"),
-        "--http-addr".to_owned(),
-        format!("0.0.0.0:{HTTP_PORT}"),
+    let mut keep = vec![
+        Flag::Model,
+        Flag::Layout,
+        Flag::Dtype,
+        Flag::Device,
+        Flag::GrpcAddr,
+        Flag::HttpAddr,
+        Flag::DrainTimeoutSeconds,
     ];
+    let mut flags = ServeFlags {
+        model: ModelArgs {
+            model: Some(model::worker_model_dir(&spec.model).into()),
+            ..ModelArgs::default()
+        },
+        layout: match model::served_layout(&spec.model) {
+            ModelLayout::Release => Layout::Release,
+            ModelLayout::Converted => Layout::Converted,
+        },
+        dtype: match spec.model.dtype {
+            ModelDtype::F32 => Dtype::F32,
+            ModelDtype::F16 => Dtype::F16,
+            ModelDtype::Bf16 => Dtype::Bf16,
+        },
+        device: if spec.worker.gpus > 0 {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        },
+        listeners: Listeners {
+            grpc_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, GRPC_LISTEN_PORT)),
+            http_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, HTTP_LISTEN_PORT)),
+        },
+        ..ServeFlags::default()
+    };
     let (b, l) = (&spec.batching, &spec.limits);
-    let flags = [
-        ("--max-batch-size", b.max_batch_size),
-        ("--max-batch-delay-ms", b.max_batch_delay_ms),
-        ("--max-batch-total-tokens", b.max_batch_total_tokens),
-        ("--max-queue", b.max_queue),
-        ("--max-image-bytes", l.max_image_bytes),
-        ("--max-image-pixels", l.max_image_pixels),
-        ("--max-images-per-request", l.max_images_per_request),
-        ("--max-video-frames", l.max_video_frames),
-        ("--max-prompt-tokens", l.max_prompt_tokens),
-        ("--max-new-tokens", l.max_new_tokens),
-        ("--drain-timeout-seconds", Some(spec.drain_timeout_seconds)),
+    let (fb, fl) = (&mut flags.batching, &mut flags.limits);
+    let knobs: [(Flag, &mut u64, Option<i64>); 10] = [
+        (Flag::MaxBatchSize, &mut fb.max_batch_size, b.max_batch_size),
+        (
+            Flag::MaxBatchDelayMs,
+            &mut fb.max_batch_delay_ms,
+            b.max_batch_delay_ms,
+        ),
+        (
+            Flag::MaxBatchTotalTokens,
+            &mut fb.max_batch_total_tokens,
+            b.max_batch_total_tokens,
+        ),
+        (Flag::MaxQueue, &mut fb.max_queue, b.max_queue),
+        (
+            Flag::MaxImageBytes,
+            &mut fl.max_image_bytes,
+            l.max_image_bytes,
+        ),
+        (
+            Flag::MaxImagePixels,
+            &mut fl.max_image_pixels,
+            l.max_image_pixels,
+        ),
+        (
+            Flag::MaxImagesPerRequest,
+            &mut fl.max_images_per_request,
+            l.max_images_per_request,
+        ),
+        (
+            Flag::MaxVideoFrames,
+            &mut fl.max_video_frames,
+            l.max_video_frames,
+        ),
+        (
+            Flag::MaxPromptTokens,
+            &mut fl.max_prompt_tokens,
+            l.max_prompt_tokens,
+        ),
+        (Flag::MaxNewTokens, &mut fl.max_new_tokens, l.max_new_tokens),
     ];
-    // A maximum connection age of 0 is off: neither flag (the worker's default is off).
-    let age = &spec.service;
-    let connection_age = (age.max_connection_age_seconds > 0).then_some([
-        (
-            "--max-connection-age-seconds",
-            Some(age.max_connection_age_seconds),
-        ),
-        (
-            "--max-connection-age-grace-seconds",
-            Some(age.max_connection_age_grace_seconds),
-        ),
-    ]);
-    let flags = flags
-        .into_iter()
-        .chain(connection_age.into_iter().flatten());
-    for (flag, value) in flags {
+    // Each knob the spec sets: its value, passed even at the worker's default.
+    for (flag, field, value) in knobs {
         if let Some(value) = value {
-            args.push(flag.to_owned());
-            args.push(value.to_string());
+            *field = count(value);
+            keep.push(flag);
         }
     }
+    let lifecycle = &mut flags.lifecycle;
+    lifecycle.drain_timeout_seconds = count(spec.drain_timeout_seconds);
+    // A maximum connection age of 0 is off: neither flag (the worker's default is off).
+    let age = &spec.service;
+    if age.max_connection_age_seconds > 0 {
+        lifecycle.max_connection_age_seconds = count(age.max_connection_age_seconds);
+        lifecycle.max_connection_age_grace_seconds = count(age.max_connection_age_grace_seconds);
+        keep.push(Flag::MaxConnectionAgeGraceSeconds);
+    }
     if spec.tls.is_some() {
-        args.extend(["--tls-cert".to_owned(), format!("{TLS_MOUNT}/tls.crt")]);
-        args.extend(["--tls-key".to_owned(), format!("{TLS_MOUNT}/tls.key")]);
+        flags.security.tls_cert = Some(format!("{TLS_MOUNT}/tls.crt").into());
+        flags.security.tls_key = Some(format!("{TLS_MOUNT}/tls.key").into());
     }
     if let Some(auth) = &spec.auth {
-        args.extend([
-            "--auth-tokens-file".to_owned(),
-            format!("{AUTH_MOUNT}/{}", auth.key),
-        ]);
+        flags.security.auth_tokens_file = Some(format!("{AUTH_MOUNT}/{}", auth.key).into());
     }
+    let mut args = vec!["serve".to_owned()];
+    args.extend(flags.to_args_keeping(&keep));
     args.extend(spec.worker.args.iter().cloned());
     args
+}
+
+/// A count or duration of the spec as the worker's flag value; the CRD's schema keeps them
+/// non-negative, so a negative one (refused by validation) becomes 0.
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }
 
 fn worker_container(spec: &LynxDeploymentSpec) -> Container {
@@ -398,14 +450,6 @@ pub(super) fn quantities(amounts: Option<&CpuMemory>) -> BTreeMap<String, Quanti
         }
     }
     map
-}
-
-/// The wire name of a unit enum (its serde string).
-fn enum_str<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(text)) => text,
-        _ => String::new(),
-    }
 }
 
 pub(super) fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use clap::Args;
-
 use super::{load_model, CliError, ModelArgs, StoreDtype};
 use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
@@ -17,45 +15,15 @@ use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
 use crate::served::{Compute, ServedModel};
 
-/// Where the model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceArg {
-    /// The candle model on the CPU (f32, the reference).
-    Cpu,
-    /// CUDA device N: our kernels and cuBLAS, at `--dtype`.
-    Cuda(usize),
-    /// The GPU's program on the host (f32): for checking the program without a GPU.
-    Mirror,
-}
+/// Where the model computes (`--device`).
+pub use lynx_serve_flags::Device as DeviceArg;
 
-impl std::str::FromStr for DeviceArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            "mirror" => Ok(Self::Mirror),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| {
-                    format!("unknown device `{other}` (expected cpu, cuda, cuda:N or mirror)")
-                }),
-        }
-    }
-}
-
-/// Device flags of `serve`.
-#[derive(Debug, Clone, Args)]
+/// The compute backend of `serve` and how its model is built.
+#[derive(Debug, Clone)]
 pub struct DeviceFlags {
-    /// Where the model computes: `cpu` (candle, f32), `cuda` / `cuda:N` (our kernels at
-    /// `--dtype`), or `mirror` (the GPU program run on the host, f32).
-    #[arg(long, env = "LYNX_DEVICE", default_value = "cpu")]
+    /// Where the model computes (`--device`).
     pub device: DeviceArg,
-    /// Serve a randomly initialised architecture (`lynx-7b`, `tiny`) made directly on the device
-    /// instead of a model directory (benchmarks; the toy tokenizer is used).
-    #[arg(long, env = "LYNX_RANDOM_WEIGHTS")]
+    /// A randomly initialised architecture instead of a model directory (`--random-weights`).
     pub random_weights: Option<RandomModel>,
 }
 
@@ -167,17 +135,6 @@ pub fn load_served(
 mod tests {
     use super::*;
     use crate::cli::EmbeddedArg;
-
-    #[test]
-    fn device_names_parse() {
-        assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
-        assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
-        assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
-        assert_eq!("mirror".parse::<DeviceArg>(), Ok(DeviceArg::Mirror));
-        for bad in ["tpu", "cuda:", "cuda:x", ""] {
-            assert!(bad.parse::<DeviceArg>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn random_weights_need_a_device_program_and_blocks_a_power_of_two() {

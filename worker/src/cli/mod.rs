@@ -69,29 +69,7 @@ pub enum Command {
     GpuCheckModel(gpu::CheckModelArgs),
 }
 
-/// Where the model comes from.
-#[derive(Debug, Clone, Args)]
-pub struct ModelArgs {
-    /// Model directory (release or converted layout). Without it, the embedded tiny model.
-    #[arg(long, env = "LYNX_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Official YAML config (release layout; default: LYNX.yaml in the model dir).
-    #[arg(long, env = "LYNX_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Which generated model to use without --model: `tiny` (the default) or `small` (~150 M
-    /// parameters, for benchmarks; generated on first use).
-    #[arg(long, env = "LYNX_EMBEDDED", value_enum, default_value_t = EmbeddedArg::Tiny, conflicts_with = "model")]
-    pub embedded: EmbeddedArg,
-}
-
-/// A generated model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EmbeddedArg {
-    /// The embedded tiny model.
-    Tiny,
-    /// The ~150 M-parameter benchmark model.
-    Small,
-}
+pub use lynx_serve_flags::{EmbeddedArg, ModelArgs};
 
 /// `generate` arguments.
 #[derive(Debug, Args)]

@@ -1,16 +1,18 @@
 //! `lynx-worker serve`: flags (each `--long` with an env var; the operator passes these names),
 //! and the process around [`crate::serve::Server`]: tokio runtime, SIGTERM / Ctrl-C -> drain.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+pub use lynx_serve_flags::DEFAULT_SERVING_NICENESS;
+use lynx_serve_flags::{Dtype, Layout, ServeFlags};
 
-use super::{CliError, ModelArgs, StoreDtype};
+use super::device::{DeviceArg, DeviceFlags};
+use super::{CliError, StoreDtype};
 use crate::checkpoint::converted::is_converted;
 use crate::engine::SchedulerConfig;
+use crate::forward::random::RandomModel;
 use crate::runner::RunnerConfig;
 use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
@@ -18,249 +20,28 @@ use crate::serve::prepare::PrepareConfig;
 use crate::serve::priority;
 use crate::serve::{ServeConfig, Server, TlsFiles};
 
-/// Which layout `--model` must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LayoutArg {
-    /// Detect it (converted when `lynx.json` is present).
-    Auto,
-    /// The release layout (YAML + checkpoints).
-    Release,
-    /// The converted layout (`lynx-worker convert`).
-    Converted,
-}
-
-/// `serve` arguments.
+/// `serve` arguments: the server's flags, shared with the operator that renders them, and the
+/// benchmark-only `--random-weights`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Model, layout, dtype, device, listeners, batching, limits, security and lifecycle.
     #[command(flatten)]
-    /// Model selection.
-    pub model: ModelArgs,
-    /// Expected layout of --model; a mismatch is an error at start.
-    #[arg(long, env = "LYNX_LAYOUT", value_enum, default_value_t = LayoutArg::Auto)]
-    pub layout: LayoutArg,
-    /// Compute dtype. The CPU model computes in f32 (f16/bf16 weights are widened); on
-    /// `--device cuda` it is the weights' and activations' type (bf16 recommended; f32 is the
-    /// exact mode).
-    #[arg(long, env = "LYNX_DTYPE", value_enum, default_value_t = StoreDtype::F32)]
-    pub dtype: StoreDtype,
-    /// Compute backend (`--device`) and random-weight architectures (`--random-weights`).
-    #[command(flatten)]
-    pub device: super::device::DeviceFlags,
-
-    /// gRPC listen address (lynx.v1.Lynx, grpc.health.v1, reflection).
-    #[arg(
-        long,
-        env = "LYNX_GRPC_ADDR",
-        default_value = "0.0.0.0:50051",
-        help_heading = "Listeners"
-    )]
-    pub grpc_addr: SocketAddr,
-    /// HTTP listen address (/metrics, /healthz, /readyz).
-    #[arg(
-        long,
-        env = "LYNX_HTTP_ADDR",
-        default_value = "0.0.0.0:9090",
-        help_heading = "Listeners"
-    )]
-    pub http_addr: SocketAddr,
-
-    /// Requests decoded together at most.
-    #[arg(long, env = "LYNX_MAX_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
-    pub max_batch_size: u64,
-    /// How long the first request waits for others when the worker is idle (dynamic batching).
-    #[arg(
-        long,
-        env = "LYNX_MAX_BATCH_DELAY_MS",
-        default_value_t = 5,
-        help_heading = "Batching"
-    )]
-    pub max_batch_delay_ms: u64,
-    /// Token budget of the running batch: prompt + vision + max new tokens, times beams, summed
-    /// over the running requests.
-    #[arg(
-        long,
-        env = "LYNX_MAX_BATCH_TOTAL_TOKENS",
-        default_value_t = 65_536,
-        help_heading = "Batching"
-    )]
-    pub max_batch_total_tokens: u64,
-    /// Waiting requests at most; beyond it RESOURCE_EXHAUSTED at once.
-    #[arg(
-        long,
-        env = "LYNX_MAX_QUEUE",
-        default_value_t = 256,
-        help_heading = "Batching"
-    )]
-    pub max_queue: u64,
-    /// Positions per KV-cache block.
-    #[arg(long, env = "LYNX_KV_BLOCK_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
-    pub kv_block_size: u64,
-    /// KV-cache blocks (default: enough for the whole token budget).
-    #[arg(long, env = "LYNX_KV_CACHE_BLOCKS", help_heading = "Batching")]
-    pub kv_cache_blocks: Option<u64>,
-    /// Waiting time worth one priority level (no starvation of low priorities).
-    #[arg(
-        long,
-        env = "LYNX_PRIORITY_AGEING_MS",
-        default_value_t = 10_000,
-        help_heading = "Batching"
-    )]
-    pub priority_ageing_ms: u64,
-    /// Capacity of the encoder-output cache (vision encodings by image hash), in MiB.
-    #[arg(
-        long,
-        env = "LYNX_ENCODER_CACHE_MIB",
-        default_value_t = 256,
-        help_heading = "Batching"
-    )]
-    pub encoder_cache_mib: u64,
-
-    /// Largest encoded image or video frame, in bytes.
-    #[arg(long, env = "LYNX_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024, help_heading = "Limits")]
-    pub max_image_bytes: u64,
-    /// Largest width x height of an image or frame, read from the header before decoding.
-    #[arg(
-        long,
-        env = "LYNX_MAX_IMAGE_PIXELS",
-        default_value_t = 40_000_000,
-        help_heading = "Limits"
-    )]
-    pub max_image_pixels: u64,
-    /// Images per request.
-    #[arg(
-        long,
-        env = "LYNX_MAX_IMAGES_PER_REQUEST",
-        default_value_t = 8,
-        help_heading = "Limits"
-    )]
-    pub max_images_per_request: u64,
-    /// Frames per video (as sent, before frame sampling).
-    #[arg(
-        long,
-        env = "LYNX_MAX_VIDEO_FRAMES",
-        default_value_t = 512,
-        help_heading = "Limits"
-    )]
-    pub max_video_frames: u64,
-    /// Prompt tokens (BOS + the formatted instruction, before the model's own truncation).
-    #[arg(
-        long,
-        env = "LYNX_MAX_PROMPT_TOKENS",
-        default_value_t = 2048,
-        help_heading = "Limits"
-    )]
-    pub max_prompt_tokens: u64,
-    /// UTF-8 bytes of the instruction, checked before it is tokenized.
-    #[arg(long, env = "LYNX_MAX_PROMPT_BYTES", default_value_t = crate::serve::limits::DEFAULT_MAX_PROMPT_BYTES as u64, help_heading = "Limits")]
-    pub max_prompt_bytes: u64,
-    /// A whole request message on the wire (default: max images per request x max image
-    /// bytes + max prompt bytes + max stop strings x 256 + 64 KiB); larger ones are refused
-    /// with RESOURCE_EXHAUSTED before their body is buffered.
-    #[arg(long, env = "LYNX_MAX_REQUEST_BYTES", help_heading = "Limits")]
-    pub max_request_bytes: Option<u64>,
-    /// New tokens per request (also caps the model's default).
-    #[arg(long, env = "LYNX_MAX_NEW_TOKENS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
-    pub max_new_tokens: u64,
-    /// Stop strings per request.
-    #[arg(
-        long,
-        env = "LYNX_MAX_STOP_STRINGS",
-        default_value_t = 8,
-        help_heading = "Limits"
-    )]
-    pub max_stop_strings: u64,
-
-    /// Requests decoded and tokenized at once (default: the number of CPUs).
-    #[arg(long, env = "LYNX_PREPARE_THREADS", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
-    pub prepare_threads: Option<u64>,
-    /// Memory that image decoding may hold at once over all requests, in MiB; each image's
-    /// share is read from its header before it is decoded.
-    #[arg(long, env = "LYNX_PREPARE_MEMORY_MIB", default_value_t = crate::serve::prepare::DEFAULT_PREPARE_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
-    pub prepare_memory_mib: u64,
-    /// Requests between arrival and the queue at once: being received, checked or prepared
-    /// (more are refused with RESOURCE_EXHAUSTED from their headers). Bounds the memory of the
-    /// request messages in flight.
-    #[arg(long, env = "LYNX_MAX_INCOMING_REQUESTS", default_value_t = crate::serve::prepare::DEFAULT_MAX_INCOMING_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Preparation")]
-    pub max_incoming_requests: u64,
-    /// Niceness added to the serving threads (gRPC, HTTP, refusals, decoding, tokenizing) over
-    /// the model's threads (0-19; 0: equal priority, the default). Above 0 the batch being
-    /// generated gets the CPU first, but preparing the next requests can starve: measured on 2
-    /// cores, the tiny model then drops to a third of its throughput for seconds at a time.
-    /// Linux only.
-    #[arg(long, env = "LYNX_SERVING_NICENESS", default_value_t = DEFAULT_SERVING_NICENESS, value_parser = clap::value_parser!(i32).range(0..=19), help_heading = "Preparation")]
-    pub serving_niceness: i32,
-
-    /// TLS certificate chain (PEM) of the gRPC listener; with --tls-key, gRPC is served over TLS.
-    #[arg(
-        long,
-        env = "LYNX_TLS_CERT",
-        requires = "tls_key",
-        help_heading = "Security"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) of the gRPC listener.
-    #[arg(
-        long,
-        env = "LYNX_TLS_KEY",
-        requires = "tls_cert",
-        help_heading = "Security"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// File of bearer tokens (one per line, # comments) that lynx.v1.Lynx requires in
-    /// `authorization: Bearer <token>`; health, reflection and HTTP stay open.
-    #[arg(long, env = "LYNX_AUTH_TOKENS_FILE", help_heading = "Security")]
-    pub auth_tokens_file: Option<PathBuf>,
-    /// One bearer token (in addition to the file's).
-    #[arg(
-        long,
-        env = "LYNX_AUTH_TOKEN",
-        hide_env_values = true,
-        help_heading = "Security"
-    )]
-    pub auth_token: Option<String>,
-    /// Hosts (names or addresses, comma-separated) whose http(s) image URLs the OpenAI API
-    /// fetches, within the image byte limit, a 10 s timeout and redirects within the host only;
-    /// none by default (data: URIs only).
-    #[arg(
-        long,
-        env = "LYNX_IMAGE_URL_HOSTS",
-        value_delimiter = ',',
-        help_heading = "Security"
-    )]
-    pub image_url_hosts: Vec<String>,
-
-    /// gRPC connections older than this are asked to close (HTTP/2 GOAWAY; their requests
-    /// finish), so that long-lived clients connect again and reach workers added since; 0: never.
-    /// Behind a Service or a `dns:///` name this is what spreads clients over new workers.
-    #[arg(
-        long,
-        env = "LYNX_MAX_CONNECTION_AGE_SECONDS",
-        default_value_t = 0,
-        help_heading = "Lifecycle"
-    )]
-    pub max_connection_age_seconds: u64,
-    /// How long the requests of a connection closed for its age may still take before it is cut;
-    /// longer than the longest generation.
-    #[arg(
-        long,
-        env = "LYNX_MAX_CONNECTION_AGE_GRACE_SECONDS",
-        default_value_t = 600,
-        help_heading = "Lifecycle"
-    )]
-    pub max_connection_age_grace_seconds: u64,
-
-    /// After SIGTERM: how long admitted requests may take to finish before the worker exits.
-    #[arg(
-        long,
-        env = "LYNX_DRAIN_TIMEOUT_SECONDS",
-        default_value_t = 30,
-        help_heading = "Lifecycle"
-    )]
-    pub drain_timeout_seconds: u64,
+    pub flags: ServeFlags,
+    /// Serve a randomly initialised architecture (`lynx-7b`, `tiny`) made directly on the device
+    /// instead of a model directory (benchmarks; the toy tokenizer is used).
+    #[arg(long, env = "LYNX_RANDOM_WEIGHTS")]
+    pub random_weights: Option<RandomModel>,
 }
 
-/// Default of `--serving-niceness`.
-pub const DEFAULT_SERVING_NICENESS: i32 = 0;
+impl From<Dtype> for StoreDtype {
+    fn from(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => Self::F32,
+            Dtype::F16 => Self::F16,
+            Dtype::Bf16 => Self::Bf16,
+        }
+    }
+}
 
 fn usize_of(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
@@ -269,8 +50,10 @@ fn usize_of(v: u64) -> usize {
 impl ServeArgs {
     /// The server configuration these flags describe (reads the tokens file).
     pub fn config(&self) -> Result<ServeConfig, CliError> {
+        let f = &self.flags;
+        let (b, l, p, s) = (&f.batching, &f.limits, &f.preparation, &f.security);
         let mut auth_tokens = Vec::new();
-        if let Some(path) = &self.auth_tokens_file {
+        if let Some(path) = &s.auth_tokens_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
             auth_tokens = Tokens::parse_file(&text);
@@ -278,54 +61,54 @@ impl ServeArgs {
                 return Err(CliError(format!("{} holds no token", path.display())));
             }
         }
-        auth_tokens.extend(self.auth_token.iter().map(|t| t.trim().to_owned()));
+        auth_tokens.extend(s.auth_token.iter().map(|t| t.trim().to_owned()));
         if auth_tokens.iter().any(String::is_empty) {
             return Err(CliError("--auth-token is empty".into()));
         }
         let mut limits = Limits {
-            max_image_bytes: usize_of(self.max_image_bytes),
-            max_image_pixels: self.max_image_pixels,
-            max_images_per_request: usize_of(self.max_images_per_request),
-            max_video_frames: usize_of(self.max_video_frames),
-            max_prompt_tokens: usize_of(self.max_prompt_tokens),
-            max_prompt_bytes: usize_of(self.max_prompt_bytes),
+            max_image_bytes: usize_of(l.max_image_bytes),
+            max_image_pixels: l.max_image_pixels,
+            max_images_per_request: usize_of(l.max_images_per_request),
+            max_video_frames: usize_of(l.max_video_frames),
+            max_prompt_tokens: usize_of(l.max_prompt_tokens),
+            max_prompt_bytes: usize_of(l.max_prompt_bytes),
             max_request_bytes: 0,
-            max_new_tokens: usize_of(self.max_new_tokens),
-            max_stop_strings: usize_of(self.max_stop_strings),
+            max_new_tokens: usize_of(l.max_new_tokens),
+            max_stop_strings: usize_of(l.max_stop_strings),
         };
-        limits.max_request_bytes = self
+        limits.max_request_bytes = l
             .max_request_bytes
             .map_or_else(|| limits.request_bytes_for(), usize_of);
-        let block = usize_of(self.kv_block_size).max(1);
-        let budget = usize_of(self.max_batch_total_tokens);
-        let batch = usize_of(self.max_batch_size).max(1);
+        let block = usize_of(b.kv_block_size).max(1);
+        let budget = usize_of(b.max_batch_total_tokens);
+        let batch = usize_of(b.max_batch_size).max(1);
         // Every sequence rounds up to whole blocks: one spare block per possible sequence.
         let default_blocks = budget.div_ceil(block).saturating_add(batch);
         Ok(ServeConfig {
-            grpc_addr: self.grpc_addr,
-            http_addr: self.http_addr,
+            grpc_addr: f.listeners.grpc_addr,
+            http_addr: f.listeners.http_addr,
             runner: RunnerConfig {
                 scheduler: SchedulerConfig {
                     max_batch_size: batch,
-                    max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+                    max_batch_delay: Duration::from_millis(b.max_batch_delay_ms),
                     max_batch_total_tokens: budget,
-                    max_queue: usize_of(self.max_queue),
+                    max_queue: usize_of(b.max_queue),
                     kv_block_size: block,
-                    kv_blocks: self.kv_cache_blocks.map_or(default_blocks, usize_of),
-                    ageing: Duration::from_millis(self.priority_ageing_ms),
+                    kv_blocks: b.kv_cache_blocks.map_or(default_blocks, usize_of),
+                    ageing: Duration::from_millis(b.priority_ageing_ms),
                 },
-                encoder_cache_bytes: usize_of(self.encoder_cache_mib.saturating_mul(1 << 20)),
+                encoder_cache_bytes: usize_of(b.encoder_cache_mib.saturating_mul(1 << 20)),
             },
             limits,
             prepare: PrepareConfig {
-                threads: self
+                threads: p
                     .prepare_threads
                     .map_or_else(|| PrepareConfig::default().threads, usize_of),
-                memory_bytes: self.prepare_memory_mib.saturating_mul(1 << 20),
-                max_incoming: usize_of(self.max_incoming_requests),
+                memory_bytes: p.prepare_memory_mib.saturating_mul(1 << 20),
+                max_incoming: usize_of(p.max_incoming_requests),
             },
-            drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
-            tls: match (&self.tls_cert, &self.tls_key) {
+            drain_timeout: Duration::from_secs(f.lifecycle.drain_timeout_seconds),
+            tls: match (&s.tls_cert, &s.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
@@ -333,10 +116,12 @@ impl ServeArgs {
                 _ => None,
             },
             auth_tokens,
-            image_url_hosts: self.image_url_hosts.clone(),
-            max_connection_age: (self.max_connection_age_seconds > 0)
-                .then(|| Duration::from_secs(self.max_connection_age_seconds)),
-            max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_seconds),
+            image_url_hosts: s.image_url_hosts.clone(),
+            max_connection_age: (f.lifecycle.max_connection_age_seconds > 0)
+                .then(|| Duration::from_secs(f.lifecycle.max_connection_age_seconds)),
+            max_connection_age_grace: Duration::from_secs(
+                f.lifecycle.max_connection_age_grace_seconds,
+            ),
         })
     }
 }
@@ -368,10 +153,10 @@ async fn shutdown_signal() {
 
 /// Runs `serve` until SIGTERM, then drains and returns.
 pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
-    if let (Some(dir), LayoutArg::Release | LayoutArg::Converted) = (&args.model.model, args.layout)
-    {
+    let flags = &args.flags;
+    if let (Some(dir), Layout::Release | Layout::Converted) = (&flags.model.model, flags.layout) {
         let converted = is_converted(dir);
-        if converted != (args.layout == LayoutArg::Converted) {
+        if converted != (flags.layout == Layout::Converted) {
             let wanted = if converted { "release" } else { "converted" };
             return Err(CliError(format!(
                 "--layout {wanted} does not match {} ({} layout)",
@@ -380,13 +165,16 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
             )));
         }
     }
-    if args.dtype != StoreDtype::F32 && args.device.device == super::device::DeviceArg::Cpu {
-        tracing::info!(dtype = ?args.dtype, "the CPU model computes in f32");
+    if flags.dtype != Dtype::F32 && flags.device == DeviceArg::Cpu {
+        tracing::info!(dtype = ?flags.dtype, "the CPU model computes in f32");
     }
     let cfg = args.config()?;
-    let model_args = args.model.clone();
-    let device = args.device.clone();
-    let dtype = args.dtype;
+    let model_args = flags.model.clone();
+    let device = DeviceFlags {
+        device: flags.device,
+        random_weights: args.random_weights,
+    };
+    let dtype = StoreDtype::from(flags.dtype);
     let (kv_blocks, kv_block_size) = (
         cfg.runner.scheduler.kv_blocks,
         cfg.runner.scheduler.kv_block_size,
@@ -394,7 +182,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     // The compute pool and (from `block_on`'s future, on this thread) the model thread keep
     // this thread's priority; the runtime's threads lower theirs as they start.
     priority::start_compute_pool(0).map_err(|e| CliError(e.to_string()))?;
-    let niceness = args.serving_niceness;
+    let niceness = flags.preparation.serving_niceness;
     let warned = Arc::new(Once::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -430,6 +218,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use serde::Deserialize;
 
     use super::*;
     use crate::cli::{Cli, Command};
@@ -512,10 +301,61 @@ mod tests {
             (9, 100, 50)
         );
         assert_eq!(cfg.drain_timeout, Duration::from_secs(12));
-        assert_eq!(args.layout, LayoutArg::Release);
-        assert_eq!(args.device.device, crate::cli::device::DeviceArg::Cuda(0));
+        assert_eq!(args.flags.layout, Layout::Release);
+        assert_eq!(args.flags.device, DeviceArg::Cuda(0));
         assert_eq!(cfg.grpc_addr.port(), 50051);
         assert!(cfg.tls.is_some());
+    }
+
+    /// The `lynx-worker serve` args of each worker container in the operator's golden
+    /// manifests (`operator/tests/golden`), by file.
+    fn golden_worker_args() -> Vec<(String, Vec<String>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/tests/golden");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("golden manifests") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read golden");
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                let doc = serde_yaml_ng::Value::deserialize(doc).expect("YAML");
+                let containers = &doc["spec"]["template"]["spec"]["containers"];
+                for c in containers.as_sequence().into_iter().flatten() {
+                    let args: Vec<String> =
+                        serde_yaml_ng::from_value(c["args"].clone()).unwrap_or_default();
+                    if c["command"][0].as_str() == Some("lynx-worker")
+                        && args.first().map(String::as_str) == Some("serve")
+                    {
+                        found.push((path.display().to_string(), args));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// What the operator renders for its sample LynxDeployments, `serve` parses; rendered again
+    /// from the parsed flags, it parses to the same flags.
+    #[test]
+    fn accepts_the_operators_golden_deployments() {
+        let goldens = golden_worker_args();
+        assert!(goldens.len() >= 5, "{goldens:?}");
+        for (file, args) in goldens {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let parsed = parse(&refs).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let flags = &parsed.flags;
+            let model = flags.model.model.as_ref().expect("--model");
+            assert!(model.starts_with("/models"), "{file}");
+            assert_eq!(flags.device, DeviceArg::Cuda(0), "{file}");
+            assert_ne!(flags.layout, Layout::Auto, "{file}");
+            assert_eq!(flags.listeners.grpc_addr.port(), 50051, "{file}");
+            let mut again = vec!["serve".to_owned()];
+            again.extend(flags.to_args());
+            let refs: Vec<&str> = again.iter().map(String::as_str).collect();
+            assert_eq!(
+                &parse(&refs).expect("rendered again").flags,
+                flags,
+                "{file}"
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct Limits {
 }
 
 /// Default [`Limits::max_prompt_bytes`]: 64 KiB (32 bytes per token of the default 2048).
-pub const DEFAULT_MAX_PROMPT_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = lynx_serve_flags::DEFAULT_MAX_PROMPT_BYTES as usize;
 
 /// Room in [`Limits::request_bytes_for`] for everything but images and the instruction.
 pub const REQUEST_SLACK_BYTES: usize = 64 * 1024;

@@ -25,10 +25,11 @@ use crate::vision::{self, PreprocessConfig, VisionError, VisionLimits};
 
 /// Default `--prepare-memory-mib`: room for the largest image the default limits admit
 /// (40 Mpx of 16-bit RGBA, 440 MB decoded) twice over.
-pub const DEFAULT_PREPARE_MEMORY_MIB: u64 = 1024;
+pub const DEFAULT_PREPARE_MEMORY_MIB: u64 = lynx_serve_flags::DEFAULT_PREPARE_MEMORY_MIB;
 
 /// Default `--max-incoming-requests`.
-pub const DEFAULT_MAX_INCOMING_REQUESTS: usize = 64;
+pub const DEFAULT_MAX_INCOMING_REQUESTS: usize =
+    lynx_serve_flags::DEFAULT_MAX_INCOMING_REQUESTS as usize;
 
 /// How much preparation may run at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
