@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod autoscaling;
 mod model;
 mod router;
+pub mod rules;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -31,7 +32,7 @@ pub use router::{
 };
 pub use status::{condition, LynxDeploymentStatus, ModelStatus};
 
-use crate::validate::{
+use crate::crd::rules::{
     NAME_MESSAGE, NAME_RULE, PDB_MESSAGE, PDB_RULE, ROUTER_TLS_MESSAGE, ROUTER_TLS_RULE,
 };
 

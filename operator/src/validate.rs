@@ -3,77 +3,18 @@
 //! Each rule exists twice: as a CEL expression in the CRD (`x-kubernetes-validations`, enforced by
 //! the API server) and as Rust in [`LynxDeploymentSpec::validate`], so the operator refuses the
 //! same specs when it is handed an object that bypassed admission (tests, older CRDs). The CEL
-//! text and message live here as constants so the two cannot drift in wording.
+//! text and message are constants in `crate::crd::rules` (re-exported here) so the two cannot
+//! drift in wording.
 
 mod uri;
 
-pub use uri::{
-    uri_error, GS_MESSAGE, GS_RULE, HF_MESSAGE, HF_RULE, HTTP_MESSAGE, HTTP_RULE, S3_MESSAGE,
-    S3_RULE, SCHEME_MESSAGE, SCHEME_RULE,
-};
+pub use crate::crd::rules::*;
+pub use uri::uri_error;
 
 use crate::crd::{AutoscalingMetric, LynxDeployment, LynxDeploymentSpec, ModelLayout, ModelSpec};
 
-/// CEL rule on the whole object: the name is a DNS-1035 label (the Service carries it, and so
-/// does every child's `app.kubernetes.io/instance` label value).
-pub const NAME_RULE: &str =
-    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
-/// Message of [`NAME_RULE`].
-pub const NAME_MESSAGE: &str = "metadata.name must be at most 63 characters of lowercase letters, \
-     digits and '-', start with a letter and end with a letter or digit (a DNS-1035 label: the \
-     workers' Service carries this name)";
 /// The GPUs a worker uses (the OpenAPI schema's maximum of `spec.worker.gpus`).
 pub const MAX_GPUS: i32 = 1;
-
-/// CEL rule on `spec.model.source`: exactly one source is set.
-pub const MODEL_SOURCE_RULE: &str =
-    "[has(self.pvc), has(self.hostPath), has(self.uri)].filter(x, x).size() == 1";
-/// Message of [`MODEL_SOURCE_RULE`].
-pub const MODEL_SOURCE_MESSAGE: &str = "exactly one of pvc, hostPath or uri must be set";
-/// CEL rule on `spec.model.path`: relative, without `..`.
-pub const MODEL_PATH_RULE: &str = "!self.startsWith('/') && !self.contains('..')";
-/// Message of [`MODEL_PATH_RULE`].
-pub const MODEL_PATH_MESSAGE: &str =
-    "path must be relative to the source root and must not contain '..'";
-/// CEL rule on `spec.model.source.uri`: `s3://` and `gs://` need credentials.
-pub const CREDENTIALS_RULE: &str = "!(self.uri.startsWith('s3://') || \
-     self.uri.startsWith('gs://')) || has(self.credentialsSecret)";
-/// Message of [`CREDENTIALS_RULE`].
-pub const CREDENTIALS_MESSAGE: &str = "s3:// and gs:// sources need credentialsSecret: a Secret \
-     whose keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or GOOGLE_SERVICE_ACCOUNT_KEY) \
-     become the fetcher's environment";
-/// CEL rule on `spec.model.source.uri`: not both `cache` and `claimName`.
-pub const CACHE_RULE: &str = "!has(self.cache) || !has(self.claimName)";
-/// Message of [`CACHE_RULE`].
-pub const CACHE_MESSAGE: &str = "set at most one of cache (one Job fetches into a shared claim) \
-     and claimName (each worker's init container fetches into the claim)";
-/// CEL rule on `spec.model`: `convert` converts a release checkpoint.
-pub const CONVERT_RULE: &str = "!has(self.source.uri) || !has(self.source.uri.convert) || \
-     !self.source.uri.convert || !has(self.layout) || self.layout == 'release'";
-/// Message of [`CONVERT_RULE`].
-pub const CONVERT_MESSAGE: &str = "source.uri.convert converts a release checkpoint: layout must \
-     be release (the layout of the fetched model; the workers then serve the converted one)";
-/// CEL rule on `spec.autoscaling`: `minReplicas <= maxReplicas`.
-pub const REPLICAS_RULE: &str = "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas";
-/// Message of [`REPLICAS_RULE`].
-pub const REPLICAS_MESSAGE: &str = "minReplicas must not exceed maxReplicas";
-/// CEL rule on `spec.autoscaling`: the custom metric needs a non-empty query.
-pub const CUSTOM_QUERY_RULE: &str =
-    "!has(self.metric) || self.metric != 'custom' || (has(self.query) && size(self.query) > 0)";
-/// Message of [`CUSTOM_QUERY_RULE`].
-pub const CUSTOM_QUERY_MESSAGE: &str = "metric custom requires a PromQL query";
-/// CEL rule on `spec.podDisruptionBudget`: not both bounds.
-pub const PDB_RULE: &str = "!(has(self.minAvailable) && has(self.maxUnavailable))";
-/// Message of [`PDB_RULE`].
-pub const PDB_MESSAGE: &str = "set at most one of minAvailable and maxUnavailable";
-
-/// CEL rule on `spec`: a router in front of TLS workers is not supported yet.
-pub const ROUTER_TLS_RULE: &str = "!has(self.router) || !has(self.tls) || \
-     (has(self.router.enabled) && !self.router.enabled)";
-/// Message of [`ROUTER_TLS_RULE`].
-pub const ROUTER_TLS_MESSAGE: &str = "spec.router and spec.tls cannot be set together yet: the \
-     router does not speak TLS to clients or workers; remove spec.tls, or spec.router (or set \
-     spec.router.enabled: false)";
 
 /// Why a spec is invalid. The messages are the CEL rules' messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{CUSTOM_QUERY_MESSAGE, CUSTOM_QUERY_RULE, REPLICAS_MESSAGE, REPLICAS_RULE};
+use crate::crd::rules::{CUSTOM_QUERY_MESSAGE, CUSTOM_QUERY_RULE, REPLICAS_MESSAGE, REPLICAS_RULE};
 
 /// Autoscaling of `spec.replicas` through the scale subresource.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -6,7 +6,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{
+use crate::crd::rules::{
     CACHE_MESSAGE, CACHE_RULE, CONVERT_MESSAGE, CONVERT_RULE, CREDENTIALS_MESSAGE,
     CREDENTIALS_RULE, GS_MESSAGE, GS_RULE, HF_MESSAGE, HF_RULE, HTTP_MESSAGE, HTTP_RULE,
     MODEL_PATH_MESSAGE, MODEL_PATH_RULE, MODEL_SOURCE_MESSAGE, MODEL_SOURCE_RULE, S3_MESSAGE,

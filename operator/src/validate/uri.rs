@@ -1,41 +1,6 @@
-//! The grammar of `spec.model.source.uri.uri`, as CEL rules and their Rust mirror.
-//!
-//! The CEL regular expressions avoid backslashes (CEL string escapes) and nested character
-//! classes (the client-side evaluator's regex dialect): `[.]` is a dot, `[!-~]` a printable
-//! character other than a space.
+//! The grammar of `spec.model.source.uri.uri`: the Rust mirror of its CEL rules.
 
-/// CEL rule on `spec.model.source.uri`: a known scheme.
-pub const SCHEME_RULE: &str = "['s3://', 'gs://', 'hf://', 'http://', 'https://']\
-     .exists(p, self.uri.startsWith(p))";
-/// Message of [`SCHEME_RULE`].
-pub const SCHEME_MESSAGE: &str = "uri must start with s3://, gs://, hf://, http:// or https://";
-/// CEL rule: an `s3://` uri names a bucket.
-pub const S3_RULE: &str = "!self.uri.startsWith('s3://') || \
-     self.uri.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')";
-/// Message of [`S3_RULE`].
-pub const S3_MESSAGE: &str = "an s3:// uri is s3://BUCKET[/KEY-OR-PREFIX], the bucket 3 to 63 \
-     lowercase letters, digits, '.' and '-', starting and ending with a letter or digit";
-/// CEL rule: a `gs://` uri names a bucket.
-pub const GS_RULE: &str = "!self.uri.startsWith('gs://') || \
-     self.uri.matches('^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$')";
-/// Message of [`GS_RULE`].
-pub const GS_MESSAGE: &str = "a gs:// uri is gs://BUCKET[/OBJECT-OR-PREFIX], the bucket 3 to 222 \
-     lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit";
-/// CEL rule: an `hf://` uri names `org/repo` and optionally a revision.
-pub const HF_RULE: &str = "!self.uri.startsWith('hf://') || self.uri.matches(\
-     '^hf://[A-Za-z0-9]([.]?[A-Za-z0-9_-])*/[A-Za-z0-9]([.]?[A-Za-z0-9_-])*\
-     (@[A-Za-z0-9]([./]?[A-Za-z0-9_-])*)?$')";
-/// Message of [`HF_RULE`].
-pub const HF_MESSAGE: &str = "an hf:// uri is hf://ORG/REPO[@REVISION]: ORG and REPO of \
-     letters, digits, '-', '_' and single '.', starting with a letter or digit; the revision a \
-     branch, tag or commit of letters, digits, '-', '_' and single '.' or '/'";
-/// CEL rule: an `http(s)://` uri names a host and a path.
-pub const HTTP_RULE: &str = "!self.uri.startsWith('http') || self.uri.matches(\
-     '^https?://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\
-     (:[0-9]{1,5})?/[!-~]+$')";
-/// Message of [`HTTP_RULE`].
-pub const HTTP_MESSAGE: &str = "an http(s):// uri is http(s)://HOST[:PORT]/PATH: a DNS name or \
-     IPv4 address, then the path of the file, without spaces";
+use crate::crd::rules::{GS_MESSAGE, HF_MESSAGE, HTTP_MESSAGE, S3_MESSAGE, SCHEME_MESSAGE};
 
 /// The message of the first rule of this module that `uri` breaks, if any.
 pub fn uri_error(uri: &str) -> Option<&'static str> {
