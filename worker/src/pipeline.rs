@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::generation::{generate, DecodeIds, Generated, GenerationError, GenerationParams};
+use crate::generation::{
+    generate, DecodeIds, Generated, GenerationError, GenerationParams, StepError, StepModel,
+};
 use crate::loader::LoadedModel;
 use crate::model::{Prefill, VisionBatch};
 use crate::prompt::{left_pad, prompt_token_ids};
@@ -213,4 +215,15 @@ pub fn run_batch(
         })
         .collect();
     Ok((results, timings))
+}
+
+/// The candle model's decoding session, for decoding (the CPU path of one batch).
+impl StepModel for crate::model::LlmSession<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError> {
+        Ok(crate::model::LlmSession::step(self, tokens)?)
+    }
+
+    fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {
+        Ok(crate::model::LlmSession::select_rows(self, rows)?)
+    }
 }

@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use lynx_kernels::KernelError;
 
 use crate::config::LynxConfig;
-use crate::generation::StepModel;
+use crate::generation::{StepError, StepModel};
 use llm::{KvPool, Llm, PrefillBatch, RowCache};
 use ops::Ops;
 use vision::{Pixels, Vision};
@@ -262,11 +262,11 @@ impl<O: Ops> Drop for DeviceSession<'_, O> {
 }
 
 impl<O: Ops> StepModel for DeviceSession<'_, O> {
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, candle_core::Error> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError> {
         Ok(self.step_tokens(tokens)?)
     }
 
-    fn select_rows(&mut self, rows: &[u32]) -> Result<(), candle_core::Error> {
+    fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {
         Ok(self.reorder(rows)?)
     }
 }

@@ -19,21 +19,16 @@ pub use search::{generate, GenerationError};
 
 use crate::config::GenerationDefaults;
 
+/// A model step's failure, whatever computes it (the candle model, the forward program): decoding
+/// only reports it.
+pub type StepError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The model side of decoding.
 pub trait StepModel {
     /// Feeds one token per row, returns the next-token logits per row.
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, candle_core::Error>;
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError>;
     /// Reorders rows: new row `i` is old row `rows[i]`.
-    fn select_rows(&mut self, rows: &[u32]) -> Result<(), candle_core::Error>;
-}
-
-impl StepModel for crate::model::LlmSession<'_> {
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, candle_core::Error> {
-        crate::model::LlmSession::step(self, tokens)
-    }
-    fn select_rows(&mut self, rows: &[u32]) -> Result<(), candle_core::Error> {
-        crate::model::LlmSession::select_rows(self, rows)
-    }
+    fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError>;
 }
 
 /// Decoding mode.

@@ -10,7 +10,7 @@ use super::{DecodeIds, DecodingMode, Generated, GenerationParams, StepModel};
 pub enum GenerationError {
     /// The model failed during a step.
     #[error("model step failed: {0}")]
-    Model(#[from] candle_core::Error),
+    Model(#[from] super::StepError),
     /// Parameters that cannot be decoded with.
     #[error("invalid generation parameters: {0}")]
     InvalidParams(String),

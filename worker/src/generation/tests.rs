@@ -50,7 +50,7 @@ fn logits_of(history: &[u32]) -> Vec<f32> {
 }
 
 impl StepModel for Scripted {
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, candle_core::Error> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, super::StepError> {
         assert_eq!(tokens.len(), self.rows.len());
         self.steps.push(tokens.len());
         for (h, t) in self.rows.iter_mut().zip(tokens) {
@@ -59,7 +59,7 @@ impl StepModel for Scripted {
         Ok(self.rows.iter().map(|h| logits_of(h)).collect())
     }
 
-    fn select_rows(&mut self, rows: &[u32]) -> Result<(), candle_core::Error> {
+    fn select_rows(&mut self, rows: &[u32]) -> Result<(), super::StepError> {
         self.rows = rows
             .iter()
             .map(|&r| self.rows[r as usize].clone())

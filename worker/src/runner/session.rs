@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::generation::StepModel;
+use crate::generation::{StepError, StepModel};
 use crate::model::LlmSession;
 use crate::served::{DevicePrefix, DeviceStep};
 
@@ -51,16 +51,16 @@ impl Session<'_> {
 }
 
 impl StepModel for Session<'_> {
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    fn step(&mut self, tokens: &[u32]) -> std::result::Result<Vec<Vec<f32>>, StepError> {
         match self {
-            Session::Cpu(s) => s.step(tokens),
+            Session::Cpu(s) => Ok(s.step(tokens)?),
             Session::Device(s) => s.step(tokens),
         }
     }
 
-    fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
+    fn select_rows(&mut self, rows: &[u32]) -> std::result::Result<(), StepError> {
         match self {
-            Session::Cpu(s) => s.select_rows(rows),
+            Session::Cpu(s) => Ok(s.select_rows(rows)?),
             Session::Device(s) => s.select_rows(rows),
         }
     }
