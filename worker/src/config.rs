@@ -5,6 +5,8 @@
 //! Two layers, as in the checkpoint world: raw serde structs that mirror the files ([`LynxYaml`],
 //! [`HfLlamaConfig`]), then one validated config whose sizes are checked against the weights.
 
+pub mod presets;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,11 @@
 //! Model architectures that can be instantiated with seeded random weights directly where they
 //! run (`--random-weights`), so the full-size model is benchmarked without 17 GB of files.
 
+use crate::config::presets::Preset;
 use crate::config::{
     BridgeConfig, GenerationDefaults, ImageNorm, LlmConfig, LynxConfig, PromptConfig,
     SpecialTokens, VisionConfig,
 };
-use crate::embedded::Preset;
 
 /// A randomly initialised architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl RandomModel {
                 "lynx-7b-random",
             ),
             Self::Tiny => {
-                let tok = crate::embedded::toy_tokenizer().map_err(|e| e.to_string())?;
+                let tok = crate::tokenizer::toy::toy_tokenizer().map_err(|e| e.to_string())?;
                 let mut cfg = Preset::Tiny.config(&tok);
                 cfg.model_name = "lynx-tiny-random".into();
                 return Ok(cfg);

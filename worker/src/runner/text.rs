@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn deltas_never_show_a_stop_string_and_add_up() {
-        let tok = crate::embedded::toy_tokenizer().expect("toy tokenizer");
+        let tok = crate::tokenizer::toy::toy_tokenizer().expect("toy tokenizer");
         let ids = tok.encode("hello world foo bar").expect("encode");
         let full = tok.decode(&ids, true);
         let stop = vec!["foo".to_owned()];

@@ -42,6 +42,7 @@ pub mod sp_proto;
 mod special;
 #[cfg(test)]
 mod tests;
+pub mod toy;
 
 use build::*;
 pub use error::TokenizerError;
