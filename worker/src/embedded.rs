@@ -78,6 +78,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Returns the directory of the generated `preset`, generating it first when absent. Generation
 /// writes to a temporary sibling and renames it, so concurrent callers never see a partial model.
+/// Meant for `tiny` and `small` (what `--embedded` offers); `lynx-7b` would be tens of GB.
 pub fn ensure_preset(preset: Preset) -> Result<PathBuf, CheckpointError> {
     let root = cache_dir();
     let dir = root.join(format!("{}-v{EMBEDDED_VERSION}", preset.name()));

@@ -265,9 +265,10 @@ fn the_model_check_harness_reads_every_case_and_compares() {
 /// row is produced with a positive finite rate, and decode rows carry the weight-streaming limit.
 #[test]
 fn the_e2e_bench_measures_every_stage() {
+    use lynx_worker::config::presets::Preset;
     use lynx_worker::forward::e2e::{llm_step_bytes, run, E2eOptions};
-    use lynx_worker::forward::random::RandomModel;
-    let cfg = RandomModel::Tiny.config().unwrap();
+    let tok = lynx_worker::tokenizer::toy::toy_tokenizer().unwrap();
+    let cfg = Preset::Tiny.config(&tok);
     let m = DeviceLynx::load(HostOps::default(), Source::Random(1), &cfg, 256, 8).unwrap();
     let opts = E2eOptions {
         image_batches: vec![1, 2],

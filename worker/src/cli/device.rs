@@ -9,7 +9,6 @@ use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
 use crate::forward::ops::Ops;
-use crate::forward::random::RandomModel;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
@@ -24,7 +23,7 @@ pub struct DeviceFlags {
     /// Where the model computes (`--device`).
     pub device: DeviceArg,
     /// A randomly initialised architecture instead of a model directory (`--random-weights`).
-    pub random_weights: Option<RandomModel>,
+    pub random_weights: Option<Preset>,
 }
 
 /// Builds the served model: the candle model for `cpu`, the forward program otherwise.
@@ -53,7 +52,7 @@ pub fn load_served(
     let (config, tokenizer, source) = match flags.random_weights {
         Some(arch) => {
             let tokenizer = toy_tokenizer().map_err(|e| err(&e))?;
-            let mut config = arch.config().map_err(CliError)?;
+            let mut config = arch.config(&tokenizer);
             config.llm.vocab_size = config.llm.vocab_size.max(tokenizer.len());
             config.tokens.bos = tokenizer.bos_id();
             config.tokens.eos = tokenizer.eos_id();
@@ -145,13 +144,13 @@ mod tests {
         };
         let cpu = DeviceFlags {
             device: DeviceArg::Cpu,
-            random_weights: Some(RandomModel::Tiny),
+            random_weights: Some(Preset::Tiny),
         };
         let e = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect_err("refused");
         assert!(e.0.contains("--device cuda or --device mirror"), "{e}");
         let mirror = DeviceFlags {
             device: DeviceArg::Mirror,
-            random_weights: Some(RandomModel::Tiny),
+            random_weights: Some(Preset::Tiny),
         };
         let e = load_served(&model, &mirror, StoreDtype::F32, 64, 12).expect_err("refused");
         assert!(e.0.contains("power of two"), "{e}");

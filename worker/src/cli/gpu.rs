@@ -120,11 +120,12 @@ pub fn run_selftest(args: &SelftestArgs) -> Result<(), CliError> {
 
 /// `gpu-bench --e2e`: the whole random-weight model on the device, in the bench's dtype.
 fn run_e2e(args: &BenchArgs, dtype: DType) -> Result<(), CliError> {
+    use crate::config::presets::Preset;
     use crate::forward::e2e::{run, E2eOptions};
-    use crate::forward::random::RandomModel;
     let err = |e: crate::forward::ForwardError| CliError(e.to_string());
-    let arch: RandomModel = args.random_weights.parse().map_err(CliError)?;
-    let cfg = arch.config().map_err(CliError)?;
+    let arch: Preset = args.random_weights.parse().map_err(CliError)?;
+    let tokenizer = crate::tokenizer::toy::toy_tokenizer().map_err(|e| CliError(e.to_string()))?;
+    let cfg = arch.config(&tokenizer);
     let gpu = std::sync::Arc::new(open(&args.device)?);
     let copy_bytes = 1usize << 30;
     let (src, mut dst) = gpu.copy_buffers(copy_bytes).map_err(kernel_err)?;

@@ -11,8 +11,8 @@ use lynx_serve_flags::{Dtype, Layout, ServeFlags};
 use super::device::{DeviceArg, DeviceFlags};
 use super::{CliError, StoreDtype};
 use crate::checkpoint::converted::is_converted;
+use crate::config::presets::Preset;
 use crate::engine::SchedulerConfig;
-use crate::forward::random::RandomModel;
 use crate::runner::RunnerConfig;
 use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
@@ -27,10 +27,10 @@ pub struct ServeArgs {
     /// Model, layout, dtype, device, listeners, batching, limits, security and lifecycle.
     #[command(flatten)]
     pub flags: ServeFlags,
-    /// Serve a randomly initialised architecture (`lynx-7b`, `tiny`) made directly on the device
-    /// instead of a model directory (benchmarks; the toy tokenizer is used).
+    /// Serve a randomly initialised architecture (`lynx-7b`, `small`, `tiny`) made directly on
+    /// the device instead of a model directory (benchmarks; the toy tokenizer is used).
     #[arg(long, env = "LYNX_RANDOM_WEIGHTS")]
-    pub random_weights: Option<RandomModel>,
+    pub random_weights: Option<Preset>,
 }
 
 impl From<Dtype> for StoreDtype {

@@ -548,15 +548,16 @@ enum Attend<'a, O: Ops> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::presets::Preset;
     use crate::forward::host::HostOps;
-    use crate::forward::random::RandomModel;
 
     /// Two rows of one block each in a pool with no spare block: beam reordering `[0, 0]` must
     /// release row 1 before copying row 0 (the scheduler reserved no more than the rows hold).
     #[test]
     fn reordering_fits_in_the_blocks_the_rows_had() {
         let ops = HostOps::default();
-        let llm = RandomModel::Tiny.config().expect("tiny").llm;
+        let tok = crate::tokenizer::toy::toy_tokenizer().expect("toy tokenizer");
+        let llm = Preset::Tiny.config(&tok).llm;
         // Block 0 is scratch: two usable blocks.
         let mut pool = KvPool::new(&ops, &llm, 3, 4).expect("pool");
         let mut rows = vec![RowCache::default(), RowCache::default()];

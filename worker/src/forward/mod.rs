@@ -16,7 +16,6 @@ pub mod e2e;
 pub mod host;
 pub mod llm;
 pub mod ops;
-pub mod random;
 pub mod vision;
 pub mod weights;
 
