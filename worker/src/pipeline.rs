@@ -11,7 +11,7 @@ use crate::generation::{
 };
 use crate::loader::LoadedModel;
 use crate::model::{Prefill, VisionBatch};
-use crate::prompt::{left_pad, prompt_token_ids};
+use crate::prompt::{padded_prefill, prompt_token_ids};
 use crate::tokenizer::{python_strip, TokenizerError};
 
 /// Vision part of a request, already preprocessed into normalised CHW pixels.
@@ -156,11 +156,8 @@ pub fn prefill_inputs(
         .iter()
         .map(|r| prompt_token_ids(&m.tokenizer, &m.config, &r.question))
         .collect::<Result<Vec<_>, _>>()?;
-    let padded = left_pad(&prompts, m.config.tokens.pad);
-    let shape = (padded.batch, padded.width);
-    let ids = Tensor::from_vec(padded.ids, shape, &Device::Cpu)?;
-    let atts = Tensor::from_vec(padded.mask, shape, &Device::Cpu)?;
-    Ok((m.model.prefill_inputs(vision, &ids, &atts)?, prompts))
+    let prefill = padded_prefill(&m.model, vision, &prompts, m.config.tokens.pad)?;
+    Ok((prefill, prompts))
 }
 
 /// Encodes the requests' vision inputs (`None` when the batch is text only).

@@ -14,7 +14,7 @@ use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
 use crate::engine::Entry;
 use crate::generation::RequestDecoder;
 use crate::model::VisionBatch;
-use crate::prompt::left_pad;
+use crate::prompt::padded_prefill;
 use crate::served::Compute;
 
 fn ms(since: Instant) -> f64 {
@@ -255,12 +255,8 @@ impl<'m> Engine<'m> {
                 } else {
                     Some(Tensor::cat(&prefixes, 0)?)
                 };
-                let padded = left_pad(&prompts, m.config.tokens.pad);
-                let shape = (padded.batch, padded.width);
-                let device = model.device();
-                let ids = Tensor::from_vec(padded.ids, shape, device)?;
-                let atts = Tensor::from_vec(padded.mask, shape, device)?;
-                let prefill = model.prefill_inputs(vision.as_ref(), &ids, &atts)?;
+                let prefill =
+                    padded_prefill(model, vision.as_ref(), &prompts, m.config.tokens.pad)?;
                 let (session, first) = model.start_session(&prefill, rows)?;
                 Ok((Session::Cpu(session), first))
             }
