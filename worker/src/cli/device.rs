@@ -77,8 +77,6 @@ pub fn load_served(
             )
         }
     };
-    // One extra block: the program's scratch block for masked tokens.
-    let blocks = kv_blocks + 1;
     fn boxed<O: Ops + 'static>(
         ops: O,
         source: Source<'_>,
@@ -92,7 +90,13 @@ pub fn load_served(
     }
     let compute = match flags.device {
         DeviceArg::Cpu => return Err(CliError("the CPU model is not a device program".into())),
-        DeviceArg::Mirror => boxed(HostOps::default(), source, &config, blocks, kv_block_size)?,
+        DeviceArg::Mirror => boxed(
+            HostOps::default(),
+            source,
+            &config,
+            kv_blocks,
+            kv_block_size,
+        )?,
         DeviceArg::Cuda(ordinal) => {
             let gpu =
                 lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
@@ -103,7 +107,7 @@ pub fn load_served(
                     CudaOps::<f32>::new(gpu, lynx_kernels::Precision::F32).map_err(|e| err(&e))?,
                     source,
                     &config,
-                    blocks,
+                    kv_blocks,
                     kv_block_size,
                 )?,
                 half => {
@@ -116,7 +120,7 @@ pub fn load_served(
                         CudaOps::<u16>::new(gpu, precision).map_err(|e| err(&e))?,
                         source,
                         &config,
-                        blocks,
+                        kv_blocks,
                         kv_block_size,
                     )?
                 }

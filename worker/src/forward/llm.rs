@@ -59,18 +59,20 @@ pub struct KvPool<O: Ops> {
 }
 
 impl<O: Ops> KvPool<O> {
-    /// A pool of `num_blocks` blocks of `block_size` (a power of two) tokens for `llm`.
+    /// A pool of `usable_blocks` blocks of `block_size` (a power of two) tokens for `llm`, plus
+    /// the scratch block it allocates for itself.
     pub fn new(
         ops: &O,
         llm: &LlmConfig,
-        num_blocks: usize,
+        usable_blocks: usize,
         block_size: usize,
     ) -> Result<Self, ForwardError> {
-        if num_blocks < 2 || !block_size.is_power_of_two() {
+        if usable_blocks < 1 || !block_size.is_power_of_two() {
             return Err(ForwardError::Shape(format!(
-                "KV pool of {num_blocks} blocks of {block_size}"
+                "KV pool of {usable_blocks} blocks of {block_size}"
             )));
         }
+        let num_blocks = usable_blocks + 1;
         let len = num_blocks * block_size * llm.hidden;
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for _ in 0..llm.layers {
@@ -558,8 +560,8 @@ mod tests {
         let ops = HostOps::default();
         let tok = crate::tokenizer::toy::toy_tokenizer().expect("toy tokenizer");
         let llm = Preset::Tiny.config(&tok).llm;
-        // Block 0 is scratch: two usable blocks.
-        let mut pool = KvPool::new(&ops, &llm, 3, 4).expect("pool");
+        // Two usable blocks (the pool adds its scratch block).
+        let mut pool = KvPool::new(&ops, &llm, 2, 4).expect("pool");
         let mut rows = vec![RowCache::default(), RowCache::default()];
         for row in &mut rows {
             pool.reserve(row, 3).expect("one block");

@@ -63,8 +63,8 @@ pub struct DeviceLynx<O: Ops> {
 }
 
 impl<O: Ops> DeviceLynx<O> {
-    /// Loads every weight from `source` onto `ops` and sets up a KV cache of `kv_blocks`
-    /// blocks of `block_size` tokens.
+    /// Loads every weight from `source` onto `ops` and sets up a KV cache of `kv_blocks` usable
+    /// blocks of `block_size` tokens (the cache's scratch block comes on top).
     pub fn load(
         ops: O,
         source: Source<'_>,
