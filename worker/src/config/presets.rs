@@ -75,56 +75,33 @@ impl Preset {
             ),
         };
         let (hidden, intermediate, layers, heads, adapter_dim) = llm;
-        LynxConfig {
-            model_name: format!("lynx-{}-random", self.name()),
-            vision,
-            num_frames: 5,
-            bridge: BridgeConfig {
-                depth: bridge.0,
-                num_latents: bridge.1,
-                heads: 8,
-                dim_head: 64,
-                ff_hidden: bridge.2,
-            },
-            llm: LlmConfig {
-                hidden,
-                intermediate,
-                layers,
-                heads,
-                rms_norm_eps: 1e-6,
-                rope_theta: 10000.0,
-                max_position_embeddings: 2048,
-                vocab_size: tok.len(),
-                adapter_layers: (0..layers).step_by(2).collect(),
-                adapter_dim,
-            },
-            prompt: PromptConfig {
-                template: "User: {question}\nBot:".into(),
-                lower_text: true,
-                max_input_tokens: 40,
-            },
-            generation: GenerationDefaults {
-                max_new_tokens: 24,
-                min_length: 2,
-                num_beams: 5,
-                length_penalty: -2.0,
-                top_p: 0.9,
-                top_k: 3,
-                temperature: 1.0,
-                no_repeat_ngram_size: 2,
-                do_sample: true,
-            },
-            tokens: SpecialTokens {
-                bos: tok.bos_id(),
-                eos: tok.eos_id(),
-                pad: tok.pad_id().unwrap_or(tok.eos_id()),
-                unk: tok.unk_id(),
-            },
-            image_norm: ImageNorm {
-                mean: crate::vision::preprocess::OPENAI_CLIP_MEAN,
-                std: crate::vision::preprocess::OPENAI_CLIP_STD,
-            },
-        }
+        let bridge = BridgeConfig {
+            depth: bridge.0,
+            num_latents: bridge.1,
+            heads: 8,
+            dim_head: 64,
+            ff_hidden: bridge.2,
+        };
+        let llm = LlmConfig {
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 2048,
+            vocab_size: tok.len(),
+            adapter_layers: (0..layers).step_by(2).collect(),
+            adapter_dim,
+        };
+        let tokens = SpecialTokens {
+            bos: tok.bos_id(),
+            eos: tok.eos_id(),
+            pad: tok.pad_id().unwrap_or(tok.eos_id()),
+            unk: tok.unk_id(),
+        };
+        let name = format!("lynx-{}-random", self.name());
+        generated(name, vision, bridge, llm, 24, tokens)
     }
 }
 
@@ -160,8 +137,27 @@ fn lynx_7b() -> LynxConfig {
         },
         "lynx-7b-random",
     );
+    let tokens = SpecialTokens {
+        bos: 1,
+        eos: 2,
+        pad: 0,
+        unk: 0,
+    };
+    generated(name.into(), vision, bridge, llm, 64, tokens)
+}
+
+/// A generated architecture's configuration: 5 frames, the release's prompt template and
+/// decoding preset (with `max_new_tokens`), CLIP image normalisation.
+fn generated(
+    model_name: String,
+    vision: VisionConfig,
+    bridge: BridgeConfig,
+    llm: LlmConfig,
+    max_new_tokens: usize,
+    tokens: SpecialTokens,
+) -> LynxConfig {
     LynxConfig {
-        model_name: name.into(),
+        model_name,
         vision,
         num_frames: 5,
         bridge,
@@ -172,7 +168,7 @@ fn lynx_7b() -> LynxConfig {
             max_input_tokens: 40,
         },
         generation: GenerationDefaults {
-            max_new_tokens: 64,
+            max_new_tokens,
             min_length: 2,
             num_beams: 5,
             length_penalty: -2.0,
@@ -182,12 +178,7 @@ fn lynx_7b() -> LynxConfig {
             no_repeat_ngram_size: 2,
             do_sample: true,
         },
-        tokens: SpecialTokens {
-            bos: 1,
-            eos: 2,
-            pad: 0,
-            unk: 0,
-        },
+        tokens,
         image_norm: ImageNorm {
             mean: crate::vision::preprocess::OPENAI_CLIP_MEAN,
             std: crate::vision::preprocess::OPENAI_CLIP_STD,
