@@ -13,6 +13,7 @@ pub mod v1 {
 pub mod target;
 #[cfg(feature = "test-dns")]
 pub mod test_dns;
+pub mod tokens_file;
 pub mod video;
 
 /// The canonical gRPC name of `code` (`OK`, `INVALID_ARGUMENT`, ...), as metrics label it.

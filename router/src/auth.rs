@@ -18,15 +18,6 @@ impl Tokens {
         )
     }
 
-    /// The tokens of a file: one per line, `#` comments and blank lines skipped.
-    pub fn parse_file(text: &str) -> Vec<String> {
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// Whether `authorization` (the header's value) is accepted.
     pub fn accepts(&self, authorization: Option<&str>) -> bool {
         if self.0.is_empty() {
@@ -62,7 +53,9 @@ mod tests {
     #[test]
     fn only_configured_tokens_pass() {
         assert!(Tokens::default().accepts(None));
-        let t = Tokens::new(&Tokens::parse_file("# team a\nsecret-1\n\n secret-2 \n"));
+        let t = Tokens::new(&lynx_proto::tokens_file::parse(
+            "# team a\nsecret-1\n\n secret-2 \n",
+        ));
         assert!(t.accepts(Some("Bearer secret-1")));
         assert!(t.accepts(Some("Bearer secret-2")));
         assert!(!t.accepts(Some("Bearer secret-3")));

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::Parser;
 use lynx_proto::target::Target;
 
-use crate::auth::Tokens;
 use crate::fleet::FleetConfig;
 use crate::policy::{PickerConfig, Policy};
 use crate::route::HoldConfig;
@@ -83,7 +82,7 @@ impl RouterArgs {
         if let Some(path) = &self.auth_tokens_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            tokens = Tokens::parse_file(&text);
+            tokens = lynx_proto::tokens_file::parse(&text);
             if tokens.is_empty() {
                 return Err(format!("{} holds no token", path.display()));
             }

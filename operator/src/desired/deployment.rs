@@ -69,13 +69,7 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Deployment {
             PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
         ),
         automount_service_account_token: Some(false),
-        image_pull_secrets: non_empty(
-            spec.worker
-                .image_pull_secrets
-                .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
-                .collect(),
-        ),
+        image_pull_secrets: image_pull_secrets(&spec.worker),
         node_selector: non_empty_map(spec.worker.node_selector.clone()),
         tolerations: non_empty(spec.worker.tolerations.clone()),
         affinity: spec.worker.affinity.clone(),
@@ -385,6 +379,17 @@ pub(super) fn restricted() -> SecurityContext {
         seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
     }
+}
+
+/// The worker's `imagePullSecrets`, for every pod the operator creates (`None` when empty).
+pub(super) fn image_pull_secrets(worker: &WorkerSpec) -> Option<Vec<LocalObjectReference>> {
+    non_empty(
+        worker
+            .image_pull_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect(),
+    )
 }
 
 /// The pod security context of every pod the operator creates: non-root as `RUN_AS`, the

@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, HostPathVolumeSource,
-    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    SecretEnvSource, Volume,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretEnvSource, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::deployment::{mount, non_empty, pod_security, pull_policy, restricted, MODEL_MOUNT};
+use super::deployment::{
+    image_pull_secrets, mount, pod_security, pull_policy, restricted, MODEL_MOUNT,
+};
 use super::{labels, Context};
 use crate::crd::{LynxDeploymentSpec, ModelLayout, ModelSpec, UriSource};
 
@@ -246,13 +247,7 @@ pub(super) fn job(ctx: &Context<'_>) -> Option<Job> {
             ]),
             security_context: Some(pod_security()),
             automount_service_account_token: Some(false),
-            image_pull_secrets: non_empty(
-                spec.worker
-                    .image_pull_secrets
-                    .iter()
-                    .map(|name| LocalObjectReference { name: name.clone() })
-                    .collect(),
-            ),
+            image_pull_secrets: image_pull_secrets(&spec.worker),
             ..PodSpec::default()
         }),
     };

@@ -4,15 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, LocalObjectReference, PodSpec, PodTemplateSpec, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::deployment::{
-    http_probe, mount, non_empty, non_empty_map, pod_security, port, quantities, restricted,
-    secret_volume, AUTH_MOUNT, HTTP_PORT,
+    http_probe, image_pull_secrets, mount, non_empty_map, pod_security, port, quantities,
+    restricted, secret_volume, AUTH_MOUNT, HTTP_PORT,
 };
 use super::{labels, router_name, service, workers_target, ClusterCapabilities, Context};
 use crate::crd::{PullPolicy, RouterSpec};
@@ -101,13 +99,7 @@ pub(super) fn deployment(ctx: &Context<'_>) -> Option<Deployment> {
         security_context: Some(pod_security()),
         termination_grace_period_seconds: Some(spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS),
         automount_service_account_token: Some(false),
-        image_pull_secrets: non_empty(
-            spec.worker
-                .image_pull_secrets
-                .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
-                .collect(),
-        ),
+        image_pull_secrets: image_pull_secrets(&spec.worker),
         ..PodSpec::default()
     };
     Some(Deployment {

@@ -14,7 +14,6 @@ use crate::checkpoint::converted::is_converted;
 use crate::config::presets::Preset;
 use crate::engine::SchedulerConfig;
 use crate::runner::RunnerConfig;
-use crate::serve::auth::Tokens;
 use crate::serve::limits::Limits;
 use crate::serve::prepare::PrepareConfig;
 use crate::serve::priority;
@@ -56,7 +55,7 @@ impl ServeArgs {
         if let Some(path) = &s.auth_tokens_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
-            auth_tokens = Tokens::parse_file(&text);
+            auth_tokens = lynx_proto::tokens_file::parse(&text);
             if auth_tokens.is_empty() {
                 return Err(CliError(format!("{} holds no token", path.display())));
             }

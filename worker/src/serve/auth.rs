@@ -32,15 +32,6 @@ impl Tokens {
         ))
     }
 
-    /// Tokens of a tokens file: one per line, blank lines and `#` comments ignored.
-    pub fn parse_file(text: &str) -> Vec<String> {
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// Whether authentication is on.
     pub fn enabled(&self) -> bool {
         !self.0.is_empty()
@@ -82,7 +73,9 @@ mod tests {
 
     #[test]
     fn only_configured_bearer_tokens_pass() {
-        let t = Tokens::new(Tokens::parse_file("# team a\nsecret-1\n\n  secret-2  \n"));
+        let t = Tokens::new(lynx_proto::tokens_file::parse(
+            "# team a\nsecret-1\n\n  secret-2  \n",
+        ));
         assert!(t.check(&headers("Bearer secret-1")).is_ok());
         assert!(t.check(&headers("Bearer secret-2")).is_ok());
         for scheme in ["bearer", "BEARER", "bEaReR"] {
