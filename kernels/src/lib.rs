@@ -10,6 +10,7 @@
 //!   masked pad gap, and decode over a paged KV cache), validated.
 //! - [`cpu`]: the reference implementation (f64 accumulation), behind the same
 //!   [`AttentionBackend`] interface as the GPU path.
+//! - [`host`]: the CPU serving kernels (f32, SIMD, every core): what `--device cpu` runs.
 //! - [`cuda`]: the GPU implementation.
 //! - [`nvrtc`]: run-time compilation, the on-disk cache and the ptxas resource report.
 //! - [`projection`]: the resampler's fused vision-token projection (problem, the host-side
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod cpu;
 pub mod cuda;
 mod error;
+pub mod host;
 pub mod nvrtc;
 pub mod ops;
 pub mod problem;

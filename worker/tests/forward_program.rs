@@ -1,6 +1,8 @@
-//! The forward program (the kernel-call sequence the GPU runs) on its host mirror, against the
-//! official outputs of the tiny fixture: vision prefix, first-step logits and greedy / beam token
-//! ids on every case, and the paged KV cache's bookkeeping (blocks all returned, beams copied).
+//! The forward program (the kernel-call sequence every backend runs) on the host, with both of
+//! its arithmetics (the CPU serving kernels of `--device cpu` and the f64 mirror of
+//! `--device mirror`), against the official outputs of the tiny fixture: vision prefix,
+//! first-step logits and greedy / beam token ids on every case, and the paged KV cache's
+//! bookkeeping (blocks all returned, beams copied).
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +14,7 @@ use common::*;
 use lynx_worker::checkpoint::release::load_release;
 use lynx_worker::config::LynxConfig;
 use lynx_worker::forward::host::HostOps;
+use lynx_worker::forward::ops::Ops;
 use lynx_worker::forward::vision::Pixels;
 use lynx_worker::forward::weights::Source;
 use lynx_worker::forward::{DeviceLynx, ForwardError};
@@ -20,13 +23,18 @@ use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParam
 const KV_BLOCKS: usize = 512;
 const BLOCK: usize = 8;
 
-/// A model of its own per test (tests run in parallel and count the cache's free blocks).
+/// A mirror model of its own per test (tests run in parallel and count the cache's free blocks).
 fn model() -> DeviceLynx<HostOps> {
+    model_on(HostOps::mirror())
+}
+
+/// The fixture model on `ops`.
+fn model_on(ops: HostOps) -> DeviceLynx<HostOps> {
     let merged = load_release(&model_dir(), None).unwrap();
     let cfg: LynxConfig = merged.config.clone();
     let vb = VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu);
     DeviceLynx::load(
-        HostOps::default(),
+        ops,
         Source::Checkpoint(vb),
         &cfg,
         KV_BLOCKS,
@@ -71,7 +79,14 @@ fn text(t: &std::collections::HashMap<String, Tensor>) -> (Vec<u32>, Vec<usize>,
 }
 
 fn check_case(case: &str) {
-    let m = &model();
+    for ops in [HostOps::cpu(), HostOps::mirror()] {
+        check_case_on(case, ops);
+    }
+}
+
+fn check_case_on(case: &str, ops: HostOps) {
+    let m = &model_on(ops);
+    let label = format!("{case} on {}", m.ops().describe());
     let cfg = m.config();
     let t = case_tensors(case);
     let px = &t["pixel_values"];
@@ -87,8 +102,8 @@ fn check_case(case: &str) {
         })
         .unwrap();
     let r = rel(&prefix, &flat(&t["bridge_out"]));
-    eprintln!("{case}: bridge_out rel {r:.1e}");
-    assert!(r <= 1e-5, "{case} bridge_out rel {r:e}");
+    eprintln!("{label}: bridge_out rel {r:.1e}");
+    assert!(r <= 1e-5, "{label} bridge_out rel {r:e}");
 
     let (ids, pads, rows) = text(&t);
     let free = m.free_blocks().unwrap();
@@ -101,7 +116,7 @@ fn check_case(case: &str) {
         for (row, got) in first.iter().enumerate() {
             let want = &all[(row * s + s - 1) * v..][..v];
             let r = rel(got, want);
-            assert!(r <= 1e-5, "{case} row {row} first logits rel {r:e}");
+            assert!(r <= 1e-5, "{label} row {row} first logits rel {r:e}");
         }
     }
     assert_eq!(
@@ -127,10 +142,10 @@ fn check_case(case: &str) {
     };
     let mut greedy = GenerationParams::from_defaults(&cfg.generation, DecodingMode::Greedy);
     greedy.max_new_tokens = 16;
-    assert_eq!(run(&greedy), ref_ids(case, GREEDY_KEY), "{case} greedy");
+    assert_eq!(run(&greedy), ref_ids(case, GREEDY_KEY), "{label} greedy");
     let mut beam = GenerationParams::from_defaults(&cfg.generation, DecodingMode::Beam);
     beam.max_new_tokens = 16;
-    assert_eq!(run(&beam), ref_ids(case, BEAM_KEY), "{case} beam-5");
+    assert_eq!(run(&beam), ref_ids(case, BEAM_KEY), "{label} beam-5");
     assert_eq!(m.free_blocks().unwrap(), free, "beam copies are returned");
 }
 
@@ -156,7 +171,13 @@ fn video0_matches_the_official_outputs() {
 
 #[test]
 fn text_only_greedy_matches() {
-    let m = &model();
+    for ops in [HostOps::cpu(), HostOps::mirror()] {
+        text_only_greedy_on(ops);
+    }
+}
+
+fn text_only_greedy_on(ops: HostOps) {
+    let m = &model_on(ops);
     let case = &ref_json()["text_only_greedy"];
     let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
     let cfg = m.config();

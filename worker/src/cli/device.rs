@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{load_model, CliError, ModelArgs, StoreDtype};
+use super::{CliError, ModelArgs, StoreDtype};
 use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
@@ -26,7 +26,7 @@ pub struct DeviceFlags {
     pub random_weights: Option<Preset>,
 }
 
-/// Builds the served model: the candle model for `cpu`, the forward program otherwise.
+/// Builds the served model: the forward program on the chosen backend.
 pub fn load_served(
     model: &ModelArgs,
     flags: &DeviceFlags,
@@ -35,14 +35,6 @@ pub fn load_served(
     kv_block_size: usize,
 ) -> Result<ServedModel, CliError> {
     let err = |e: &dyn std::fmt::Display| CliError(e.to_string());
-    if flags.device == DeviceArg::Cpu {
-        if flags.random_weights.is_some() {
-            return Err(CliError(
-                "--random-weights needs --device cuda or --device mirror".into(),
-            ));
-        }
-        return load_model(model).map(Into::into);
-    }
     if !kv_block_size.is_power_of_two() {
         return Err(CliError(format!(
             "--kv-block-size {kv_block_size} must be a power of two on --device {:?}",
@@ -89,9 +81,9 @@ pub fn load_served(
             .map_err(|e| CliError(e.to_string()))
     }
     let compute = match flags.device {
-        DeviceArg::Cpu => return Err(CliError("the CPU model is not a device program".into())),
+        DeviceArg::Cpu => boxed(HostOps::cpu(), source, &config, kv_blocks, kv_block_size)?,
         DeviceArg::Mirror => boxed(
-            HostOps::default(),
+            HostOps::mirror(),
             source,
             &config,
             kv_blocks,
@@ -140,7 +132,7 @@ mod tests {
     use crate::cli::EmbeddedArg;
 
     #[test]
-    fn random_weights_need_a_device_program_and_blocks_a_power_of_two() {
+    fn every_backend_takes_random_weights_and_blocks_a_power_of_two() {
         let model = ModelArgs {
             model: None,
             config: None,
@@ -150,8 +142,10 @@ mod tests {
             device: DeviceArg::Cpu,
             random_weights: Some(Preset::Tiny),
         };
-        let e = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect_err("refused");
-        assert!(e.0.contains("--device cuda or --device mirror"), "{e}");
+        let served = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect("tiny random");
+        assert!(served.device().starts_with("cpu f32"), "{}", served.device());
+        let e = load_served(&model, &cpu, StoreDtype::F32, 64, 12).expect_err("refused");
+        assert!(e.0.contains("power of two"), "{e}");
         let mirror = DeviceFlags {
             device: DeviceArg::Mirror,
             random_weights: Some(Preset::Tiny),

@@ -1,9 +1,15 @@
-//! The host mirror of the GPU backend: every operation in f32 on `Vec<f32>`, built from the
-//! kernels crate's references (f64 accumulation). It runs the very program the GPU runs, so the
-//! program is tested here against the candle model and the official outputs; on a GPU machine
-//! it is the yardstick of the fp32 comparison.
+//! The forward on the host, on `Vec<f32>`, with one of two arithmetics:
+//!
+//! - [`HostOps::cpu`] (`--device cpu`, the embedded default): the kernels crate's CPU serving
+//!   kernels ([`lynx_kernels::host`]), f32 as PyTorch computes it, SIMD on every core;
+//! - [`HostOps::mirror`] (`--device mirror`): the kernels crate's references (f64 accumulation),
+//!   the yardstick the GPU and the CPU kernels are checked against.
+//!
+//! Buffers, indices, the paged KV cache and the copies are the same for both.
 
 use lynx_kernels::cpu::CpuAttention;
+use lynx_kernels::host::elementwise::{self as fast, QkvShape, Rope};
+use lynx_kernels::host::gemm::{self, LinearArgs};
 use lynx_kernels::ops as reference;
 use lynx_kernels::projection::{self, ProjectionWeights, VisionProjection};
 use lynx_kernels::{AttentionBackend, DecodeAttention, DenseAttention, Precision};
@@ -17,6 +23,36 @@ const F32: Precision = Precision::F32;
 #[derive(Debug, Default)]
 pub struct HostOps {
     attention: CpuAttention,
+    arithmetic: Arithmetic,
+}
+
+/// How the host computes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Arithmetic {
+    /// The f64-accumulating references (`--device mirror`).
+    #[default]
+    Reference,
+    /// The CPU serving kernels (`--device cpu`).
+    Fast,
+}
+
+impl HostOps {
+    /// The CPU serving backend: the fast f32 kernels on every core.
+    pub fn cpu() -> Self {
+        Self {
+            arithmetic: Arithmetic::Fast,
+            ..Self::default()
+        }
+    }
+
+    /// The mirror of the GPU program: the f64-accumulating references.
+    pub fn mirror() -> Self {
+        Self::default()
+    }
+
+    fn fast(&self) -> bool {
+        self.arithmetic == Arithmetic::Fast
+    }
 }
 
 /// Host indices, checked against their bound.
@@ -54,6 +90,54 @@ fn in_place(
     Ok(())
 }
 
+/// The vision-token projection with the CPU kernels: the frame embedding added, LayerNorm, then
+/// the `K` and `V` halves of `to_kv` as two GEMMs.
+fn fast_project(
+    media: &[f32],
+    p: &VisionProjection,
+    proj: &HostProjection,
+    k: &mut [f32],
+    v: &mut [f32],
+) -> Result<(), ForwardError> {
+    p.validate()?;
+    let (rows, width) = (p.rows, p.k_dim);
+    need("vision tokens", media.len(), rows * width)?;
+    let mut x = media[..rows * width].to_vec();
+    if let (true, Some(embed)) = (p.frames > 0, &proj.frame_embed) {
+        for (m, row) in x.chunks_exact_mut(width).enumerate() {
+            let e = &embed[p.frame_of(m) * width..][..width];
+            row.iter_mut().zip(e).for_each(|(a, b)| *a += b);
+        }
+    }
+    let mut normed = vec![0f32; rows * width];
+    fast::layernorm(&x, rows, &proj.gamma, &proj.beta, p.eps, &mut normed)?;
+    let (w_k, w_v) = proj.w_kv.split_at(p.inner * width);
+    for (w, out) in [(w_k, k), (w_v, v)] {
+        let args = LinearArgs {
+            x: &normed,
+            w,
+            bias: None,
+            rows,
+            k: width,
+            n: p.inner,
+        };
+        gemm::linear(&args, out, false)?;
+    }
+    Ok(())
+}
+
+/// A linear layer's operands for the CPU kernels.
+fn linear_args<'a>(x: &'a [f32], rows: usize, w: &'a Linear<Vec<f32>>) -> LinearArgs<'a> {
+    LinearArgs {
+        x,
+        w: &w.w,
+        bias: w.b.as_deref(),
+        rows,
+        k: w.in_dim,
+        n: w.out_dim,
+    }
+}
+
 impl Ops for HostOps {
     type Buf = Vec<f32>;
     type Idx = HostIdx;
@@ -62,7 +146,10 @@ impl Ops for HostOps {
     type Tables = ();
 
     fn describe(&self) -> String {
-        "host f32".into()
+        match self.arithmetic {
+            Arithmetic::Reference => "host f32".into(),
+            Arithmetic::Fast => format!("cpu f32 ({} threads)", rayon::current_num_threads()),
+        }
     }
 
     fn elem_bytes(&self) -> usize {
@@ -124,6 +211,9 @@ impl Ops for HostOps {
     ) -> Result<HostProjection, ForwardError> {
         p.validate()?;
         need("to_kv weight", values.w_kv.len(), p.n_dim() * p.k_dim)?;
+        if let (true, Some(e)) = (p.frames > 0, values.frame_embed) {
+            need("frame embedding", e.len(), p.frames * p.k_dim)?;
+        }
         Ok(HostProjection {
             w_kv: values.w_kv.to_vec(),
             gamma: values.gamma.to_vec(),
@@ -139,6 +229,9 @@ impl Ops for HostOps {
         w: &Linear<Vec<f32>>,
         y: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(gemm::linear(&linear_args(x, rows, w), y, false)?);
+        }
         let (k, n) = (w.in_dim, w.out_dim);
         need("linear input", x.len(), rows * k)?;
         need("linear output", y.len(), rows * n)?;
@@ -162,6 +255,9 @@ impl Ops for HostOps {
         w: &Linear<Vec<f32>>,
         y: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(gemm::linear(&linear_args(x, rows, w), y, true)?);
+        }
         let n = rows * w.out_dim;
         let mut out = vec![0f32; n];
         self.linear(x, rows, w, &mut out)?;
@@ -175,6 +271,12 @@ impl Ops for HostOps {
         norm: &Norm<Vec<f32>>,
         out: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(match &norm.b {
+                Some(b) => fast::layernorm(x, rows, &norm.w, b, norm.eps, out),
+                None => fast::rmsnorm(x, rows, &norm.w, norm.eps, out),
+            }?);
+        }
         let n = rows * norm.dim;
         need("norm input", x.len(), n)?;
         need("norm output", out.len(), n)?;
@@ -187,12 +289,18 @@ impl Ops for HostOps {
     }
 
     fn gelu(&self, x: &mut Vec<f32>, rows: usize, cols: usize) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(fast::gelu(x, rows * cols)?);
+        }
         in_place("gelu input", x, rows * cols, |v| {
             reference::bias_gelu(F32, v, None)
         })
     }
 
     fn silu(&self, x: &mut Vec<f32>, n: usize) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(fast::silu(x, n)?);
+        }
         in_place("silu input", x, n, |v| reference::silu(F32, v))
     }
 
@@ -203,6 +311,9 @@ impl Ops for HostOps {
         inter: usize,
         out: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(fast::silu_mul(gate_up, rows, inter, out)?);
+        }
         need("gate|up", gate_up.len(), rows * 2 * inter)?;
         need("silu output", out.len(), rows * inter)?;
         let y = reference::silu_mul(F32, &gate_up[..rows * 2 * inter], inter);
@@ -221,6 +332,19 @@ impl Ops for HostOps {
         k: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            let shape = QkvShape {
+                tokens,
+                heads,
+                head_dim,
+            };
+            let rope = rope.map(|(positions, table)| Rope {
+                positions: &positions.0,
+                cos: &table.0,
+                sin: &table.1,
+            });
+            return Ok(fast::qkv_split(qkv, shape, rope, q, k, v)?);
+        }
         let n = tokens * heads * head_dim;
         need("fused qkv", qkv.len(), 3 * n)?;
         let (qo, ko, vo) = match rope {
@@ -253,6 +377,9 @@ impl Ops for HostOps {
         n: usize,
         scale: f32,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(fast::add_scaled(acc, b, n, scale)?);
+        }
         need("addend", b.len(), n)?;
         in_place("accumulator", acc, n, |v| {
             reference::add_scaled(F32, v, &b[..n], scale)
@@ -306,6 +433,9 @@ impl Ops for HostOps {
         v: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(lynx_kernels::host::attention::dense(p, q, k, v, out)?);
+        }
         let exact = |b: &Vec<f32>, n: usize| b[..n.min(b.len())].to_vec();
         let mut o = vec![0f32; p.q_len()];
         self.attention.dense(
@@ -361,6 +491,11 @@ impl Ops for HostOps {
         v_cache: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return Ok(lynx_kernels::host::attention::decode(
+                p, q, k_cache, v_cache, out,
+            )?);
+        }
         let n = p.batch * p.heads * p.head_dim;
         let mut o = vec![0f32; n];
         self.attention
@@ -378,6 +513,9 @@ impl Ops for HostOps {
         k: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<(), ForwardError> {
+        if self.fast() {
+            return fast_project(media, p, proj, k, v);
+        }
         let n = p.rows * p.k_dim;
         need("vision tokens", media.len(), n)?;
         let weights = ProjectionWeights {

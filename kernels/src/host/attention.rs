@@ -1,0 +1,224 @@
+//! Attention on the CPU in f32: one task per (sequence, head) pair, scores by SIMD dot products
+//! four keys at a time, a max-subtracted softmax with the vectorised `exp`, and the weighted sum
+//! of values. Dense attention skips the keys a query cannot see (causal limit, Lynx's pad gap)
+//! instead of masking them; decode reads the paged KV cache in place.
+
+use rayon::prelude::*;
+
+use super::gemm::dots;
+use super::math::exp;
+use super::{need, vectorized};
+use crate::problem::{DecodeAttention, DenseAttention};
+use crate::KernelError;
+
+/// `out = softmax(scale * q . k_j) . v_j` over the keys `keys(j)` / values `values(j)` for `j`
+/// in `visible` (zeros when nothing is visible). `scores` is scratch.
+#[inline(always)]
+fn attend<'a>(
+    q: &[f32],
+    visible: &[std::ops::Range<usize>],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    scores.clear();
+    for range in visible {
+        let mut j = range.start;
+        while j + 4 <= range.end {
+            let s = dots([key(j), key(j + 1), key(j + 2), key(j + 3)], q);
+            scores.extend(s.iter().map(|v| v * scale));
+            j += 4;
+        }
+        for j in j..range.end {
+            scores.push(dots([key(j)], q)[0] * scale);
+        }
+    }
+    out.fill(0.0);
+    if scores.is_empty() {
+        return;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = exp(*s - max);
+        total += *s;
+    }
+    let mut n = 0;
+    for range in visible {
+        for j in range.clone() {
+            let (p, vj) = (scores[n], value(j));
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o = p.mul_add(x, *o);
+            }
+            n += 1;
+        }
+    }
+    let inv = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// Dense attention over `[batch][seq][heads][head_dim]` tensors (see
+/// [`crate::AttentionBackend::dense`]; no cache write).
+pub fn dense(
+    p: &DenseAttention,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    p.validate()?;
+    need("q", q.len(), p.q_len())?;
+    need("k", k.len(), p.kv_len())?;
+    need("v", v.len(), p.kv_len())?;
+    need("attention output", out.len(), p.q_len())?;
+    let (heads, d) = (p.heads, p.head_dim);
+    let q_at = |b: usize, i: usize, h: usize| ((b * p.seq_q + i) * heads + h) * d;
+    let kv_at = |b: usize, j: usize, h: usize| ((b * p.seq_kv + j) * heads + h) * d;
+    let pairs: Vec<Vec<f32>> = (0..p.batch * heads)
+        .into_par_iter()
+        .map(|pair| {
+            let (b, h) = (pair / heads, pair % heads);
+            let (lo, hi) = p.gap(b);
+            let mut rows = vec![0f32; p.seq_q * d];
+            let mut scores = Vec::with_capacity(p.seq_kv);
+            vectorized(|| {
+                for (i, row) in rows.chunks_exact_mut(d).enumerate() {
+                    let limit = if p.causal {
+                        (i + p.seq_kv + 1).saturating_sub(p.seq_q).min(p.seq_kv)
+                    } else {
+                        p.seq_kv
+                    };
+                    let visible = [0..lo.min(limit), hi.min(limit)..limit];
+                    attend(
+                        &q[q_at(b, i, h)..][..d],
+                        &visible,
+                        |j| &k[kv_at(b, j, h)..][..d],
+                        |j| &v[kv_at(b, j, h)..][..d],
+                        p.scale,
+                        &mut scores,
+                        row,
+                    );
+                }
+            });
+            rows
+        })
+        .collect();
+    for (pair, rows) in pairs.iter().enumerate() {
+        let (b, h) = (pair / heads, pair % heads);
+        for (i, row) in rows.chunks_exact(d).enumerate() {
+            out[q_at(b, i, h)..][..d].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
+/// One decode step over the paged cache (see [`crate::AttentionBackend::decode`]).
+pub fn decode(
+    p: &DecodeAttention,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    p.validate()?;
+    let (heads, d) = (p.heads, p.head_dim);
+    let n = p.batch * heads * d;
+    need("q", q.len(), n)?;
+    need("k cache", k_cache.len(), p.cache_len())?;
+    need("v cache", v_cache.len(), p.cache_len())?;
+    need("decode output", out.len(), n)?;
+    out[..n]
+        .par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(pair, row)| {
+            let (b, h) = (pair / heads, pair % heads);
+            let len = p.seq_lens[b] as usize;
+            let mut scores = Vec::with_capacity(len);
+            vectorized(|| {
+                attend(
+                    &q[pair * d..][..d],
+                    std::slice::from_ref(&(0..len)),
+                    |j| &k_cache[p.cache_offset(b, j, h)..][..d],
+                    |j| &v_cache[p.cache_offset(b, j, h)..][..d],
+                    p.scale,
+                    &mut scores,
+                    row,
+                )
+            });
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuAttention;
+    use crate::AttentionBackend;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() < 2e-6, "[{i}] {x} vs {y}");
+        }
+    }
+
+    /// Bidirectional, causal (prefill with a cache offset) and causal with pad gaps, against the
+    /// f64 reference.
+    #[test]
+    fn dense_matches_the_reference() {
+        let problems = [
+            DenseAttention::new(2, 3, 9, 9, 16),
+            DenseAttention::new(1, 2, 5, 11, 32).causal(),
+            DenseAttention::new(2, 2, 10, 10, 8)
+                .causal()
+                .with_gaps(vec![(3, 6), (3, 3)]),
+        ];
+        for p in problems {
+            let (q, k, v) = (
+                values(p.q_len(), 1),
+                values(p.kv_len(), 2),
+                values(p.kv_len(), 3),
+            );
+            let mut want = vec![0f32; p.q_len()];
+            CpuAttention::default()
+                .dense(&p, &q, &k, &v, &mut want, None)
+                .expect("reference");
+            let mut got = vec![1f32; p.q_len()];
+            dense(&p, &q, &k, &v, &mut got).expect("fast");
+            close(&got, &want);
+        }
+    }
+
+    #[test]
+    fn decode_matches_the_reference() {
+        let p = DecodeAttention {
+            batch: 2,
+            heads: 3,
+            head_dim: 16,
+            block_size: 4,
+            num_blocks: 6,
+            max_blocks: 3,
+            scale: 0.25,
+            seq_lens: vec![9, 3],
+            block_table: vec![5, 1, 3, 2, 0, 0],
+        };
+        let q = values(2 * 3 * 16, 7);
+        let (kc, vc) = (values(p.cache_len(), 8), values(p.cache_len(), 9));
+        let mut want = vec![0f32; q.len()];
+        CpuAttention::default()
+            .decode(&p, &q, &kc, &vc, &mut want)
+            .expect("reference");
+        let mut got = vec![0f32; q.len()];
+        decode(&p, &q, &kc, &vc, &mut got).expect("fast");
+        close(&got, &want);
+    }
+}

@@ -1,0 +1,38 @@
+//! The CPU serving kernels: f32 arithmetic as PyTorch's CPU backend does it, vectorised for the
+//! host's SIMD width (chosen at run time) and spread over the machine's cores. They compute what
+//! the f64 references of [`crate::ops`] and [`crate::cpu`] compute, to f32 rounding.
+//!
+//! - [`gemm`]: `nn.Linear` (`y = x W^T + b`, optionally added to `y`): the `gemm` crate's
+//!   packed kernels for many rows, a weight-streaming kernel for the few rows of a decode step;
+//! - [`attention`]: dense attention with Lynx's pad gap and decode over the paged KV cache;
+//! - [`elementwise`]: norms, GELU, SiLU, RoPE, the fused-QKV split, scaled adds;
+//! - [`math`]: vectorisable `exp`, GELU and SiLU.
+
+pub mod attention;
+pub mod elementwise;
+pub mod gemm;
+pub mod math;
+
+use crate::KernelError;
+
+/// Runs `f` compiled for the best instruction set the CPU has (AVX-512, AVX2 + FMA, or the
+/// baseline), so the loops inside are vectorised for it.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// `Ok` when a buffer holds at least `want` elements.
+pub(crate) fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
+    if got < want {
+        return Err(KernelError::Invalid(format!(
+            "{what}: {got} elements, needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Rows per parallel task so that each task has about `work` elements (at least one row).
+pub(crate) fn rows_per_task(rows: usize, cols: usize, work: usize) -> usize {
+    (work / cols.max(1)).clamp(1, rows.max(1))
+}
