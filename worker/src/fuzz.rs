@@ -22,8 +22,9 @@ use std::time::Instant;
 
 use prost::Message as _;
 
+use crate::cli::device::load_cpu;
+use crate::cli::{EmbeddedArg, ModelArgs};
 use crate::embedded::{ensure_preset, toy_tokenizer, Preset};
-use crate::loader::LoadedModel;
 use crate::metrics::Metrics;
 use crate::runner::Pixels;
 use crate::serve::limits::Limits;
@@ -92,7 +93,12 @@ fn served_model() -> Result<&'static (Arc<ServedModel>, Preparer), String> {
     MODEL
         .get_or_init(|| {
             let dir = ensure_preset(Preset::Tiny).map_err(|e| format!("tiny model: {e}"))?;
-            let loaded = LoadedModel::load(&dir, None)
+            let args = ModelArgs {
+                model: Some(dir.clone()),
+                config: None,
+                embedded: EmbeddedArg::Tiny,
+            };
+            let served = load_cpu(&args, 64, 16)
                 .map_err(|e| format!("tiny model {}: {e}", dir.display()))?;
             let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
             let preparer = Preparer::new(
@@ -103,7 +109,7 @@ fn served_model() -> Result<&'static (Arc<ServedModel>, Preparer), String> {
                 },
                 metrics,
             );
-            Ok((Arc::new(ServedModel::from(loaded)), preparer))
+            Ok((Arc::new(served), preparer))
         })
         .as_ref()
         .map_err(Clone::clone)

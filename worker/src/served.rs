@@ -1,7 +1,7 @@
-//! The model as the serving layer sees it: configuration, tokenizer and a compute backend, either
-//! the candle CPU model or the forward program on a device ([`crate::forward`]). The runner
-//! talks to both through the same few calls: encode vision inputs, prefill a group, step, join,
-//! reorder.
+//! The model as the serving layer sees it: configuration, tokenizer and the forward program
+//! ([`crate::forward`]) on one backend (CPU kernels, the f64 mirror, or CUDA at any precision),
+//! type-erased behind [`DeviceCompute`]. The runner talks to it through a few calls: encode
+//! vision inputs, prefill a group, step, join, reorder.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -12,8 +12,6 @@ use crate::forward::ops::Ops;
 use crate::forward::vision::Pixels;
 use crate::forward::{DeviceLynx, DeviceSession, ForwardError};
 use crate::generation::StepModel;
-use crate::loader::LoadedModel;
-use crate::model::Lynx;
 use crate::prompt::left_pad;
 use crate::tokenizer::LynxTokenizer;
 
@@ -24,15 +22,7 @@ pub struct ServedModel {
     /// The tokenizer.
     pub tokenizer: LynxTokenizer,
     /// What computes.
-    pub compute: Compute,
-}
-
-/// The compute backend.
-pub enum Compute {
-    /// The candle model on the CPU (the reference).
-    Cpu(Box<Lynx>),
-    /// The forward program on a device (or its host mirror).
-    Device(Box<dyn DeviceCompute>),
+    pub compute: Box<dyn DeviceCompute>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -44,23 +34,11 @@ impl std::fmt::Debug for ServedModel {
     }
 }
 
-impl From<LoadedModel> for ServedModel {
-    fn from(m: LoadedModel) -> Self {
-        Self {
-            config: m.config,
-            tokenizer: m.tokenizer,
-            compute: Compute::Cpu(Box::new(m.model)),
-        }
-    }
-}
-
 impl ServedModel {
-    /// Where the model runs, for logs and model info (e.g. `cpu`, `NVIDIA H200 bf16`).
+    /// Where the model runs, for logs and model info (e.g. `cpu f32 (2 threads)`,
+    /// `NVIDIA H200 bf16`).
     pub fn device(&self) -> String {
-        match &self.compute {
-            Compute::Cpu(_) => "cpu".into(),
-            Compute::Device(d) => d.describe(),
-        }
+        self.compute.describe()
     }
 }
 

@@ -33,14 +33,7 @@ fn model_on(ops: HostOps) -> DeviceLynx<HostOps> {
     let merged = load_release(&model_dir(), None).unwrap();
     let cfg: LynxConfig = merged.config.clone();
     let vb = VarBuilder::from_tensors(merged.tensors, DType::F32, &Device::Cpu);
-    DeviceLynx::load(
-        ops,
-        Source::Checkpoint(vb),
-        &cfg,
-        KV_BLOCKS,
-        BLOCK,
-    )
-    .unwrap()
+    DeviceLynx::load(ops, Source::Checkpoint(vb), &cfg, KV_BLOCKS, BLOCK).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {

@@ -11,7 +11,8 @@ use lynx_proto::v1::lynx_client::LynxClient;
 use lynx_proto::v1::GetModelInfoRequest;
 use tokio::sync::oneshot;
 
-use super::{load_model, CliError, ModelArgs};
+use super::device::load_cpu;
+use super::{CliError, ModelArgs};
 use crate::serve::Server;
 use lynx_client::{generate, ClientCli, ClientCommand};
 
@@ -38,7 +39,7 @@ fn err(e: impl std::fmt::Display) -> CliError {
 
 /// Default `serve` settings on free loopback ports (clap's defaults, so the demo serves exactly
 /// as `lynx-worker serve` would).
-fn serve_config() -> Result<crate::serve::ServeConfig, CliError> {
+pub(super) fn serve_config() -> Result<crate::serve::ServeConfig, CliError> {
     let cli = super::Cli::try_parse_from([
         "lynx-worker",
         "serve",
@@ -76,6 +77,10 @@ async fn wait_ready(addr: &str, timeout: Duration) -> Result<String, CliError> {
 /// Runs the demo.
 pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
     let cfg = serve_config()?;
+    let (kv_blocks, kv_block_size) = (
+        cfg.runner.scheduler.kv_blocks,
+        cfg.runner.scheduler.kv_block_size,
+    );
     let model_args = args.model.clone();
     let image = args.image.display().to_string();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +91,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
         let server = Server::bind(cfg).await.map_err(err)?;
         let (grpc, http) = (server.grpc_addr(), server.http_addr());
         let (stop, stopped) = oneshot::channel::<()>();
-        let load = move || load_model(&model_args).map_err(|e| e.0);
+        let load = move || load_cpu(&model_args, kv_blocks, kv_block_size).map_err(|e| e.0);
         let serving = tokio::spawn(server.run(load, async {
             stopped.await.ok();
         }));

@@ -12,7 +12,7 @@ use crate::forward::ops::Ops;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
-use crate::served::{Compute, ServedModel};
+use crate::served::ServedModel;
 
 /// Where the model computes (`--device`).
 pub use lynx_serve_flags::Device as DeviceArg;
@@ -82,13 +82,7 @@ pub fn load_served(
     }
     let compute = match flags.device {
         DeviceArg::Cpu => boxed(HostOps::cpu(), source, &config, kv_blocks, kv_block_size)?,
-        DeviceArg::Mirror => boxed(
-            HostOps::mirror(),
-            source,
-            &config,
-            kv_blocks,
-            kv_block_size,
-        )?,
+        DeviceArg::Mirror => boxed(HostOps::mirror(), source, &config, kv_blocks, kv_block_size)?,
         DeviceArg::Cuda(ordinal) => {
             let gpu =
                 lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
@@ -122,8 +116,22 @@ pub fn load_served(
     Ok(ServedModel {
         config,
         tokenizer,
-        compute: Compute::Device(compute),
+        compute,
     })
+}
+
+/// The model named by `model` on the CPU serving backend (f32), with a KV cache of `kv_blocks`
+/// usable blocks of `kv_block_size` tokens: what `serve` and `demo` load by default.
+pub fn load_cpu(
+    model: &ModelArgs,
+    kv_blocks: usize,
+    kv_block_size: usize,
+) -> Result<ServedModel, CliError> {
+    let flags = DeviceFlags {
+        device: DeviceArg::Cpu,
+        random_weights: None,
+    };
+    load_served(model, &flags, StoreDtype::F32, kv_blocks, kv_block_size)
 }
 
 #[cfg(test)]
@@ -143,7 +151,11 @@ mod tests {
             random_weights: Some(Preset::Tiny),
         };
         let served = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect("tiny random");
-        assert!(served.device().starts_with("cpu f32"), "{}", served.device());
+        assert!(
+            served.device().starts_with("cpu f32"),
+            "{}",
+            served.device()
+        );
         let e = load_served(&model, &cpu, StoreDtype::F32, 64, 12).expect_err("refused");
         assert!(e.0.contains("power of two"), "{e}");
         let mirror = DeviceFlags {

@@ -5,23 +5,18 @@
 pub mod demo;
 pub mod device;
 pub mod fetch;
+pub mod generate;
 pub mod gpu;
 pub mod serve;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::checkpoint::converted::{write_converted, SHARD_BYTES};
 use crate::checkpoint::release::load_release;
-use crate::embedded::{ensure_preset, Preset};
-use crate::generation::{DecodingMode, GenerationParams};
-use crate::loader::LoadedModel;
-use crate::pipeline::{run_batch, GenerateRequest, VisionInput};
-use crate::vision::{self, PreprocessConfig, VisionLimits};
+pub use generate::GenerateArgs;
 
 /// Lynx multimodal LLM worker.
 #[derive(Debug, Parser)]
@@ -71,41 +66,6 @@ pub enum Command {
 
 pub use lynx_serve_flags::{EmbeddedArg, ModelArgs};
 
-/// `generate` arguments.
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    /// Model selection.
-    pub model: ModelArgs,
-    /// Image file(s); several images run as one left-padded batch, one result each.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["video", "frames"])]
-    pub image: Vec<PathBuf>,
-    /// Video as the official JSON list of base64-encoded frames.
-    #[arg(long, conflicts_with = "frames")]
-    pub video: Option<PathBuf>,
-    /// Video as frame image files, in order.
-    #[arg(long, num_args = 1..)]
-    pub frames: Vec<PathBuf>,
-    /// The instruction (put into the YAML's prompt template).
-    #[arg(long)]
-    pub prompt: String,
-    /// Decoding mode; `lynx` is the official release preset (beam sampling).
-    #[arg(long, default_value = "lynx")]
-    pub decoding: DecodingMode,
-    /// Beams (beam and lynx modes; default: the YAML's).
-    #[arg(long)]
-    pub num_beams: Option<usize>,
-    /// New tokens at most (default: the YAML's).
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
-    /// Seed of the sampling modes.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print one JSON object per result instead of the text.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `convert` arguments.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -153,101 +113,6 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError(e.to_string())
 }
 
-/// Loads the model named by `args`, or the embedded tiny model.
-pub fn load_model(args: &ModelArgs) -> Result<LoadedModel, CliError> {
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => ensure_preset(match args.embedded {
-            EmbeddedArg::Tiny => Preset::Tiny,
-            EmbeddedArg::Small => Preset::Small,
-        })
-        .map_err(err)?,
-    };
-    LoadedModel::load(&dir, args.config.as_deref()).map_err(err)
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))
-}
-
-/// Runs `generate`, writing the result(s) to `out`.
-pub fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let t_load = Instant::now();
-    let m = load_model(&args.model)?;
-    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
-    let pre = PreprocessConfig {
-        image_res: m.config.vision.image_res,
-        mean: m.config.image_norm.mean,
-        std: m.config.image_norm.std,
-    };
-    let limits = VisionLimits::default();
-    let with_path = |p: &Path, e: vision::VisionError| CliError(format!("{}: {e}", p.display()));
-    let mut reqs = Vec::new();
-    if let Some(v) = &args.video {
-        let bytes = read_file(v)?;
-        let frames = vision::load_video_frames(&bytes, &limits, &pre, m.config.num_frames)
-            .map_err(|e| with_path(v, e))?;
-        reqs.push(VisionInput::Video(frames));
-    } else if !args.frames.is_empty() {
-        let ids = vision::sample_frame_ids(args.frames.len(), m.config.num_frames);
-        let mut frames = Vec::with_capacity(ids.len());
-        for i in ids {
-            let p = &args.frames[i];
-            let img = vision::decode_image(&read_file(p)?, &limits).map_err(|e| with_path(p, e))?;
-            frames.push(vision::preprocess(&img, &pre));
-        }
-        reqs.push(VisionInput::Video(frames));
-    } else if !args.image.is_empty() {
-        for p in &args.image {
-            let img = vision::decode_image(&read_file(p)?, &limits).map_err(|e| with_path(p, e))?;
-            reqs.push(VisionInput::Image(vision::preprocess(&img, &pre)));
-        }
-    } else {
-        reqs.push(VisionInput::None);
-    }
-    let reqs: Vec<GenerateRequest> = reqs
-        .into_iter()
-        .map(|vision| GenerateRequest {
-            vision,
-            question: args.prompt.clone(),
-        })
-        .collect();
-    let mut params = GenerationParams::from_defaults(&m.config.generation, args.decoding);
-    if let Some(n) = args.max_new_tokens {
-        params.max_new_tokens = n;
-    }
-    if let Some(n) = args.num_beams {
-        if n == 0 {
-            return Err(CliError("--num-beams must be at least 1".into()));
-        }
-        params.num_beams = n;
-    }
-    params.seed = args.seed;
-    let (results, t) = run_batch(&m, &reqs, &params).map_err(err)?;
-    for r in results {
-        if args.json {
-            let obj = serde_json::json!({
-                "model": m.config.model_name,
-                "decoding": args.decoding.to_string(),
-                "prompt_token_ids": r.prompt_token_ids,
-                "token_ids": r.generated.token_ids,
-                "text": r.text,
-                "finish_reason": r.generated.finish_reason.to_string(),
-                "timings": {
-                    "load_ms": load_ms,
-                    "vision_ms": t.vision_ms,
-                    "prefill_ms": t.prefill_ms,
-                    "decode_ms": t.decode_ms,
-                },
-            });
-            writeln!(out, "{obj}").map_err(err)?;
-        } else {
-            writeln!(out, "{}", r.text).map_err(err)?;
-        }
-    }
-    Ok(())
-}
-
 /// Runs `convert`.
 pub fn convert(args: &ConvertArgs) -> Result<(), CliError> {
     let merged = load_release(&args.model, args.config.as_deref()).map_err(err)?;
@@ -284,7 +149,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(a) => serve::serve(a),
         Command::Demo(a) => demo::demo(a),
-        Command::Generate(a) => generate(a, &mut std::io::stdout().lock()),
+        Command::Generate(a) => generate::generate(a, &mut std::io::stdout().lock()),
         Command::Convert(a) => convert(a),
         Command::Fetch(a) => fetch::fetch(a),
         Command::GpuSelftest(a) => gpu::run_selftest(a),

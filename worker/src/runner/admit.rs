@@ -5,17 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use candle_core::{Result, Tensor};
-
 use super::batch_loop::{Active, Engine};
-use super::session::{Encoded, Session};
 use super::text::TextStream;
 use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
 use crate::engine::Entry;
+use crate::forward::ForwardError;
 use crate::generation::RequestDecoder;
-use crate::model::VisionBatch;
-use crate::prompt::padded_prefill;
-use crate::served::Compute;
+use crate::served::{DevicePrefix as Encoded, Started};
+
+type Result<T> = std::result::Result<T, ForwardError>;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
@@ -71,7 +69,11 @@ impl<'m> Engine<'m> {
                     self.session = Some(session);
                     Ok(())
                 }
-                Some(running) => running.join(session),
+                Some(running) => {
+                    let mut session = session;
+                    running.add_rows(session.take_rows());
+                    Ok::<(), ForwardError>(())
+                }
             };
             if let Err(err) = joined {
                 for e in group {
@@ -184,30 +186,7 @@ impl<'m> Engine<'m> {
         sequences: usize,
         frames: usize,
     ) -> Result<Vec<Encoded>> {
-        let res = self.m.config.vision.image_res as usize;
-        match &self.m.compute {
-            Compute::Cpu(model) => {
-                let device = model.device();
-                let batch = if frames == 1 {
-                    VisionBatch::Images(Tensor::from_vec(data, (sequences, 3, res, res), device)?)
-                } else {
-                    VisionBatch::Videos(Tensor::from_vec(
-                        data,
-                        (sequences, frames, 3, res, res),
-                        device,
-                    )?)
-                };
-                let enc = model.encode_vision(&batch)?;
-                (0..sequences)
-                    .map(|i| Ok(Encoded::Cpu(enc.narrow(0, i, 1)?.copy()?)))
-                    .collect()
-            }
-            Compute::Device(d) => Ok(d
-                .encode(&data, sequences, frames)?
-                .into_iter()
-                .map(Encoded::Device)
-                .collect()),
-        }
+        self.m.compute.encode(&data, sequences, frames)
     }
 
     /// Prefills one group (same prefix length, same rows per request) as one left-padded batch.
@@ -216,7 +195,7 @@ impl<'m> Engine<'m> {
         group: &[Entry<Job>],
         encoded: &HashMap<ContentKey, Encoded>,
         rows: usize,
-    ) -> Result<(Session<'m>, Vec<Vec<f32>>)> {
+    ) -> Result<Started<'m>> {
         let m = self.m;
         let parts: Vec<Vec<&Encoded>> = group
             .iter()
@@ -225,59 +204,14 @@ impl<'m> Engine<'m> {
                     .vision
                     .iter()
                     .map(|v| {
-                        encoded.get(&v.key).ok_or_else(|| {
-                            candle_core::Error::Msg("vision encoding missing".to_owned())
-                        })
+                        encoded
+                            .get(&v.key)
+                            .ok_or_else(|| ForwardError::Shape("vision encoding missing".into()))
                     })
                     .collect::<Result<Vec<&Encoded>>>()
             })
             .collect::<Result<_>>()?;
         let prompts: Vec<Vec<u32>> = group.iter().map(|e| e.payload.prompt_ids.clone()).collect();
-        match &m.compute {
-            Compute::Cpu(model) => {
-                let mut prefixes = Vec::with_capacity(group.len());
-                for request in &parts {
-                    let tensors = request
-                        .iter()
-                        .map(|e| match e {
-                            Encoded::Cpu(t) => Ok(t),
-                            Encoded::Device(_) => Err(candle_core::Error::Msg(
-                                "a device encoding reached the CPU model".into(),
-                            )),
-                        })
-                        .collect::<Result<Vec<&Tensor>>>()?;
-                    if !tensors.is_empty() {
-                        prefixes.push(Tensor::cat(&tensors, 1)?);
-                    }
-                }
-                let vision = if prefixes.is_empty() {
-                    None
-                } else {
-                    Some(Tensor::cat(&prefixes, 0)?)
-                };
-                let prefill =
-                    padded_prefill(model, vision.as_ref(), &prompts, m.config.tokens.pad)?;
-                let (session, first) = model.start_session(&prefill, rows)?;
-                Ok((Session::Cpu(session), first))
-            }
-            Compute::Device(d) => {
-                let prefixes = parts
-                    .iter()
-                    .map(|request| {
-                        request
-                            .iter()
-                            .map(|e| match e {
-                                Encoded::Device(p) => Ok(p),
-                                Encoded::Cpu(_) => Err(candle_core::Error::Msg(
-                                    "a CPU encoding reached the device model".into(),
-                                )),
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let (session, first) = d.start(&prefixes, &prompts, rows)?;
-                Ok((Session::Device(session), first))
-            }
-        }
+        m.compute.start(&parts, &prompts, rows)
     }
 }

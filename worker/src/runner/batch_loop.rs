@@ -6,16 +6,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::session::{Encoded, Session};
 use super::text::{cut_at_stop, TextStream};
 use super::{
     ContentKey, Event, Finish, Finished, Job, RequestError, RunnerConfig, StageTimings, Submission,
     Usage,
 };
 use crate::engine::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
-use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step, StepModel};
+use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step};
 use crate::metrics::Metrics;
-use crate::served::ServedModel;
+use crate::served::{DevicePrefix, DeviceStep, ServedModel};
 use crate::tokenizer::python_strip;
 
 /// A request in the running batch; its rows are contiguous in the session, in `active` order.
@@ -35,8 +34,8 @@ pub(super) struct Active {
 pub(super) struct Engine<'m> {
     pub(super) m: &'m ServedModel,
     pub(super) sched: SchedulerState<Job>,
-    pub(super) cache: EncoderCache<ContentKey, Encoded>,
-    pub(super) session: Option<Session<'m>>,
+    pub(super) cache: EncoderCache<ContentKey, DevicePrefix>,
+    pub(super) session: Option<Box<dyn DeviceStep + 'm>>,
     pub(super) active: Vec<Active>,
     /// Next-token logits of the session's rows.
     pub(super) logits: Vec<Vec<f32>>,

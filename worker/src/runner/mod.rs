@@ -18,7 +18,6 @@
 mod admit;
 mod batch_loop;
 mod error;
-mod session;
 pub mod text;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

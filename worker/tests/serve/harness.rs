@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use lynx_proto::v1::lynx_client::LynxClient;
 use lynx_proto::v1::{self, DecodingMode, DecodingParameters, GenerateRequest};
+use lynx_worker::cli::device::load_cpu;
+use lynx_worker::cli::{EmbeddedArg, ModelArgs};
 use lynx_worker::engine::SchedulerConfig;
-use lynx_worker::loader::LoadedModel;
 use lynx_worker::runner::RunnerConfig;
 use lynx_worker::serve::limits::Limits;
 use lynx_worker::serve::prepare::PrepareConfig;
@@ -60,8 +61,19 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a worker on the fixture model with `tune`d defaults and waits until it is ready.
     pub async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
-        let load = || LoadedModel::load(&common::model_dir(), None).map_err(|e| e.to_string());
-        Self::start_with(tune, load).await
+        let mut cfg = config();
+        tune(&mut cfg);
+        let s = &cfg.runner.scheduler;
+        let (blocks, block_size) = (s.kv_blocks, s.kv_block_size);
+        let load = move || {
+            let args = ModelArgs {
+                model: Some(common::model_dir()),
+                config: None,
+                embedded: EmbeddedArg::Tiny,
+            };
+            load_cpu(&args, blocks, block_size).map_err(|e| e.0)
+        };
+        Self::start_with(move |c| *c = cfg, load).await
     }
 
     /// Starts a worker whose model `load` builds (any compute backend).
