@@ -109,7 +109,7 @@ fn served_model() -> Result<&'static (Arc<ServedModel>, Preparer), String> {
                 },
                 metrics,
             );
-            Ok((Arc::new(served), preparer))
+            Ok((Arc::new(served.model), preparer))
         })
         .as_ref()
         .map_err(Clone::clone)

@@ -1,13 +1,14 @@
-//! The model as the serving layer sees it: configuration, tokenizer and the forward program
-//! ([`crate::forward`]) on one backend (CPU kernels, the f64 mirror, or CUDA at any precision),
-//! type-erased behind [`DeviceCompute`]. The runner talks to it through a few calls: encode
-//! vision inputs, prefill a group, step, join, reorder.
+//! The model as the serving layer sees it: [`ServedModel`] (configuration, tokenizer, where it
+//! runs) and a [`Backend`]: the forward program ([`crate::forward`]) on the CPU kernels, the f64
+//! mirror, or CUDA at any precision. The runner is generic over the backend, so prefixes and
+//! sessions keep their concrete types (no type erasure, no run-time kind checks); the one choice
+//! among backends is made once, when the model is loaded ([`Backends`]).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use crate::config::LynxConfig;
-use crate::forward::llm::RowCache;
+use crate::forward::cuda::CudaOps;
+use crate::forward::host::HostOps;
 use crate::forward::ops::Ops;
 use crate::forward::vision::Pixels;
 use crate::forward::{DeviceLynx, DeviceSession, ForwardError};
@@ -15,92 +16,140 @@ use crate::generation::StepModel;
 use crate::prompt::left_pad;
 use crate::tokenizer::LynxTokenizer;
 
-/// A model ready to serve.
+/// What the server knows of the model it serves.
 pub struct ServedModel {
     /// The configuration.
     pub config: LynxConfig,
     /// The tokenizer.
     pub tokenizer: LynxTokenizer,
-    /// What computes.
-    pub compute: Box<dyn DeviceCompute>,
+    /// Where it runs, for logs and model info (e.g. `cpu f32 (2 threads)`, `NVIDIA H200 bf16`).
+    pub device: String,
 }
 
 impl std::fmt::Debug for ServedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServedModel")
             .field("model_name", &self.config.model_name)
-            .field("device", &self.device())
+            .field("device", &self.device)
             .finish()
     }
 }
 
-impl ServedModel {
-    /// Where the model runs, for logs and model info (e.g. `cpu f32 (2 threads)`,
-    /// `NVIDIA H200 bf16`).
-    pub fn device(&self) -> String {
-        self.compute.describe()
-    }
-}
+/// What computes: the calls the runner makes on the model.
+pub trait Backend: Send + Sync + 'static {
+    /// One vision input's encoding (`num_latents x hidden`), as the encoder cache keeps it.
+    type Prefix: Clone + Send + Sync;
+    /// A running decode session over the backend's KV cache.
+    type Session<'a>: BackendSession
+    where
+        Self: 'a;
 
-/// One sequence's vision prefix (`num_latents x hidden`) on a device, type-erased.
-#[derive(Clone)]
-pub struct DevicePrefix {
-    buf: Arc<dyn Any + Send + Sync>,
-    bytes: usize,
-}
-
-impl DevicePrefix {
-    /// Device bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-/// A started device session and the first logits of each of its rows.
-pub type Started<'a> = (Box<dyn DeviceStep + 'a>, Vec<Vec<f32>>);
-
-/// A decoding session on a device, type-erased.
-pub trait DeviceStep: StepModel + Send {
-    /// Takes the rows out (for [`DeviceStep::add_rows`] of another session of the model).
-    fn take_rows(&mut self) -> Vec<RowCache>;
-    /// Appends rows taken from another session of the same model.
-    fn add_rows(&mut self, rows: Vec<RowCache>);
-}
-
-/// The forward program on a device, type-erased (any backend, any precision).
-pub trait DeviceCompute: Send + Sync {
-    /// What runs it.
+    /// Where it runs.
     fn describe(&self) -> String;
+    /// Bytes an encoding holds (the encoder cache's budget).
+    fn prefix_bytes(&self, prefix: &Self::Prefix) -> usize;
+    /// Usable KV-cache blocks and tokens per block: what the scheduler reserves from.
+    fn kv_blocks(&self) -> (usize, usize);
     /// Encodes `sequences` images (`frames` = 1) or videos; one prefix per sequence.
     fn encode(
         &self,
         pixels: &[f32],
         sequences: usize,
         frames: usize,
-    ) -> Result<Vec<DevicePrefix>, ForwardError>;
+    ) -> Result<Vec<Self::Prefix>, ForwardError>;
     /// Prefills one group: request `i` has the vision parts `prefixes[i]` (every request the
-    /// same count) and the prompt `prompts[i]`, repeated `rows` times.
+    /// same count) and the prompt `prompts[i]`, repeated `rows` times. Returns the session and
+    /// the first logits of each row.
+    #[allow(clippy::type_complexity)]
     fn start<'a>(
         &'a self,
-        prefixes: &[Vec<&DevicePrefix>],
+        prefixes: &[Vec<&Self::Prefix>],
         prompts: &[Vec<u32>],
         rows: usize,
-    ) -> Result<Started<'a>, ForwardError>;
+    ) -> Result<(Self::Session<'a>, Vec<Vec<f32>>), ForwardError>;
 }
 
-impl<O: Ops> DeviceStep for DeviceSession<'_, O> {
-    fn take_rows(&mut self) -> Vec<RowCache> {
-        DeviceSession::take_rows(self)
-    }
+/// A decode session: steps and beam reordering ([`StepModel`]), and continuous batching.
+pub trait BackendSession: StepModel + Send {
+    /// Appends `other`'s rows after this session's.
+    fn join(&mut self, other: Self)
+    where
+        Self: Sized;
+}
 
-    fn add_rows(&mut self, rows: Vec<RowCache>) {
-        DeviceSession::add_rows(self, rows)
+/// The loaded backend, chosen once at load time (`--device`, `--dtype`).
+pub enum Backends {
+    /// The host: the CPU kernels or the f64 mirror.
+    Host(DeviceLynx<HostOps>),
+    /// CUDA in f32.
+    CudaF32(DeviceLynx<CudaOps<f32>>),
+    /// CUDA in bf16 or f16.
+    CudaHalf(DeviceLynx<CudaOps<u16>>),
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend inside `$backends`.
+#[macro_export]
+macro_rules! with_backend {
+    ($backends:expr, $b:ident => $body:expr) => {
+        match $backends {
+            $crate::served::Backends::Host($b) => $body,
+            $crate::served::Backends::CudaF32($b) => $body,
+            $crate::served::Backends::CudaHalf($b) => $body,
+        }
+    };
+}
+
+/// A loaded model: what the server knows of it and what computes.
+pub struct Loaded {
+    /// Configuration, tokenizer, device.
+    pub model: ServedModel,
+    /// The backend, handed to the model thread.
+    pub backend: Backends,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.model.fmt(f)
     }
 }
 
-impl<O: Ops> DeviceCompute for DeviceLynx<O> {
+impl Backends {
+    /// Where it runs.
+    pub fn describe(&self) -> String {
+        with_backend!(self, b => b.describe())
+    }
+}
+
+/// A vision prefix of the forward program (shared by the encoder cache and the requests).
+pub struct Prefix<O: Ops>(Arc<O::Buf>);
+
+impl<O: Ops> Clone for Prefix<O> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<O: Ops> BackendSession for DeviceSession<'_, O> {
+    fn join(&mut self, other: Self) {
+        DeviceSession::join(self, other)
+    }
+}
+
+impl<O: Ops + 'static> Backend for DeviceLynx<O> {
+    type Prefix = Prefix<O>;
+    type Session<'a> = DeviceSession<'a, O>;
+
     fn describe(&self) -> String {
         self.ops().describe()
+    }
+
+    fn prefix_bytes(&self, _: &Prefix<O>) -> usize {
+        let c = self.config();
+        c.bridge.num_latents * c.llm.hidden * self.ops().elem_bytes()
+    }
+
+    fn kv_blocks(&self) -> (usize, usize) {
+        self.kv_capacity()
     }
 
     fn encode(
@@ -108,7 +157,7 @@ impl<O: Ops> DeviceCompute for DeviceLynx<O> {
         pixels: &[f32],
         sequences: usize,
         frames: usize,
-    ) -> Result<Vec<DevicePrefix>, ForwardError> {
+    ) -> Result<Vec<Prefix<O>>, ForwardError> {
         let ops = self.ops();
         let all = self.encode_vision(Pixels {
             values: pixels,
@@ -128,20 +177,17 @@ impl<O: Ops> DeviceCompute for DeviceLynx<O> {
                 l,
                 h,
             )?;
-            out.push(DevicePrefix {
-                buf: Arc::new(one),
-                bytes: l * h * ops.elem_bytes(),
-            });
+            out.push(Prefix(Arc::new(one)));
         }
         Ok(out)
     }
 
     fn start<'a>(
         &'a self,
-        prefixes: &[Vec<&DevicePrefix>],
+        prefixes: &[Vec<&Prefix<O>>],
         prompts: &[Vec<u32>],
         rows: usize,
-    ) -> Result<Started<'a>, ForwardError> {
+    ) -> Result<(DeviceSession<'a, O>, Vec<Vec<f32>>), ForwardError> {
         let ops = self.ops();
         let cfg = self.config();
         let (l, h) = (cfg.bridge.num_latents, cfg.llm.hidden);
@@ -157,9 +203,7 @@ impl<O: Ops> DeviceCompute for DeviceLynx<O> {
             let mut buf = ops.alloc(group * per_row * h)?;
             for (i, request) in prefixes.iter().enumerate() {
                 for (j, part) in request.iter().enumerate() {
-                    let src = part.buf.downcast_ref::<O::Buf>().ok_or_else(|| {
-                        ForwardError::Shape("a vision prefix from another backend".into())
-                    })?;
+                    let src: &O::Buf = &part.0;
                     let dst: Vec<u32> = (0..l).map(|r| (i * per_row + j * l + r) as u32).collect();
                     ops.copy_rows(
                         src,
@@ -187,6 +231,6 @@ impl<O: Ops> DeviceCompute for DeviceLynx<O> {
             &pads,
             rows,
         )?;
-        Ok((Box::new(session), logits))
+        Ok((session, logits))
     }
 }

@@ -8,11 +8,10 @@ use super::{CliError, ModelArgs, StoreDtype};
 use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
-use crate::forward::ops::Ops;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
-use crate::served::ServedModel;
+use crate::served::{Backends, Loaded, ServedModel};
 
 /// Where the model computes (`--device`).
 pub use lynx_serve_flags::Device as DeviceArg;
@@ -33,7 +32,7 @@ pub fn load_served(
     dtype: StoreDtype,
     kv_blocks: usize,
     kv_block_size: usize,
-) -> Result<ServedModel, CliError> {
+) -> Result<Loaded, CliError> {
     let err = |e: &dyn std::fmt::Display| CliError(e.to_string());
     if !kv_block_size.is_power_of_two() {
         return Err(CliError(format!(
@@ -69,54 +68,44 @@ pub fn load_served(
             )
         }
     };
-    fn boxed<O: Ops + 'static>(
-        ops: O,
-        source: Source<'_>,
-        config: &crate::config::LynxConfig,
-        blocks: usize,
-        block_size: usize,
-    ) -> Result<Box<dyn crate::served::DeviceCompute>, CliError> {
-        DeviceLynx::load(ops, source, config, blocks, block_size)
-            .map(|m| Box::new(m) as Box<dyn crate::served::DeviceCompute>)
-            .map_err(|e| CliError(e.to_string()))
-    }
-    let compute = match flags.device {
-        DeviceArg::Cpu => boxed(HostOps::cpu(), source, &config, kv_blocks, kv_block_size)?,
-        DeviceArg::Mirror => boxed(HostOps::mirror(), source, &config, kv_blocks, kv_block_size)?,
+    let load = |ops, source| {
+        DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size).map_err(|e| err(&e))
+    };
+    let backend = match flags.device {
+        DeviceArg::Cpu => Backends::Host(load(HostOps::cpu(), source)?),
+        DeviceArg::Mirror => Backends::Host(load(HostOps::mirror(), source)?),
         DeviceArg::Cuda(ordinal) => {
             let gpu =
                 lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
                     .map_err(|e| err(&e))?;
             let gpu = Arc::new(gpu);
-            match dtype {
-                StoreDtype::F32 => boxed(
-                    CudaOps::<f32>::new(gpu, lynx_kernels::Precision::F32).map_err(|e| err(&e))?,
-                    source,
-                    &config,
-                    kv_blocks,
-                    kv_block_size,
-                )?,
-                half => {
-                    let precision = if half == StoreDtype::Bf16 {
-                        lynx_kernels::Precision::Bf16
-                    } else {
-                        lynx_kernels::Precision::F16
-                    };
-                    boxed(
-                        CudaOps::<u16>::new(gpu, precision).map_err(|e| err(&e))?,
-                        source,
-                        &config,
-                        kv_blocks,
-                        kv_block_size,
-                    )?
-                }
+            let precision = match dtype {
+                StoreDtype::F32 => lynx_kernels::Precision::F32,
+                StoreDtype::Bf16 => lynx_kernels::Precision::Bf16,
+                StoreDtype::F16 => lynx_kernels::Precision::F16,
+            };
+            if precision == lynx_kernels::Precision::F32 {
+                let ops = CudaOps::<f32>::new(gpu, precision).map_err(|e| err(&e))?;
+                Backends::CudaF32(
+                    DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size)
+                        .map_err(|e| err(&e))?,
+                )
+            } else {
+                let ops = CudaOps::<u16>::new(gpu, precision).map_err(|e| err(&e))?;
+                Backends::CudaHalf(
+                    DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size)
+                        .map_err(|e| err(&e))?,
+                )
             }
         }
     };
-    Ok(ServedModel {
-        config,
-        tokenizer,
-        compute,
+    Ok(Loaded {
+        model: ServedModel {
+            config,
+            tokenizer,
+            device: backend.describe(),
+        },
+        backend,
     })
 }
 
@@ -126,7 +115,7 @@ pub fn load_cpu(
     model: &ModelArgs,
     kv_blocks: usize,
     kv_block_size: usize,
-) -> Result<ServedModel, CliError> {
+) -> Result<Loaded, CliError> {
     let flags = DeviceFlags {
         device: DeviceArg::Cpu,
         random_weights: None,
@@ -152,9 +141,9 @@ mod tests {
         };
         let served = load_served(&model, &cpu, StoreDtype::F32, 64, 16).expect("tiny random");
         assert!(
-            served.device().starts_with("cpu f32"),
+            served.model.device.starts_with("cpu f32"),
             "{}",
-            served.device()
+            served.model.device
         );
         let e = load_served(&model, &cpu, StoreDtype::F32, 64, 12).expect_err("refused");
         assert!(e.0.contains("power of two"), "{e}");
@@ -165,7 +154,7 @@ mod tests {
         let e = load_served(&model, &mirror, StoreDtype::F32, 64, 12).expect_err("refused");
         assert!(e.0.contains("power of two"), "{e}");
         let served = load_served(&model, &mirror, StoreDtype::F32, 64, 16).expect("tiny random");
-        assert_eq!(served.device(), "host f32");
-        assert_eq!(served.config.model_name, "lynx-tiny-random");
+        assert_eq!(served.model.device, "host f32");
+        assert_eq!(served.model.config.model_name, "lynx-tiny-random");
     }
 }

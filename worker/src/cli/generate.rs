@@ -118,7 +118,8 @@ pub fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), CliErro
     let serve = super::demo::serve_config()?;
     let sched = &serve.runner.scheduler;
     let t_load = Instant::now();
-    let model = Arc::new(load_cpu(&args.model, sched.kv_blocks, sched.kv_block_size)?);
+    let loaded = load_cpu(&args.model, sched.kv_blocks, sched.kv_block_size)?;
+    let (model, backend) = (Arc::new(loaded.model), loaded.backend);
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let cfg = &model.config;
     let pre = PreprocessConfig {
@@ -141,7 +142,7 @@ pub fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), CliErro
     let prompt_ids = prompt_token_ids(&model.tokenizer, cfg, &args.prompt).map_err(err)?;
     let metrics = Metrics::new().map_err(err)?;
     let (engine, thread) =
-        runner::spawn(Arc::clone(&model), serve.runner.clone(), metrics).map_err(err)?;
+        runner::spawn_any(Arc::clone(&model), backend, serve.runner.clone(), metrics).map_err(err)?;
     let mut waiting = Vec::with_capacity(inputs.len());
     for vision in inputs {
         // Room for every event a request can send (no streaming: just the final one).
@@ -184,7 +185,7 @@ pub fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), CliErro
             let t = r.timings;
             let obj = serde_json::json!({
                 "model": cfg.model_name,
-                "device": model.device(),
+                "device": model.device,
                 "decoding": args.decoding.to_string(),
                 "prompt_token_ids": prompt_ids,
                 "token_ids": r.token_ids,

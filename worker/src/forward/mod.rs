@@ -59,6 +59,8 @@ pub struct DeviceLynx<O: Ops> {
     vision: Vision<O>,
     llm: Llm<O>,
     pool: Mutex<KvPool<O>>,
+    /// Usable KV blocks and tokens per block.
+    kv: (usize, usize),
     cfg: LynxConfig,
 }
 
@@ -82,6 +84,7 @@ impl<O: Ops> DeviceLynx<O> {
             vision,
             llm,
             pool: Mutex::new(pool),
+            kv: (kv_blocks, block_size),
             cfg: cfg.clone(),
         })
     }
@@ -100,6 +103,11 @@ impl<O: Ops> DeviceLynx<O> {
         self.pool
             .lock()
             .map_err(|_| ForwardError::Shape("KV pool lock poisoned".into()))
+    }
+
+    /// Usable KV-cache blocks (the scratch block not counted) and tokens per block.
+    pub fn kv_capacity(&self) -> (usize, usize) {
+        self.kv
     }
 
     /// Free KV cache blocks.

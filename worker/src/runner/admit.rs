@@ -11,7 +11,7 @@ use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
 use crate::engine::Entry;
 use crate::forward::ForwardError;
 use crate::generation::RequestDecoder;
-use crate::served::{DevicePrefix as Encoded, Started};
+use crate::served::{Backend, BackendSession};
 
 type Result<T> = std::result::Result<T, ForwardError>;
 
@@ -19,7 +19,7 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-impl<'m> Engine<'m> {
+impl<'m, B: Backend> Engine<'m, B> {
     /// Starts `entries` (just admitted by the scheduler) and joins them to the running batch.
     pub(super) fn admit(&mut self, entries: Vec<Entry<Job>>, now: Instant) {
         for e in &entries {
@@ -64,24 +64,9 @@ impl<'m> Engine<'m> {
                     continue;
                 }
             };
-            let joined = match self.session.as_mut() {
-                None => {
-                    self.session = Some(session);
-                    Ok(())
-                }
-                Some(running) => {
-                    let mut session = session;
-                    running.add_rows(session.take_rows());
-                    Ok::<(), ForwardError>(())
-                }
-            };
-            if let Err(err) = joined {
-                for e in group {
-                    let why = RequestError::Internal(format!("join: {err}"));
-                    self.fail(e.id, &e.payload.events, why);
-                }
-                self.fail_all(&err.to_string());
-                continue;
+            match self.session.as_mut() {
+                None => self.session = Some(session),
+                Some(running) => running.join(session),
             }
             self.logits.extend(first);
             let decode_started = Instant::now();
@@ -122,8 +107,8 @@ impl<'m> Engine<'m> {
 
     /// Encodings of every vision input of `entries`, from the cache or from one encoder run
     /// per kind (images, videos) over all the missing ones.
-    fn encode_vision(&mut self, entries: &[Entry<Job>]) -> Result<HashMap<ContentKey, Encoded>> {
-        let mut out: HashMap<ContentKey, Encoded> = HashMap::new();
+    fn encode_vision(&mut self, entries: &[Entry<Job>]) -> Result<HashMap<ContentKey, B::Prefix>> {
+        let mut out: HashMap<ContentKey, B::Prefix> = HashMap::new();
         let mut images: Vec<(ContentKey, &Vec<f32>)> = Vec::new();
         let mut videos: Vec<(ContentKey, &Vec<Vec<f32>>)> = Vec::new();
         for item in entries.iter().flat_map(|e| &e.payload.vision) {
@@ -151,7 +136,7 @@ impl<'m> Engine<'m> {
             return Ok(out);
         }
         let started = Instant::now();
-        let mut encoded: Vec<(ContentKey, Encoded)> = Vec::new();
+        let mut encoded: Vec<(ContentKey, B::Prefix)> = Vec::new();
         if !images.is_empty() {
             let data: Vec<f32> = images
                 .iter()
@@ -173,7 +158,8 @@ impl<'m> Engine<'m> {
             .vision_encode
             .observe(started.elapsed().as_secs_f64());
         for (key, t) in encoded {
-            self.cache.insert(key, t.clone(), t.bytes());
+            let bytes = self.backend.prefix_bytes(&t);
+            self.cache.insert(key, t.clone(), bytes);
             out.insert(key, t);
         }
         Ok(out)
@@ -185,19 +171,18 @@ impl<'m> Engine<'m> {
         data: Vec<f32>,
         sequences: usize,
         frames: usize,
-    ) -> Result<Vec<Encoded>> {
-        self.m.compute.encode(&data, sequences, frames)
+    ) -> Result<Vec<B::Prefix>> {
+        self.backend.encode(&data, sequences, frames)
     }
 
     /// Prefills one group (same prefix length, same rows per request) as one left-padded batch.
     fn prefill(
         &self,
         group: &[Entry<Job>],
-        encoded: &HashMap<ContentKey, Encoded>,
+        encoded: &HashMap<ContentKey, B::Prefix>,
         rows: usize,
-    ) -> Result<Started<'m>> {
-        let m = self.m;
-        let parts: Vec<Vec<&Encoded>> = group
+    ) -> Result<(B::Session<'m>, Vec<Vec<f32>>)> {
+        let parts: Vec<Vec<&B::Prefix>> = group
             .iter()
             .map(|e| {
                 e.payload
@@ -208,10 +193,10 @@ impl<'m> Engine<'m> {
                             .get(&v.key)
                             .ok_or_else(|| ForwardError::Shape("vision encoding missing".into()))
                     })
-                    .collect::<Result<Vec<&Encoded>>>()
+                    .collect::<Result<Vec<&B::Prefix>>>()
             })
             .collect::<Result<_>>()?;
         let prompts: Vec<Vec<u32>> = group.iter().map(|e| e.payload.prompt_ids.clone()).collect();
-        m.compute.start(&parts, &prompts, rows)
+        self.backend.start(&parts, &prompts, rows)
     }
 }

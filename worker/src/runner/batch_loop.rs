@@ -14,7 +14,8 @@ use super::{
 use crate::engine::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
 use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step};
 use crate::metrics::Metrics;
-use crate::served::{DevicePrefix, DeviceStep, ServedModel};
+use crate::generation::StepModel;
+use crate::served::{Backend, ServedModel};
 use crate::tokenizer::python_strip;
 
 /// A request in the running batch; its rows are contiguous in the session, in `active` order.
@@ -31,11 +32,12 @@ pub(super) struct Active {
 }
 
 /// Everything the model thread owns.
-pub(super) struct Engine<'m> {
+pub(super) struct Engine<'m, B: Backend> {
     pub(super) m: &'m ServedModel,
+    pub(super) backend: &'m B,
     pub(super) sched: SchedulerState<Job>,
-    pub(super) cache: EncoderCache<ContentKey, DevicePrefix>,
-    pub(super) session: Option<Box<dyn DeviceStep + 'm>>,
+    pub(super) cache: EncoderCache<ContentKey, B::Prefix>,
+    pub(super) session: Option<B::Session<'m>>,
     pub(super) active: Vec<Active>,
     /// Next-token logits of the session's rows.
     pub(super) logits: Vec<Vec<f32>>,
@@ -55,8 +57,9 @@ pub(super) fn send(tx: &mpsc::Sender<Event>, event: Event) -> bool {
 }
 
 /// Runs until the inbox is closed and nothing waits or runs.
-pub(super) fn run(
+pub(super) fn run<B: Backend>(
     m: &ServedModel,
+    backend: &B,
     cfg: RunnerConfig,
     rx: Receiver<Submission>,
     waiting: &AtomicUsize,
@@ -64,6 +67,7 @@ pub(super) fn run(
 ) {
     let mut e = Engine {
         m,
+        backend,
         sched: SchedulerState::new(cfg.scheduler),
         cache: EncoderCache::new(cfg.encoder_cache_bytes),
         session: None,
@@ -122,7 +126,7 @@ pub(super) fn run(
     }
 }
 
-impl Engine<'_> {
+impl<B: Backend> Engine<'_, B> {
     fn left_queue(&self, n: usize) {
         self.waiting.fetch_sub(n, Ordering::AcqRel);
     }

@@ -33,7 +33,7 @@ pub use error::RequestError;
 use crate::engine::{Entry, RequestCost, SchedulerConfig};
 use crate::generation::GenerationParams;
 use crate::metrics::Metrics;
-use crate::served::ServedModel;
+use crate::served::{Backend, Backends, ServedModel};
 
 /// Content hash of an encoded image or video (SHA-256): the encoder cache's key.
 pub type ContentKey = [u8; 32];
@@ -269,13 +269,16 @@ impl Drop for QueueSlot {
     }
 }
 
-/// Starts the model thread. It runs until every [`EngineHandle`] is dropped and the requests it
-/// holds are finished.
-pub fn spawn(
+/// Starts the model thread on `backend`. It runs until every [`EngineHandle`] is dropped and the
+/// requests it holds are finished. The scheduler reserves from the backend's KV cache: its block
+/// count and size replace the configured ones.
+pub fn spawn<B: Backend>(
     model: Arc<ServedModel>,
-    cfg: RunnerConfig,
+    backend: B,
+    mut cfg: RunnerConfig,
     metrics: Metrics,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
+    (cfg.scheduler.kv_blocks, cfg.scheduler.kv_block_size) = backend.kv_blocks();
     let (tx, rx) = sync_channel(cfg.scheduler.max_queue.max(1));
     let waiting = Arc::new(AtomicUsize::new(0));
     let handle = EngineHandle {
@@ -287,6 +290,16 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("lynx-model".into())
-        .spawn(move || batch_loop::run(&model, cfg, rx, &waiting, &metrics))?;
+        .spawn(move || batch_loop::run(&model, &backend, cfg, rx, &waiting, &metrics))?;
     Ok((handle, thread))
+}
+
+/// [`spawn`] on whichever backend was loaded.
+pub fn spawn_any(
+    model: Arc<ServedModel>,
+    backend: Backends,
+    cfg: RunnerConfig,
+    metrics: Metrics,
+) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
+    crate::with_backend!(backend, b => spawn(model, b, cfg, metrics))
 }

@@ -34,7 +34,7 @@ use crate::generation::{DecodingMode, GenerationParams};
 use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
-use crate::served::ServedModel;
+use crate::served::{Loaded, ServedModel};
 use decode_errors::DecodeErrors;
 use door::Door;
 use grpc::{LynxService, Shared};
@@ -155,14 +155,13 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains. `load` runs on the blocking pool while the
     /// HTTP listener already answers (not ready); `shutdown` during the load ends `run` at once.
-    pub async fn run<L, M>(
+    pub async fn run<L>(
         self,
         load: L,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError>
     where
-        L: FnOnce() -> Result<M, String> + Send + 'static,
-        M: Into<ServedModel> + Send + 'static,
+        L: FnOnce() -> Result<Loaded, String> + Send + 'static,
     {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let Self { grpc, http, cfg } = self;
@@ -221,12 +220,12 @@ impl Server {
                 return Ok(());
             }
         };
-        let model = loaded
+        let Loaded { model, backend } = loaded
             .map_err(|e| ServeError::Load(e.to_string()))?
             .map_err(ServeError::Load)?;
-        let model: Arc<ServedModel> = Arc::new(model.into());
+        let model = Arc::new(model);
         let (engine, thread) =
-            runner::spawn(Arc::clone(&model), cfg.runner.clone(), metrics.clone())
+            runner::spawn_any(Arc::clone(&model), backend, cfg.runner.clone(), metrics.clone())
                 .map_err(ServeError::Thread)?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -282,7 +281,7 @@ impl Server {
         tracing::info!(
             %grpc_addr,
             model = %model.config.model_name,
-            device = %model.device(),
+            device = %model.device,
             tls = cfg.tls.is_some(),
             auth = tokens.enabled(),
             "gRPC listening; warming up"

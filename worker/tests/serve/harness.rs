@@ -77,10 +77,9 @@ impl TestServer {
     }
 
     /// Starts a worker whose model `load` builds (any compute backend).
-    pub async fn start_with<L, M>(tune: impl FnOnce(&mut ServeConfig), load: L) -> Self
+    pub async fn start_with<L>(tune: impl FnOnce(&mut ServeConfig), load: L) -> Self
     where
-        L: FnOnce() -> Result<M, String> + Send + 'static,
-        M: Into<lynx_worker::served::ServedModel> + Send + 'static,
+        L: FnOnce() -> Result<lynx_worker::served::Loaded, String> + Send + 'static,
     {
         let mut cfg = config();
         tune(&mut cfg);
