@@ -3,19 +3,23 @@
 //! Generated at build time (no `protoc` needed): the messages, the `Lynx` service's tonic server
 //! ([`v1::lynx_server`]) and client ([`v1::lynx_client`]), and the encoded descriptor set for server
 //! reflection ([`FILE_DESCRIPTOR_SET`]). Every other crate talks to the worker through this crate.
+//! Without the default `grpc` feature only [`video`] and [`tokens_file`] remain.
 
 /// `lynx.v1`: messages, client and server.
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("lynx.v1");
 }
 
+#[cfg(feature = "grpc")]
 pub mod target;
 #[cfg(feature = "test-dns")]
 pub mod test_dns;
 pub mod tokens_file;
 pub mod video;
 
+#[cfg(feature = "grpc")]
 /// The canonical gRPC name of `code` (`OK`, `INVALID_ARGUMENT`, ...), as metrics label it.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
@@ -41,10 +45,11 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Encoded `FileDescriptorSet` of `lynx.v1`, for `tonic-reflection`.
+#[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lynx_v1_descriptor.bin"));
 
-#[cfg(test)]
+#[cfg(all(test, feature = "grpc"))]
 mod tests {
     use prost::Message;
 

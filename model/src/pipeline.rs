@@ -10,7 +10,7 @@ use crate::generation::{
     generate, DecodeIds, Generated, GenerationError, GenerationParams, StepError, StepModel,
 };
 use crate::loader::LoadedModel;
-use crate::model::{Prefill, VisionBatch};
+use crate::oracle::{Prefill, VisionBatch};
 use crate::prompt::{padded_prefill, prompt_token_ids};
 use crate::tokenizer::{python_strip, TokenizerError};
 
@@ -215,12 +215,12 @@ pub fn run_batch(
 }
 
 /// The candle model's decoding session, for decoding (the CPU path of one batch).
-impl StepModel for crate::model::LlmSession<'_> {
+impl StepModel for crate::oracle::LlmSession<'_> {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError> {
-        Ok(crate::model::LlmSession::step(self, tokens)?)
+        Ok(crate::oracle::LlmSession::step(self, tokens)?)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {
-        Ok(crate::model::LlmSession::select_rows(self, rows)?)
+        Ok(crate::oracle::LlmSession::select_rows(self, rows)?)
     }
 }

@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use crate::config::LynxConfig;
-use crate::model::{Lynx, Prefill};
+use crate::oracle::{Lynx, Prefill};
 use crate::tokenizer::{LynxTokenizer, TokenizerError};
 
 /// Token ids of one prompt: BOS + the tokenized, formatted question, truncated from the left.

@@ -9,7 +9,7 @@ use crate::checkpoint::converted::{is_converted, ConvertedCheckpoint};
 use crate::checkpoint::release::{load_release, MergedCheckpoint};
 use crate::checkpoint::CheckpointError;
 use crate::config::LynxConfig;
-use crate::model::Lynx;
+use crate::oracle::Lynx;
 use crate::tokenizer::LynxTokenizer;
 
 /// Which on-disk layout a model directory uses.
