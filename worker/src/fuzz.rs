@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use prost::Message as _;
 
+use crate::backend::ServedModel;
 use crate::cli::device::load_cpu;
 use crate::cli::{EmbeddedArg, ModelArgs};
 use crate::embedded::{ensure_preset, toy_tokenizer, Preset};
@@ -29,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::runner::Pixels;
 use crate::serve::limits::Limits;
 use crate::serve::prepare::{Delivery, PrepareConfig, Preparer};
-use crate::served::ServedModel;
 use crate::tokenizer::LynxTokenizer;
 use crate::vision::{self, PreprocessConfig, VisionLimits, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 

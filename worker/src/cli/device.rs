@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use super::{CliError, ModelArgs, StoreDtype};
+use crate::backend::{Backends, Loaded, ServedModel};
 use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
-use crate::served::{Backends, Loaded, ServedModel};
 
 /// Where the model computes (`--device`).
 pub use lynx_serve_flags::Device as DeviceArg;

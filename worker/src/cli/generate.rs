@@ -142,7 +142,8 @@ pub fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), CliErro
     let prompt_ids = prompt_token_ids(&model.tokenizer, cfg, &args.prompt).map_err(err)?;
     let metrics = Metrics::new().map_err(err)?;
     let (engine, thread) =
-        runner::spawn_any(Arc::clone(&model), backend, serve.runner.clone(), metrics).map_err(err)?;
+        runner::spawn_any(Arc::clone(&model), backend, serve.runner.clone(), metrics)
+            .map_err(err)?;
     let mut waiting = Vec::with_capacity(inputs.len());
     for vision in inputs {
         // Room for every event a request can send (no streaming: just the final one).

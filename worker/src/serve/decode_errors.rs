@@ -101,7 +101,7 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             if let (Some(code), Some(metrics)) = (rewrite(resp.headers_mut()), counted) {
-                metrics.count_request(code, received.elapsed());
+                metrics.count_request(lynx_proto::code_name(code), received.elapsed());
             }
             Ok(resp)
         })

@@ -30,6 +30,7 @@ use tonic::Status;
 use super::auth::Tokens;
 use super::decode_errors::is_generation;
 use super::grpc::Shared;
+use super::status::status_of;
 
 /// Wraps the generated `lynx.v1.Lynx` service (same name, same routes).
 #[derive(Debug, Clone)]
@@ -56,7 +57,7 @@ impl<S> Door<S> {
     fn admit(&self, req: &mut Request<Body>) -> Result<(), Status> {
         self.tokens.check(req.headers())?;
         if is_generation(req.uri().path()) {
-            let incoming = self.shared.admit()?;
+            let incoming = self.shared.admit().map_err(status_of)?;
             // The handler holds the place until the request is queued or refused.
             req.extensions_mut().insert(incoming);
         }
@@ -88,7 +89,7 @@ where
                 if is_generation(req.uri().path()) {
                     self.shared
                         .metrics
-                        .count_request(status.code(), Duration::ZERO);
+                        .count_request(lynx_proto::code_name(status.code()), Duration::ZERO);
                 }
                 // The unread message is dropped with the request (the stream is reset after the
                 // answer, as for a message over the size limit).

@@ -23,10 +23,10 @@ use tonic::{Code, Request, Response, Status};
 use super::lifecycle::Lifecycle;
 use super::limits::{check, Limits};
 use super::prepare::{Delivery, Incoming, Preparer};
-use super::status::RequestGuard;
+use super::status::{status_of, RequestGuard};
+use crate::backend::ServedModel;
 use crate::metrics::Metrics;
 use crate::runner::{EngineHandle, Event, Finish, Finished, RequestError};
-use crate::served::ServedModel;
 
 /// The worker answers this long before the client's `grpc-timeout` runs out, so that the client
 /// gets DEADLINE_EXCEEDED from the worker rather than a transport-level cancellation.
@@ -89,10 +89,10 @@ impl Shared {
         let _incoming = incoming;
         let shared = self;
         if shared.lifecycle.is_draining() {
-            return Err(DRAINING.into());
+            return Err(status_of(DRAINING));
         }
-        let checked = check(&req, &shared.model.config, &shared.limits)?;
-        let slot = shared.engine.reserve()?;
+        let checked = check(&req, &shared.model.config, &shared.limits).map_err(status_of)?;
+        let slot = shared.engine.reserve().map_err(status_of)?;
         // One delta per token plus the final event: sends from the model thread never block.
         let (tx, rx) = mpsc::channel(checked.params.max_new_tokens + 2);
         let delivery = Delivery {
@@ -104,8 +104,9 @@ impl Shared {
         let job = shared
             .preparer
             .prepare(req, checked, &shared.model, &shared.limits, delivery)
-            .await?;
-        slot.submit(job)?;
+            .await
+            .map_err(status_of)?;
+        slot.submit(job).map_err(status_of)?;
         Ok(rx)
     }
 }
@@ -140,7 +141,7 @@ impl LynxService {
         loop {
             match rx.recv().await {
                 Some(Event::Done(result)) => {
-                    let finished = result.map_err(Status::from)?;
+                    let finished = result.map_err(status_of)?;
                     return Ok(Response::new(response(finished, client_request_id)));
                 }
                 Some(Event::Delta { .. }) => {}
@@ -163,7 +164,9 @@ async fn bounded<T>(
             Some(d) => tokio::time::timeout_at(d.into(), work)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(RequestError::DeadlineExceeded("before the answer was ready").into())
+                    Err(status_of(RequestError::DeadlineExceeded(
+                        "before the answer was ready",
+                    )))
                 }),
             None => work.await,
         }
@@ -266,7 +269,7 @@ impl Stream for EventStream {
                 let id = std::mem::take(&mut self.client_request_id);
                 Ok(Out::Final(response(f, id)))
             }
-            Some(Event::Done(Err(e))) => Err(Status::from(e)),
+            Some(Event::Done(Err(e))) => Err(status_of(e)),
             None => Err(Status::internal("the model thread dropped the request")),
         };
         let last = !matches!(out, Ok(Out::Delta(_)));

@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::backend::{Loaded, ServedModel};
 use crate::generation::{DecodingMode, GenerationParams};
 use crate::metrics::Metrics;
 use crate::prompt::prompt_token_ids;
 use crate::runner::{self, Event, Job, Pixels, RunnerConfig, VisionItem};
-use crate::served::{Loaded, ServedModel};
 use decode_errors::DecodeErrors;
 use door::Door;
 use grpc::{LynxService, Shared};
@@ -224,9 +224,13 @@ impl Server {
             .map_err(|e| ServeError::Load(e.to_string()))?
             .map_err(ServeError::Load)?;
         let model = Arc::new(model);
-        let (engine, thread) =
-            runner::spawn_any(Arc::clone(&model), backend, cfg.runner.clone(), metrics.clone())
-                .map_err(ServeError::Thread)?;
+        let (engine, thread) = runner::spawn_any(
+            Arc::clone(&model),
+            backend,
+            cfg.runner.clone(),
+            metrics.clone(),
+        )
+        .map_err(ServeError::Thread)?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health

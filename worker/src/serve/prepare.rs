@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::limits::{Checked, Limits};
+use crate::backend::ServedModel;
 use crate::metrics::Metrics;
 use crate::runner::{ContentKey, Event, Job, Pixels, RequestError, VisionItem};
-use crate::served::ServedModel;
 use crate::vision::{self, PreprocessConfig, VisionError, VisionLimits};
 
 /// Default `--prepare-memory-mib`: room for the largest image the default limits admit

@@ -10,8 +10,9 @@ use tonic::{Code, Status};
 use crate::metrics::Metrics;
 use crate::runner::RequestError;
 
-impl From<RequestError> for Status {
-    fn from(e: RequestError) -> Self {
+/// The gRPC status of a request error.
+pub fn status_of(e: RequestError) -> Status {
+    {
         let code = match &e {
             RequestError::InvalidArgument(_) => Code::InvalidArgument,
             RequestError::QueueFull { .. } | RequestError::TooManyIncoming { .. } => {
@@ -70,7 +71,8 @@ impl RequestGuard {
             return;
         }
         self.recorded = true;
-        self.metrics.count_request(code, self.received.elapsed());
+        self.metrics
+            .count_request(lynx_proto::code_name(code), self.received.elapsed());
     }
 }
 

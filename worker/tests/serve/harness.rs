@@ -10,8 +10,8 @@ use lynx_proto::v1::lynx_client::LynxClient;
 use lynx_proto::v1::{self, DecodingMode, DecodingParameters, GenerateRequest};
 use lynx_worker::cli::device::load_cpu;
 use lynx_worker::cli::{EmbeddedArg, ModelArgs};
-use lynx_worker::engine::SchedulerConfig;
 use lynx_worker::runner::RunnerConfig;
+use lynx_worker::scheduler::SchedulerConfig;
 use lynx_worker::serve::limits::Limits;
 use lynx_worker::serve::prepare::PrepareConfig;
 use lynx_worker::serve::{ServeConfig, ServeError, Server};
@@ -79,7 +79,7 @@ impl TestServer {
     /// Starts a worker whose model `load` builds (any compute backend).
     pub async fn start_with<L>(tune: impl FnOnce(&mut ServeConfig), load: L) -> Self
     where
-        L: FnOnce() -> Result<lynx_worker::served::Loaded, String> + Send + 'static,
+        L: FnOnce() -> Result<lynx_worker::backend::Loaded, String> + Send + 'static,
     {
         let mut cfg = config();
         tune(&mut cfg);

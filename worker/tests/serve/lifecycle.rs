@@ -446,7 +446,7 @@ async fn shutdown_during_the_model_load_stops_at_once() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let slow_load = || {
         std::thread::sleep(Duration::from_secs(3));
-        Err::<lynx_worker::served::Loaded, _>("never loaded".to_owned())
+        Err::<lynx_worker::backend::Loaded, _>("never loaded".to_owned())
     };
     let task = tokio::spawn(server.run(slow_load, async {
         stopped.await.ok();

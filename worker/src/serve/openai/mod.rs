@@ -30,7 +30,7 @@ use tonic::{Code, Status};
 use super::auth::Tokens;
 use super::grpc::{Shared, DEADLINE_MARGIN};
 use super::lifecycle::Lifecycle;
-use super::status::RequestGuard;
+use super::status::{status_of, RequestGuard};
 use crate::metrics::Metrics;
 use crate::runner::{Event, Finish, Finished};
 use error::ApiError;
@@ -204,7 +204,7 @@ async fn submit(
     let shared = &shared;
     let incoming = shared
         .admit()
-        .map_err(|e| ApiError::from_status(&Status::from(e)))?;
+        .map_err(|e| ApiError::from_status(&status_of(e)))?;
     // Base64 makes the images a third larger than on gRPC.
     let limit = shared.limits.max_request_bytes.saturating_mul(4) / 3;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -311,7 +311,7 @@ async fn whole_answer(mut submitted: Submitted) -> Result<ChatResponse, ApiError
                     }],
                 })
             }
-            Some(Event::Done(Err(e))) => return Err(ApiError::from_status(&Status::from(e))),
+            Some(Event::Done(Err(e))) => return Err(ApiError::from_status(&status_of(e))),
             Some(Event::Delta { .. }) => {}
             None => {
                 return Err(ApiError::from_status(&Status::internal(
@@ -398,7 +398,7 @@ fn stream_answer(submitted: Submitted, mut guard: RequestGuard) -> Response {
                     return;
                 }
                 Event::Done(Err(e)) => {
-                    let error = ApiError::from_status(&Status::from(e));
+                    let error = ApiError::from_status(&status_of(e));
                     guard.record(error.grpc_code());
                     let event = format!("data: {}\n\n", error.body());
                     out.send(Ok(Bytes::from(event))).await.ok();

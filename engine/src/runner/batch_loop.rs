@@ -11,11 +11,11 @@ use super::{
     ContentKey, Event, Finish, Finished, Job, RequestError, RunnerConfig, StageTimings, Submission,
     Usage,
 };
-use crate::engine::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
+use crate::backend::{Backend, ServedModel};
+use crate::generation::StepModel;
 use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step};
 use crate::metrics::Metrics;
-use crate::generation::StepModel;
-use crate::served::{Backend, ServedModel};
+use crate::scheduler::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
 use crate::tokenizer::python_strip;
 
 /// A request in the running batch; its rows are contiguous in the session, in `active` order.

@@ -8,10 +8,10 @@ use std::time::Instant;
 use super::batch_loop::{Active, Engine};
 use super::text::TextStream;
 use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
-use crate::engine::Entry;
+use crate::backend::{Backend, BackendSession};
 use crate::forward::ForwardError;
 use crate::generation::RequestDecoder;
-use crate::served::{Backend, BackendSession};
+use crate::scheduler::Entry;
 
 type Result<T> = std::result::Result<T, ForwardError>;
 

@@ -92,9 +92,9 @@ pub enum Backends {
 macro_rules! with_backend {
     ($backends:expr, $b:ident => $body:expr) => {
         match $backends {
-            $crate::served::Backends::Host($b) => $body,
-            $crate::served::Backends::CudaF32($b) => $body,
-            $crate::served::Backends::CudaHalf($b) => $body,
+            $crate::backend::Backends::Host($b) => $body,
+            $crate::backend::Backends::CudaF32($b) => $body,
+            $crate::backend::Backends::CudaHalf($b) => $body,
         }
     };
 }

@@ -3,7 +3,7 @@
 //! it through channels only, so blocking CPU work never runs on the async runtime.
 //!
 //! Between two decode steps the thread takes new requests from its inbox into the
-//! [`SchedulerState`](crate::engine::SchedulerState), lets it decide which waiting requests join
+//! [`SchedulerState`](crate::scheduler::SchedulerState), lets it decide which waiting requests join
 //! (dynamic batching when idle, continuous batching while running), encodes the vision inputs of
 //! all admitted requests together (through the encoder cache), prefills them and joins their rows
 //! to the running session; then it advances every request's decoder by one step and feeds the
@@ -30,10 +30,10 @@ use tokio::sync::mpsc;
 
 pub use error::RequestError;
 
-use crate::engine::{Entry, RequestCost, SchedulerConfig};
+use crate::backend::{Backend, Backends, ServedModel};
 use crate::generation::GenerationParams;
 use crate::metrics::Metrics;
-use crate::served::{Backend, Backends, ServedModel};
+use crate::scheduler::{Entry, RequestCost, SchedulerConfig};
 
 /// Content hash of an encoded image or video (SHA-256): the encoder cache's key.
 pub type ContentKey = [u8; 32];

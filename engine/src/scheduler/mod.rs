@@ -5,11 +5,11 @@
 pub mod encoder_cache;
 pub mod kv_blocks;
 pub mod queue;
-pub mod scheduler;
+pub mod state;
 #[cfg(test)]
 mod tests;
 
 pub use encoder_cache::EncoderCache;
 pub use kv_blocks::{BlockAllocator, OutOfBlocks, SeqId};
 pub use queue::{Entry, QueueFull, RequestCost, RequestId, WaitQueue};
-pub use scheduler::{Decision, Reason, Rejection, SchedulerConfig, SchedulerState};
+pub use state::{Decision, Reason, Rejection, SchedulerConfig, SchedulerState};

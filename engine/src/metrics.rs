@@ -218,10 +218,9 @@ impl Metrics {
     }
 
     /// Counts one finished generation request with the gRPC status its client got.
-    pub fn count_request(&self, code: tonic::Code, duration: std::time::Duration) {
-        self.requests
-            .with_label_values(&[lynx_proto::code_name(code)])
-            .inc();
+    /// `code` is the status's canonical name (`OK`, `INVALID_ARGUMENT`, ...).
+    pub fn count_request(&self, code: &str, duration: std::time::Duration) {
+        self.requests.with_label_values(&[code]).inc();
         self.request_duration.observe(duration.as_secs_f64());
     }
 
