@@ -1,13 +1,14 @@
-//! Attention on the CPU in f32: one task per (sequence, head) pair, scores by SIMD dot products
-//! four keys at a time, a max-subtracted softmax with the vectorised `exp`, and the weighted sum
-//! of values. Dense attention skips the keys a query cannot see (causal limit, Lynx's pad gap)
-//! instead of masking them; decode reads the paged KV cache in place.
+//! Attention on the CPU in f32, one task per (sequence, head) pair, with a max-subtracted softmax
+//! and the vectorised `exp`. Dense attention (vision, resampler, prefill) computes `Q K^T` and
+//! `P V` as two packed GEMMs read in place from the `[tokens][heads][head_dim]` tensors, the keys
+//! a query cannot see (causal limit, Lynx's pad gap) weighted zero; decode reads the paged KV
+//! cache in place with dot products four keys at a time.
 
 use rayon::prelude::*;
 
-use super::gemm::dots;
+use super::gemm::{dots, matmul, Strided};
 use super::math::exp;
-use super::{need, vectorized};
+use super::need;
 use crate::problem::{DecodeAttention, DenseAttention};
 use crate::KernelError;
 
@@ -50,7 +51,7 @@ fn attend<'a>(
         for j in range.clone() {
             let (p, vj) = (scores[n], value(j));
             for (o, &x) in out.iter_mut().zip(vj) {
-                *o = p.mul_add(x, *o);
+                *o += p * x;
             }
             n += 1;
         }
@@ -62,7 +63,9 @@ fn attend<'a>(
 }
 
 /// Dense attention over `[batch][seq][heads][head_dim]` tensors (see
-/// [`crate::AttentionBackend::dense`]; no cache write).
+/// [`crate::AttentionBackend::dense`]; no cache write). Per (sequence, head) pair: the scores
+/// `Q K^T` and the output `P V` are two GEMMs read in place from the tensors; the keys a query
+/// cannot see (causal limit, pad gap) get no weight.
 pub fn dense(
     p: &DenseAttention,
     q: &[f32],
@@ -75,42 +78,71 @@ pub fn dense(
     need("k", k.len(), p.kv_len())?;
     need("v", v.len(), p.kv_len())?;
     need("attention output", out.len(), p.q_len())?;
-    let (heads, d) = (p.heads, p.head_dim);
-    let q_at = |b: usize, i: usize, h: usize| ((b * p.seq_q + i) * heads + h) * d;
-    let kv_at = |b: usize, j: usize, h: usize| ((b * p.seq_kv + j) * heads + h) * d;
+    let (heads, d, sq, skv) = (p.heads, p.head_dim, p.seq_q, p.seq_kv);
+    let width = heads * d;
     let pairs: Vec<Vec<f32>> = (0..p.batch * heads)
         .into_par_iter()
-        .map(|pair| {
+        .map(|pair| -> Result<Vec<f32>, KernelError> {
             let (b, h) = (pair / heads, pair % heads);
             let (lo, hi) = p.gap(b);
-            let mut rows = vec![0f32; p.seq_q * d];
-            let mut scores = Vec::with_capacity(p.seq_kv);
-            vectorized(|| {
-                for (i, row) in rows.chunks_exact_mut(d).enumerate() {
-                    let limit = if p.causal {
-                        (i + p.seq_kv + 1).saturating_sub(p.seq_q).min(p.seq_kv)
+            let operand = |data, base: usize| Strided {
+                data,
+                offset: base * width + h * d,
+                row: width,
+                col: 1,
+            };
+            // Scores [sq][skv] = Q [sq][d] . K^T [d][skv].
+            let mut scores = vec![0f32; sq * skv];
+            let keys_t = Strided {
+                row: 1,
+                col: width,
+                ..operand(k, b * skv)
+            };
+            matmul(sq, skv, d, operand(q, b * sq), keys_t, &mut scores)?;
+            for (i, row) in scores.chunks_exact_mut(skv).enumerate() {
+                let limit = if p.causal {
+                    (i + skv + 1).saturating_sub(sq).min(skv)
+                } else {
+                    skv
+                };
+                let (gap_lo, gap_hi) = (lo.min(limit), hi.min(limit));
+                let visible = |j: usize| j < gap_lo || (gap_hi <= j && j < limit);
+                let max = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| visible(j))
+                    .fold(f32::NEG_INFINITY, |m, (_, &s)| m.max(s * p.scale));
+                let mut total = 0f32;
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = if visible(j) {
+                        exp(*s * p.scale - max)
                     } else {
-                        p.seq_kv
+                        0.0
                     };
-                    let visible = [0..lo.min(limit), hi.min(limit)..limit];
-                    attend(
-                        &q[q_at(b, i, h)..][..d],
-                        &visible,
-                        |j| &k[kv_at(b, j, h)..][..d],
-                        |j| &v[kv_at(b, j, h)..][..d],
-                        p.scale,
-                        &mut scores,
-                        row,
-                    );
+                    total += *s;
                 }
-            });
-            rows
+                // No visible key: zeros, as the reference.
+                let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+                for s in row.iter_mut() {
+                    *s *= inv;
+                }
+            }
+            // Output [sq][d] = P [sq][skv] . V [skv][d].
+            let mut o = vec![0f32; sq * d];
+            let probs = Strided {
+                data: &scores,
+                offset: 0,
+                row: skv,
+                col: 1,
+            };
+            matmul(sq, d, skv, probs, operand(v, b * skv), &mut o)?;
+            Ok(o)
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     for (pair, rows) in pairs.iter().enumerate() {
         let (b, h) = (pair / heads, pair % heads);
         for (i, row) in rows.chunks_exact(d).enumerate() {
-            out[q_at(b, i, h)..][..d].copy_from_slice(row);
+            out[((b * sq + i) * heads + h) * d..][..d].copy_from_slice(row);
         }
     }
     Ok(())
@@ -138,17 +170,15 @@ pub fn decode(
             let (b, h) = (pair / heads, pair % heads);
             let len = p.seq_lens[b] as usize;
             let mut scores = Vec::with_capacity(len);
-            vectorized(|| {
-                attend(
-                    &q[pair * d..][..d],
-                    std::slice::from_ref(&(0..len)),
-                    |j| &k_cache[p.cache_offset(b, j, h)..][..d],
-                    |j| &v_cache[p.cache_offset(b, j, h)..][..d],
-                    p.scale,
-                    &mut scores,
-                    row,
-                )
-            });
+            attend(
+                &q[pair * d..][..d],
+                std::slice::from_ref(&(0..len)),
+                |j| &k_cache[p.cache_offset(b, j, h)..][..d],
+                |j| &v_cache[p.cache_offset(b, j, h)..][..d],
+                p.scale,
+                &mut scores,
+                row,
+            );
         });
     Ok(())
 }

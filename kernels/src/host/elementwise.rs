@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::math::{gelu as gelu1, silu as silu1};
-use super::{need, rows_per_task, vectorized};
+use super::{need, rows_per_task};
 use crate::KernelError;
 
 /// Elements per parallel task.
@@ -25,22 +25,18 @@ fn map_rows(
         .par_chunks_mut(per * out_cols)
         .zip(x[..rows * cols].par_chunks(per * cols))
         .for_each(|(o, i)| {
-            vectorized(|| {
-                for (orow, irow) in o.chunks_exact_mut(out_cols).zip(i.chunks_exact(cols)) {
-                    f(irow, orow);
-                }
-            })
+            for (orow, irow) in o.chunks_exact_mut(out_cols).zip(i.chunks_exact(cols)) {
+                f(irow, orow);
+            }
         });
 }
 
 /// Applies `f` to the first `n` values of `x` in place, in parallel tasks.
 fn map_in_place(x: &mut [f32], n: usize, f: impl Fn(f32) -> f32 + Sync) {
     x[..n].par_chunks_mut(TASK_ELEMS).for_each(|c| {
-        vectorized(|| {
-            for v in c.iter_mut() {
-                *v = f(*v);
-            }
-        })
+        for v in c.iter_mut() {
+            *v = f(*v);
+        }
     });
 }
 
@@ -138,11 +134,9 @@ pub fn add_scaled(acc: &mut [f32], b: &[f32], n: usize, scale: f32) -> Result<()
         .par_chunks_mut(TASK_ELEMS)
         .zip(b[..n].par_chunks(TASK_ELEMS))
         .for_each(|(a, b)| {
-            vectorized(|| {
-                for (a, &b) in a.iter_mut().zip(b) {
-                    *a += scale * b;
-                }
-            })
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a += scale * b;
+            }
         });
     Ok(())
 }
@@ -212,22 +206,20 @@ pub fn qkv_split(
         .zip(v[..t * w].par_chunks_mut(per * w))
         .enumerate()
         .for_each(|(task, ((qc, kc), vc))| {
-            vectorized(|| {
-                let rows = qc.chunks_exact_mut(w).zip(kc.chunks_exact_mut(w));
-                for (i, ((qr, kr), vr)) in rows.zip(vc.chunks_exact_mut(w)).enumerate() {
-                    let token = task * per + i;
-                    let src = &qkv[token * 3 * w..(token + 1) * 3 * w];
-                    qr.copy_from_slice(&src[..w]);
-                    kr.copy_from_slice(&src[w..2 * w]);
-                    vr.copy_from_slice(&src[2 * w..]);
-                    if let Some(r) = rope {
-                        let p = r.positions[token] as usize * half;
-                        let (c, s) = (&r.cos[p..p + half], &r.sin[p..p + half]);
-                        rotate(qr, hd, c, s);
-                        rotate(kr, hd, c, s);
-                    }
+            let rows = qc.chunks_exact_mut(w).zip(kc.chunks_exact_mut(w));
+            for (i, ((qr, kr), vr)) in rows.zip(vc.chunks_exact_mut(w)).enumerate() {
+                let token = task * per + i;
+                let src = &qkv[token * 3 * w..(token + 1) * 3 * w];
+                qr.copy_from_slice(&src[..w]);
+                kr.copy_from_slice(&src[w..2 * w]);
+                vr.copy_from_slice(&src[2 * w..]);
+                if let Some(r) = rope {
+                    let p = r.positions[token] as usize * half;
+                    let (c, s) = (&r.cos[p..p + half], &r.sin[p..p + half]);
+                    rotate(qr, hd, c, s);
+                    rotate(kr, hd, c, s);
                 }
-            })
+            }
         });
     Ok(())
 }

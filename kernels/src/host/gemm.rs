@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{need, vectorized};
+use super::need;
 use crate::KernelError;
 
 /// Input rows up to which the weights stream instead of going to the packed kernels.
@@ -95,13 +95,86 @@ fn packed(a: &LinearArgs<'_>, y: &mut [f32], accumulate: bool) {
     }
     if let Some(b) = a.bias {
         y.par_chunks_mut(n).for_each(|row| {
-            vectorized(|| {
-                for (o, &bv) in row.iter_mut().zip(b) {
-                    *o += bv;
-                }
-            })
+            for (o, &bv) in row.iter_mut().zip(b) {
+                *o += bv;
+            }
         });
     }
+}
+
+/// One strided operand of [`matmul`]: element `(r, c)` at `offset + r * row + c * col`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    /// The buffer.
+    pub data: &'a [f32],
+    /// Index of element `(0, 0)`.
+    pub offset: usize,
+    /// Row stride.
+    pub row: usize,
+    /// Column stride.
+    pub col: usize,
+}
+
+impl Strided<'_> {
+    /// Whether every element of a `rows x cols` matrix lies in the buffer.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || self.offset + (rows - 1) * self.row + (cols - 1) * self.col < self.data.len()
+    }
+}
+
+/// `dst[m][n] = a[m][k] b[k][n]` on one thread (the caller parallelises), operands strided, the
+/// destination contiguous: e.g. one attention head's scores `Q K^T` read in place from
+/// `[tokens][heads][head_dim]` tensors.
+pub fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+    dst: &mut [f32],
+) -> Result<(), KernelError> {
+    if !a.fits(m, k) || !b.fits(k, n) {
+        return Err(KernelError::Invalid(format!(
+            "matmul {m}x{k}x{n}: an operand lies outside its buffer"
+        )));
+    }
+    need("matmul output", dst.len(), m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return Ok(());
+    }
+    // SAFETY: `fits` checked that every element the strides address lies inside `a.data` and
+    // `b.data`; `dst` holds at least `m * n` values written with row stride `n`, and being
+    // borrowed mutably it overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr().add(a.offset),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr().add(b.offset),
+            b.col as isize,
+            b.row as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
 }
 
 /// Dot products of `R` input rows with one weight row.
@@ -115,7 +188,7 @@ pub(crate) fn dots<const R: usize>(xs: [&[f32]; R], w: &[f32]) -> [f32; R] {
         for (x, acc) in xs.iter().zip(acc.iter_mut()) {
             let xl: &[f32; LANES] = x[c..c + LANES].try_into().unwrap_or(&[0.0; LANES]);
             for l in 0..LANES {
-                acc[l] = xl[l].mul_add(wl[l], acc[l]);
+                acc[l] += xl[l] * wl[l];
             }
         }
     }
@@ -132,7 +205,7 @@ pub(crate) fn dots<const R: usize>(xs: [&[f32]; R], w: &[f32]) -> [f32; R] {
         }
         let mut s = lanes[0];
         for (&xv, &wv) in x[full..k].iter().zip(&w[full..k]) {
-            s = xv.mul_add(wv, s);
+            s += xv * wv;
         }
         *o = s;
     }
@@ -165,21 +238,19 @@ fn stream(a: &LinearArgs<'_>, y: &mut [f32], accumulate: bool) {
     t.par_chunks_mut(STREAM_COLS * rows)
         .enumerate()
         .for_each(|(task, out)| {
-            vectorized(|| {
-                for (i, o) in out.chunks_exact_mut(rows).enumerate() {
-                    let j = task * STREAM_COLS + i;
-                    weight_row(a.x, rows, k, &a.w[j * k..(j + 1) * k], o);
-                }
-            })
+            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+                let j = task * STREAM_COLS + i;
+                weight_row(a.x, rows, k, &a.w[j * k..(j + 1) * k], o);
+            }
         });
-    vectorized(|| {
+    {
         for (r, yr) in y.chunks_exact_mut(n).enumerate() {
             for (j, o) in yr.iter_mut().enumerate() {
                 let v = t[j * rows + r] + a.bias.map_or(0.0, |b| b[j]);
                 *o = if accumulate { *o + v } else { v };
             }
         }
-    });
+    };
 }
 
 #[cfg(test)]

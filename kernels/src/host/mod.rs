@@ -1,5 +1,6 @@
-//! The CPU serving kernels: f32 arithmetic as PyTorch's CPU backend does it, vectorised for the
-//! host's SIMD width (chosen at run time) and spread over the machine's cores. They compute what
+//! The CPU serving kernels: f32 arithmetic as PyTorch's CPU backend does it, in loops the compiler
+//! vectorises (independent accumulators, no fused multiply-add calls) and spread over the
+//! machine's cores. They compute what
 //! the f64 references of [`crate::ops`] and [`crate::cpu`] compute, to f32 rounding.
 //!
 //! - [`gemm`]: `nn.Linear` (`y = x W^T + b`, optionally added to `y`): the `gemm` crate's
@@ -14,13 +15,6 @@ pub mod gemm;
 pub mod math;
 
 use crate::KernelError;
-
-/// Runs `f` compiled for the best instruction set the CPU has (AVX-512, AVX2 + FMA, or the
-/// baseline), so the loops inside are vectorised for it.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
-}
 
 /// `Ok` when a buffer holds at least `want` elements.
 pub(crate) fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
