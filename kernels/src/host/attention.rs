@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::gemm::{dots, matmul, Strided};
 use super::math::exp;
-use super::need;
+use super::{dispatch, need};
 use crate::problem::{DecodeAttention, DenseAttention};
 use crate::KernelError;
 
@@ -62,6 +62,47 @@ fn attend<'a>(
     }
 }
 
+/// `row = softmax(scale * row)` over the visible key ranges, zero elsewhere (all zeros when
+/// nothing is visible, as the reference).
+struct Softmax<'a> {
+    row: &'a mut [f32],
+    visible: [std::ops::Range<usize>; 2],
+    scale: f32,
+}
+
+impl pulp::WithSimd for Softmax<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            row,
+            visible,
+            scale,
+        } = self;
+        let mut max = f32::NEG_INFINITY;
+        for r in &visible {
+            for &s in &row[r.clone()] {
+                max = max.max(s * scale);
+            }
+        }
+        let mut total = 0f32;
+        let mut from = 0;
+        for r in &visible {
+            row[from.min(r.start)..r.start].fill(0.0);
+            for s in &mut row[r.clone()] {
+                *s = exp(*s * scale - max);
+                total += *s;
+            }
+            from = from.max(r.end);
+        }
+        row[from..].fill(0.0);
+        let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+        for s in row.iter_mut() {
+            *s *= inv;
+        }
+    }
+}
+
 /// Dense attention over `[batch][seq][heads][head_dim]` tensors (see
 /// [`crate::AttentionBackend::dense`]; no cache write). Per (sequence, head) pair: the scores
 /// `Q K^T` and the output `P V` are two GEMMs read in place from the tensors; the keys a query
@@ -105,27 +146,11 @@ pub fn dense(
                 } else {
                     skv
                 };
-                let (gap_lo, gap_hi) = (lo.min(limit), hi.min(limit));
-                let visible = |j: usize| j < gap_lo || (gap_hi <= j && j < limit);
-                let max = row
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, _)| visible(j))
-                    .fold(f32::NEG_INFINITY, |m, (_, &s)| m.max(s * p.scale));
-                let mut total = 0f32;
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = if visible(j) {
-                        exp(*s * p.scale - max)
-                    } else {
-                        0.0
-                    };
-                    total += *s;
-                }
-                // No visible key: zeros, as the reference.
-                let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
-                for s in row.iter_mut() {
-                    *s *= inv;
-                }
+                dispatch(Softmax {
+                    row,
+                    visible: [0..lo.min(limit), hi.min(limit)..limit],
+                    scale: p.scale,
+                });
             }
             // Output [sq][d] = P [sq][skv] . V [skv][d].
             let mut o = vec![0f32; sq * d];

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::math::{gelu as gelu1, silu as silu1};
-use super::{need, rows_per_task};
+use super::{dispatch, need, rows_per_task};
 use crate::KernelError;
 
 /// Elements per parallel task.
@@ -31,13 +31,43 @@ fn map_rows(
         });
 }
 
-/// Applies `f` to the first `n` values of `x` in place, in parallel tasks.
-fn map_in_place(x: &mut [f32], n: usize, f: impl Fn(f32) -> f32 + Sync) {
-    x[..n].par_chunks_mut(TASK_ELEMS).for_each(|c| {
-        for v in c.iter_mut() {
-            *v = f(*v);
+/// `f` over a slice in place, `f` a function marked `#[inline(always)]` (so it is compiled for
+/// the dispatched instruction set).
+struct InPlace<'a, F>(&'a mut [f32], F);
+
+impl<F: Fn(f32) -> f32> pulp::WithSimd for InPlace<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for v in self.0.iter_mut() {
+            *v = (self.1)(*v);
         }
-    });
+    }
+}
+
+/// Applies `f` (a function item marked `#[inline(always)]`, not a closure) to the first `n` values of `x` in place, in parallel
+/// tasks.
+fn map_in_place<F: Fn(f32) -> f32 + Copy + Send + Sync>(x: &mut [f32], n: usize, f: F) {
+    x[..n]
+        .par_chunks_mut(TASK_ELEMS)
+        .for_each(|c| dispatch(InPlace(c, f)));
+}
+
+/// `out = silu(gate) * up`, element-wise.
+struct SiluMul<'a> {
+    gate: &'a [f32],
+    up: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for SiluMul<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for ((o, &g), &u) in self.out.iter_mut().zip(self.gate).zip(self.up) {
+            *o = silu1(g) * u;
+        }
+    }
 }
 
 /// Sum of a row in f32 lanes (pairwise over the lanes).
@@ -117,11 +147,9 @@ pub fn silu(x: &mut [f32], n: usize) -> Result<(), KernelError> {
 pub fn silu_mul(gu: &[f32], rows: usize, inter: usize, out: &mut [f32]) -> Result<(), KernelError> {
     need("gate|up", gu.len(), rows * 2 * inter)?;
     need("silu output", out.len(), rows * inter)?;
-    map_rows(gu, out, rows, 2 * inter, inter, |row, o| {
+    map_rows(gu, out, rows, 2 * inter, inter, |row, out| {
         let (gate, up) = row.split_at(inter);
-        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-            *o = silu1(g) * u;
-        }
+        dispatch(SiluMul { gate, up, out });
     });
     Ok(())
 }

@@ -16,6 +16,14 @@ pub mod math;
 
 use crate::KernelError;
 
+/// Runs `op` compiled for the best instruction set the CPU has (AVX-512, AVX2 + FMA, or the
+/// baseline). Only code inlined into `op`'s `with_simd` gets it: a plain function marked
+/// `#[inline(always)]` does, a closure's body does not.
+#[inline(always)]
+pub(crate) fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
+}
+
 /// `Ok` when a buffer holds at least `want` elements.
 pub(crate) fn need(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
     if got < want {

@@ -33,17 +33,16 @@ pub enum PriorityError {
 /// The name of the compute pool's threads (`lynx-compute-<i>`).
 pub const COMPUTE_THREAD_PREFIX: &str = "lynx-compute-";
 
-/// Starts the CPU model's compute pools now, from the calling thread, so that their threads have
+/// Starts the CPU kernels' compute pool now, from the calling thread, so that its threads have
 /// this thread's niceness rather than that of whichever thread would first use them: rayon's
-/// global pool (the matrix products; `threads` 0: rayon's default, `RAYON_NUM_THREADS` or one
-/// per CPU) and candle's barrier pool (`candle-bp-<i>`: element-wise and attention kernels).
+/// global pool (every CPU kernel: matrix products, attention, element-wise work; `threads` 0:
+/// rayon's default, `RAYON_NUM_THREADS` or one per CPU).
 pub fn start_compute_pool(threads: usize) -> Result<(), PriorityError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("{COMPUTE_THREAD_PREFIX}{i}"))
         .build_global()
         .map_err(|e| PriorityError::ComputePool(e.to_string()))?;
-    candle_core::utils::barrier_pool();
     Ok(())
 }
 
