@@ -9,7 +9,10 @@
 //! - `LYNX_BENCH_DEVICE`: our backend, as `serve --device` takes it: `cpu` (default), `mirror`
 //!   (the slow host reference of the device program: tiny only), `cuda[:N]`;
 //! - `LYNX_BENCH_THREADS` (default 2): rayon's pool on our side, `torch.set_num_threads` on theirs;
-//! - `LYNX_BENCH_REPEATS` (default 5): timed repeats after one warm-up; each metric is a median.
+//! - `LYNX_BENCH_REPEATS` (default 5): timed repeats after one warm-up; each metric is a median;
+//! - `LYNX_BENCH_ROUNDS` (default 1): the two sides run alternately this many times (fresh
+//!   processes each), and each metric is the median over the rounds: on a shared machine, other
+//!   work then skews both columns alike rather than whichever side it overlapped.
 //!
 //! Protocol, the same on both sides (PyTorch's in `worker/benches/torch_lynx.py`, run as
 //! `python3 torch_lynx.py --model DIR --threads T --repeats N --json` with `PYTHONPATH=.tools/torch`):
@@ -50,6 +53,26 @@ const NEW_TOKENS: usize = 32;
 const PROMPT_LEN: u32 = 20;
 const BATCH: usize = 8;
 const KV_BLOCK: usize = 16;
+/// The table's rows: label, JSON key (both sides), decimals.
+const METRICS: [(&str, &str, usize); 8] = [
+    (
+        "vision ms/image, b=1 (ViT + resampler)",
+        "vision_ms_per_image_b1",
+        2,
+    ),
+    ("vision ms/image, b=8", "vision_ms_per_image_b8", 2),
+    ("prefill ms, b=1", "prefill_ms_b1", 2),
+    ("decode ms/token, b=1", "decode_ms_per_token_b1", 2),
+    (
+        "one request s (vision + prefill + 32 tokens), b=1",
+        "one_request_s",
+        3,
+    ),
+    ("batch of 8 images s (32 tokens each)", "batch8_s", 3),
+    ("load s (weights read to ready, in-process)", "load_s", 3),
+    ("peak RSS MiB (whole run)", "peak_rss_mib", 0),
+];
+
 /// Set in the child that runs our side.
 const CHILD_ENV: &str = "LYNX_BENCH_CHILD";
 
@@ -266,6 +289,21 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The rounds of one side as one result: each metric the median over the rounds, everything else
+/// (ids, device, versions) from the last round.
+fn combine(runs: &[Value]) -> Option<Value> {
+    let mut out = runs.last()?.clone();
+    if let Some(obj) = out.as_object_mut() {
+        for key in METRICS.iter().map(|(_, k, _)| *k) {
+            let values: Vec<f64> = runs.iter().filter_map(|r| r.get(key)?.as_f64()).collect();
+            if !values.is_empty() {
+                obj.insert(key.to_owned(), json!(median(values)));
+            }
+        }
+    }
+    Some(out)
+}
+
 fn num(v: Option<&Value>, key: &str) -> Option<f64> {
     v?.get(key)?.as_f64()
 }
@@ -318,6 +356,7 @@ fn main() {
     let device = env_or("LYNX_BENCH_DEVICE", "cpu");
     let threads = env_usize("LYNX_BENCH_THREADS", 2);
     let repeats = env_usize("LYNX_BENCH_REPEATS", 5).max(1);
+    let rounds = env_usize("LYNX_BENCH_ROUNDS", 1).max(1);
     let dir = match which.as_str() {
         "tiny" => ensure_preset(Preset::Tiny).expect("tiny preset"),
         "small" => ensure_preset(Preset::Small).expect("small preset"),
@@ -330,20 +369,43 @@ fn main() {
         .sum();
     let mut notes = Vec::new();
     let load_before = load_average();
-    let ours = if device == "mirror" && which != "tiny" {
-        Err(format!(
+    let mut ours_ok = if device == "mirror" && which != "tiny" {
+        notes.push(format!(
             "--device mirror is the slow host reference: our side runs it on LYNX_BENCH_MODEL=tiny \
              only, not on {which}"
-        ))
+        ));
+        false
     } else {
-        eprintln!("running our side (--device {device}) on {}", dir.display());
-        run_ours(&dir, &device)
+        true
     };
-    let ours = ours.map_err(|e| notes.push(e)).ok();
-    eprintln!("running PyTorch on {}", dir.display());
-    let torch = run_torch(&dir, threads, repeats)
-        .map_err(|e| notes.push(e))
-        .ok();
+    let mut torch_ok = true;
+    let (mut ours_runs, mut torch_runs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        if ours_ok {
+            eprintln!(
+                "round {round}/{rounds}: our side (--device {device}) on {}",
+                dir.display()
+            );
+            match run_ours(&dir, &device) {
+                Ok(v) => ours_runs.push(v),
+                Err(e) => {
+                    ours_ok = false;
+                    notes.push(e);
+                }
+            }
+        }
+        if torch_ok {
+            eprintln!("round {round}/{rounds}: PyTorch on {}", dir.display());
+            match run_torch(&dir, threads, repeats) {
+                Ok(v) => torch_runs.push(v),
+                Err(e) => {
+                    torch_ok = false;
+                    notes.push(e);
+                }
+            }
+        }
+    }
+    let (ours, torch) = (combine(&ours_runs), combine(&torch_runs));
 
     let load_after = load_average();
     let (o, t) = (ours.as_ref(), torch.as_ref());
@@ -359,34 +421,22 @@ fn main() {
         .unwrap_or_else(|| "PyTorch eager".into());
     println!(
         "\n{} ({:.1} M parameters, f32, {}x{} px, {} latents), {threads} threads each, \
-         median of {repeats} after one warm-up; prompt 21 ids, {NEW_TOKENS} greedy new tokens, no EOS stop\n",
+         median of {repeats} after one warm-up{}; prompt 21 ids, {NEW_TOKENS} greedy new tokens, \
+         no EOS stop\n",
         cfg.model_name,
         params as f64 / 1e6,
         cfg.vision.image_res,
         cfg.vision.image_res,
         cfg.bridge.num_latents,
+        if rounds > 1 {
+            format!(", then the median of {rounds} alternating rounds")
+        } else {
+            String::new()
+        },
     );
     println!("| metric | {torch_name} | {ours_name} | ours faster by |");
     println!("|---|---|---|---|");
-    let rows: [(&str, &str, usize); 8] = [
-        (
-            "vision ms/image, b=1 (ViT + resampler)",
-            "vision_ms_per_image_b1",
-            2,
-        ),
-        ("vision ms/image, b=8", "vision_ms_per_image_b8", 2),
-        ("prefill ms, b=1", "prefill_ms_b1", 2),
-        ("decode ms/token, b=1", "decode_ms_per_token_b1", 2),
-        (
-            "one request s (vision + prefill + 32 tokens), b=1",
-            "one_request_s",
-            3,
-        ),
-        ("batch of 8 images s (32 tokens each)", "batch8_s", 3),
-        ("load s (weights read to ready, in-process)", "load_s", 3),
-        ("peak RSS MiB (whole run)", "peak_rss_mib", 0),
-    ];
-    for (label, key, prec) in rows {
+    for (label, key, prec) in METRICS {
         let (tv, ov) = (num(t, key), num(o, key));
         let cell = |v: Option<f64>| v.map_or("—".to_owned(), |x| format!("{x:.prec$}"));
         let ratio = match (tv, ov) {

@@ -18,7 +18,9 @@ load time, as any tuned eager port does. Everything runs in f32.
 It reads a model folder in the project's converted layout: `lynx.json` (the validated config,
 worker/src/config.rs `LynxConfig`) and `model.safetensors` or the shards that
 `model.safetensors.index.json` names, in the LynxBase key namespace (vision_encoder.*, bridge.*,
-LLM.model.*, LLM.lm_head.weight, absolute_frame_pos_embed); f16/bf16 weights are upcast.
+LLM.model.*, LLM.lm_head.weight, absolute_frame_pos_embed); f16/bf16 weights are upcast. f32
+weights stay memory-mapped (file pages, counted in the RSS once read); every page is read before
+the model counts as loaded.
 
 Run (PyTorch from scripts/install-torch):
 
@@ -118,6 +120,9 @@ class Weights:
         if key not in self.where:
             raise KeyError(f"weight {key} missing from the checkpoint")
         t = self.where[key].get_tensor(key).to(torch.float32).contiguous()
+        # An f32 tensor stays a view of the memory-mapped file, read lazily: touch one value per
+        # 4 KiB page so that "loaded" means resident, as on our side (which copies the weights).
+        t.view(-1)[::1024].sum()
         self.elements += t.numel()
         return t
 
