@@ -32,8 +32,8 @@
 //! - the greedy ids of both sides at b=1 and b=8 are compared.
 //!
 //! Our side loads the model with `lynx_worker::cli::device::load_served` and drives it through the
-//! backend-agnostic [`DeviceCompute`] trait (`encode`, `start`, then `StepModel::step`), the
-//! interface the server uses on every backend. Without PyTorch (`scripts/install-torch`) the
+//! [`Backend`] trait (`encode`, `start`, then `StepModel::step` on the session), the interface
+//! the model thread uses on every backend. Without PyTorch (`scripts/install-torch`) the
 //! table has our column only.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
