@@ -357,14 +357,15 @@ async fn every_request_is_counted_once_with_the_status_its_client_got() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_timeout_cuts_off_with_a_message_that_says_so() {
-    let mut server = TestServer::start(|c| c.drain_timeout = Duration::from_millis(300)).await;
+    // 512 greedy tokens of "hi" (no EOS) take the fixture model over twice the drain timeout.
+    let mut server = TestServer::start(|c| c.drain_timeout = Duration::from_millis(100)).await;
     let mut client = server.client().await;
-    let long = request("hi", &[], None, DecodingMode::Greedy, 300);
+    let long = request("hi", &[], None, DecodingMode::Greedy, 512);
     let unary = tokio::spawn(async move { client.generate(long).await });
     let mut stream = server
         .client()
         .await
-        .generate_stream(request("hi", &[], None, DecodingMode::Greedy, 300))
+        .generate_stream(request("hi", &[], None, DecodingMode::Greedy, 512))
         .await
         .unwrap()
         .into_inner();
