@@ -215,9 +215,7 @@ mod tests {
     use crate::AttentionBackend;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
-            .collect()
+        crate::host::test_values(len, seed, 1.0)
     }
 
     fn close(a: &[f32], b: &[f32]) {

@@ -259,11 +259,7 @@ mod tests {
     use crate::Precision;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 * 4.0 - 2.0
-            })
-            .collect()
+        crate::host::test_values(len, seed, 4.0)
     }
 
     fn close(what: &str, a: &[f32], b: &[f32]) {

@@ -38,3 +38,14 @@ pub(crate) fn need(what: &str, got: usize, want: usize) -> Result<(), KernelErro
 pub(crate) fn rows_per_task(rows: usize, cols: usize, work: usize) -> usize {
     (work / cols.max(1)).clamp(1, rows.max(1))
 }
+
+/// `len` test values spread over `[-scale / 2, scale / 2)`, a different sequence per `seed`.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32, scale: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let u = ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32;
+            (u - 0.5) * scale
+        })
+        .collect()
+}
