@@ -17,8 +17,9 @@
 //!   folding of LayerNorm and the frame embedding, f64 reference).
 //! - [`ops`]: host references of the small kernels (norms, activations, RoPE, selection).
 //! - [`source`]: the kernel sources and the kernel names each file defines.
-//! - [`selftest`] and [`bench`]: `lynx-worker gpu-selftest` and `gpu-bench`.
+//! - `selftest` and `bench` (feature `tools`): `lynx-worker gpu-selftest` and `gpu-bench`.
 
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod cpu;
 pub mod cuda;
@@ -28,6 +29,7 @@ pub mod nvrtc;
 pub mod ops;
 pub mod problem;
 pub mod projection;
+#[cfg(feature = "tools")]
 pub mod selftest;
 pub mod source;
 
