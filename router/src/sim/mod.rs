@@ -3,7 +3,7 @@
 //! --bench fleet` prints its tables; `docs/perf/fleet.md` records them and the cost profiles.
 //!
 //! # Model
-//! - **Worker** (like `worker/src/runner/batch_loop.rs` with `engine::SchedulerState`): a FIFO
+//! - **Worker** (like `engine/src/runner/batch_loop.rs` with `scheduler::SchedulerState`): a FIFO
 //!   queue, a running batch of at most `max_batch` requests, a KV budget in tokens (prompt +
 //!   vision + output tokens reserved at admission, never preempted) and an entry-bounded LRU
 //!   encoder cache keyed by [`ImageKey`] (every Lynx image encodes to the same 32 tokens, so
