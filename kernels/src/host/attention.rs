@@ -12,12 +12,12 @@ use super::{dispatch, need};
 use crate::problem::{DecodeAttention, DenseAttention};
 use crate::KernelError;
 
-/// `out = softmax(scale * q . k_j) . v_j` over the keys `keys(j)` / values `values(j)` for `j`
-/// in `visible` (zeros when nothing is visible). `scores` is scratch.
+/// `out = softmax(scale * q . k_j) . v_j` over the `len` cached keys `key(j)` / values
+/// `value(j)` (zeros when there are none). `scores` is scratch.
 #[inline(always)]
-fn attend<'a>(
+fn attend_cached<'a>(
     q: &[f32],
-    visible: &[std::ops::Range<usize>],
+    len: usize,
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
@@ -25,40 +25,24 @@ fn attend<'a>(
     out: &mut [f32],
 ) {
     scores.clear();
-    for range in visible {
-        let mut j = range.start;
-        while j + 4 <= range.end {
-            let s = dots([key(j), key(j + 1), key(j + 2), key(j + 3)], q);
-            scores.extend(s.iter().map(|v| v * scale));
-            j += 4;
-        }
-        for j in j..range.end {
-            scores.push(dots([key(j)], q)[0] * scale);
-        }
+    let mut j = 0;
+    while j + 4 <= len {
+        scores.extend(dots([key(j), key(j + 1), key(j + 2), key(j + 3)], q));
+        j += 4;
     }
+    for j in j..len {
+        scores.push(dots([key(j)], q)[0]);
+    }
+    dispatch(Softmax {
+        row: scores,
+        visible: [0..0, 0..len],
+        scale,
+    });
     out.fill(0.0);
-    if scores.is_empty() {
-        return;
-    }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = exp(*s - max);
-        total += *s;
-    }
-    let mut n = 0;
-    for range in visible {
-        for j in range.clone() {
-            let (p, vj) = (scores[n], value(j));
-            for (o, &x) in out.iter_mut().zip(vj) {
-                *o += p * x;
-            }
-            n += 1;
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(value(j)) {
+            *o += p * x;
         }
-    }
-    let inv = 1.0 / total;
-    for o in out.iter_mut() {
-        *o *= inv;
     }
 }
 
@@ -195,9 +179,9 @@ pub fn decode(
             let (b, h) = (pair / heads, pair % heads);
             let len = p.seq_lens[b] as usize;
             let mut scores = Vec::with_capacity(len);
-            attend(
+            attend_cached(
                 &q[pair * d..][..d],
-                std::slice::from_ref(&(0..len)),
+                len,
                 |j| &k_cache[p.cache_offset(b, j, h)..][..d],
                 |j| &v_cache[p.cache_offset(b, j, h)..][..d],
                 p.scale,

@@ -9,6 +9,7 @@ use crate::backend::{Backends, Loaded, ServedModel};
 use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
+use crate::forward::ops::Ops;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
@@ -68,12 +69,18 @@ pub fn load_served(
             )
         }
     };
-    let load = |ops, source| {
-        DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size).map_err(|e| err(&e))
-    };
+    fn on<O: Ops + 'static>(
+        ops: O,
+        source: Source<'_>,
+        config: &crate::config::LynxConfig,
+        kv: (usize, usize),
+    ) -> Result<DeviceLynx<O>, CliError> {
+        DeviceLynx::load(ops, source, config, kv.0, kv.1).map_err(|e| CliError(e.to_string()))
+    }
+    let kv = (kv_blocks, kv_block_size);
     let backend = match flags.device {
-        DeviceArg::Cpu => Backends::Host(load(HostOps::cpu(), source)?),
-        DeviceArg::Mirror => Backends::Host(load(HostOps::mirror(), source)?),
+        DeviceArg::Cpu => Backends::Host(on(HostOps::cpu(), source, &config, kv)?),
+        DeviceArg::Mirror => Backends::Host(on(HostOps::mirror(), source, &config, kv)?),
         DeviceArg::Cuda(ordinal) => {
             let gpu =
                 lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
@@ -86,16 +93,10 @@ pub fn load_served(
             };
             if precision == lynx_kernels::Precision::F32 {
                 let ops = CudaOps::<f32>::new(gpu, precision).map_err(|e| err(&e))?;
-                Backends::CudaF32(
-                    DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size)
-                        .map_err(|e| err(&e))?,
-                )
+                Backends::CudaF32(on(ops, source, &config, kv)?)
             } else {
                 let ops = CudaOps::<u16>::new(gpu, precision).map_err(|e| err(&e))?;
-                Backends::CudaHalf(
-                    DeviceLynx::load(ops, source, &config, kv_blocks, kv_block_size)
-                        .map_err(|e| err(&e))?,
-                )
+                Backends::CudaHalf(on(ops, source, &config, kv)?)
             }
         }
     };
