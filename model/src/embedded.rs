@@ -11,7 +11,8 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::checkpoint::converted::{is_converted, write_converted, SHARD_BYTES};
-use crate::checkpoint::{expected_weights, CheckpointError};
+use crate::checkpoint::keys::{Keys, LynxKeys, Role};
+use crate::checkpoint::CheckpointError;
 pub use crate::config::presets::Preset;
 use crate::config::LynxConfig;
 pub use crate::tokenizer::toy::toy_tokenizer;
@@ -32,22 +33,24 @@ impl Normal {
     }
 }
 
-/// Random weights for every tensor `cfg` needs: norms at 1 / 0, adapter scaling 1, everything
-/// else N(0, 0.02). Deterministic in `seed`.
+/// Random weights for every tensor `cfg` needs: norm scales and the adapter scaling at 1, biases
+/// at 0, everything else N(0, 0.02). Deterministic in `seed`.
 pub fn random_weights(cfg: &LynxConfig, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = Normal(ChaCha20Rng::seed_from_u64(seed));
     let mut out = HashMap::new();
-    for (name, shape) in expected_weights(cfg) {
-        let n: usize = shape.iter().product();
-        let is_norm_weight = shape.len() == 1 && name.ends_with(".weight");
-        let data: Vec<f32> = if name.ends_with(".scaling") || is_norm_weight {
-            vec![1.0; n]
-        } else if shape.len() == 1 && name.ends_with(".bias") {
-            vec![0.0; n]
-        } else {
-            (0..n).map(|_| 0.02 * rng.sample()).collect()
+    for key in LynxKeys::new(cfg).all() {
+        let n = key.len();
+        let data: Vec<f32> = match key.role {
+            Role::NormScale | Role::Scalar => vec![1.0; n],
+            Role::Bias => vec![0.0; n],
+            Role::Matrix | Role::Embedding | Role::Table => {
+                (0..n).map(|_| 0.02 * rng.sample()).collect()
+            }
         };
-        out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        out.insert(
+            key.name.clone(),
+            Tensor::from_vec(data, key.shape.as_slice(), &Device::Cpu)?,
+        );
     }
     Ok(out)
 }

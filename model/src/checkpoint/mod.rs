@@ -3,6 +3,7 @@
 
 pub mod converted;
 pub mod interpolate;
+pub mod keys;
 pub mod progress;
 pub mod release;
 pub mod torch;
@@ -14,6 +15,7 @@ use candle_core::Tensor;
 
 use crate::config::{ConfigError, LynxConfig};
 use crate::tokenizer::TokenizerError;
+use keys::Keys;
 
 /// Errors raised while finding, reading, merging or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -110,89 +112,13 @@ pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         .collect()
 }
 
-/// Every weight the model reads, with its shape, for a configuration.
+/// Every weight the model reads, with its shape, for a configuration (from [`keys::LynxKeys`]).
 pub fn expected_weights(cfg: &LynxConfig) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut add = |k: String, s: &[usize]| out.push((k, s.to_vec()));
-    let v = &cfg.vision;
-    let (w, p) = (v.width, v.patch_size);
-    add(
-        "absolute_frame_pos_embed".into(),
-        &[1, cfg.num_frames, 1, w],
-    );
-    add("vision_encoder.cls_token".into(), &[1, 1, w]);
-    add(
-        "vision_encoder.pos_embed".into(),
-        &[1, v.tokens_per_image(), w],
-    );
-    add(
-        "vision_encoder.patch_embed.proj.weight".into(),
-        &[w, 3, p, p],
-    );
-    add("vision_encoder.patch_embed.proj.bias".into(), &[w]);
-    for i in 0..v.depth {
-        let b = format!("vision_encoder.blocks.{i}");
-        for n in ["norm1", "norm2"] {
-            add(format!("{b}.{n}.weight"), &[w]);
-            add(format!("{b}.{n}.bias"), &[w]);
-        }
-        for n in ["q_proj", "k_proj", "v_proj", "proj"] {
-            add(format!("{b}.attn.{n}.weight"), &[w, w]);
-        }
-        for n in ["q_proj", "v_proj", "proj"] {
-            add(format!("{b}.attn.{n}.bias"), &[w]);
-        }
-        add(format!("{b}.mlp.fc1.weight"), &[v.mlp_hidden, w]);
-        add(format!("{b}.mlp.fc1.bias"), &[v.mlp_hidden]);
-        add(format!("{b}.mlp.fc2.weight"), &[w, v.mlp_hidden]);
-        add(format!("{b}.mlp.fc2.bias"), &[w]);
-    }
-    let br = &cfg.bridge;
-    let t = cfg.llm.hidden;
-    let inner = br.heads * br.dim_head;
-    add("bridge.latents".into(), &[br.num_latents, t]);
-    add("bridge.norm.weight".into(), &[t]);
-    add("bridge.norm.bias".into(), &[t]);
-    for i in 0..br.depth {
-        let b = format!("bridge.layers.{i}");
-        add(format!("{b}.0.norm_media.weight"), &[w]);
-        add(format!("{b}.0.norm_media.bias"), &[w]);
-        add(format!("{b}.0.norm_latents.weight"), &[t]);
-        add(format!("{b}.0.norm_latents.bias"), &[t]);
-        add(format!("{b}.0.to_q.weight"), &[inner, t]);
-        add(format!("{b}.0.to_kv.weight"), &[2 * inner, w]);
-        add(format!("{b}.0.to_out.weight"), &[t, inner]);
-        add(format!("{b}.1.0.weight"), &[t]);
-        add(format!("{b}.1.0.bias"), &[t]);
-        add(format!("{b}.1.1.weight"), &[br.ff_hidden, t]);
-        add(format!("{b}.1.3.weight"), &[t, br.ff_hidden]);
-    }
-    let l = &cfg.llm;
-    add("LLM.model.embed_tokens.weight".into(), &[l.vocab_size, t]);
-    add("LLM.model.norm.weight".into(), &[t]);
-    add("LLM.lm_head.weight".into(), &[l.vocab_size, t]);
-    for i in 0..l.layers {
-        let b = format!("LLM.model.layers.{i}");
-        for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            add(format!("{b}.self_attn.{n}.weight"), &[t, t]);
-        }
-        add(format!("{b}.mlp.gate_proj.weight"), &[l.intermediate, t]);
-        add(format!("{b}.mlp.up_proj.weight"), &[l.intermediate, t]);
-        add(format!("{b}.mlp.down_proj.weight"), &[t, l.intermediate]);
-        add(format!("{b}.input_layernorm.weight"), &[t]);
-        add(format!("{b}.post_attention_layernorm.weight"), &[t]);
-        if l.adapter_layers.contains(&i) {
-            let a = format!("{b}.output_adapter");
-            add(format!("{a}.scaling"), &[1]);
-            add(format!("{a}.adapter_norm_before.weight"), &[t]);
-            add(format!("{a}.adapter_norm_before.bias"), &[t]);
-            add(format!("{a}.adapter_down.weight"), &[l.adapter_dim, t]);
-            add(format!("{a}.adapter_down.bias"), &[l.adapter_dim]);
-            add(format!("{a}.adapter_up.weight"), &[t, l.adapter_dim]);
-            add(format!("{a}.adapter_up.bias"), &[t]);
-        }
-    }
-    out
+    keys::LynxKeys::new(cfg)
+        .all()
+        .into_iter()
+        .map(|k| (k.name.clone(), k.shape.clone()))
+        .collect()
 }
 
 /// Fails with every missing key named (then the first wrong shape) when `tensors` does not hold

@@ -5,8 +5,9 @@
 use lynx_kernels::{DecodeAttention, DenseAttention};
 
 use super::ops::{Linear, Norm, Ops};
-use super::weights::{Init, Loader};
+use super::weights::Loader;
 use super::ForwardError;
+use crate::checkpoint::keys::LlmKeys;
 use crate::config::LlmConfig;
 
 const ADAPTER_LN_EPS: f32 = 1e-5;
@@ -208,60 +209,28 @@ pub struct PrefillBatch<'a> {
 impl<O: Ops> Llm<O> {
     /// Loads `LLM.*`.
     pub fn load(l: &Loader<'_, '_, O>, cfg: &LlmConfig) -> Result<Self, ForwardError> {
-        let (h, i, eps) = (cfg.hidden, cfg.intermediate, cfg.rms_norm_eps as f32);
-        let layers = (0..cfg.layers)
-            .map(|n| {
-                let p = format!("LLM.model.layers.{n}");
-                let adapter = if cfg.adapter_layers.contains(&n) {
-                    let a = format!("{p}.output_adapter");
-                    Some(Adapter {
-                        norm: l.layernorm(
-                            &format!("{a}.adapter_norm_before"),
-                            h,
-                            ADAPTER_LN_EPS,
-                        )?,
-                        down: l.linear(&format!("{a}.adapter_down"), h, cfg.adapter_dim, true)?,
-                        up: l.linear(&format!("{a}.adapter_up"), cfg.adapter_dim, h, true)?,
-                        scaling: l.host(&format!("{a}.scaling"), &[1], Init::Small)?[0],
-                    })
-                } else {
-                    None
+        let eps = cfg.rms_norm_eps as f32;
+        let keys = LlmKeys::new(cfg);
+        let layers = keys
+            .layers
+            .iter()
+            .map(|k| {
+                let adapter = match &k.adapter {
+                    Some(a) => Some(Adapter {
+                        norm: l.norm(&a.norm, ADAPTER_LN_EPS)?,
+                        down: l.linear(&a.down)?,
+                        up: l.linear(&a.up)?,
+                        scaling: l.host(&a.scaling)?[0],
+                    }),
+                    None => None,
                 };
-                let mlp = format!("{p}.mlp");
                 Ok(Layer {
-                    input_norm: l.rmsnorm(&format!("{p}.input_layernorm"), h, eps)?,
-                    qkv: Linear {
-                        w: l.fused(
-                            &[
-                                &format!("{p}.self_attn.q_proj.weight"),
-                                &format!("{p}.self_attn.k_proj.weight"),
-                                &format!("{p}.self_attn.v_proj.weight"),
-                            ],
-                            &[h, h, h],
-                            h,
-                            Init::Fan(h),
-                        )?,
-                        b: None,
-                        out_dim: 3 * h,
-                        in_dim: h,
-                    },
-                    o: l.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
-                    post_norm: l.rmsnorm(&format!("{p}.post_attention_layernorm"), h, eps)?,
-                    gate_up: Linear {
-                        w: l.fused(
-                            &[
-                                &format!("{mlp}.gate_proj.weight"),
-                                &format!("{mlp}.up_proj.weight"),
-                            ],
-                            &[i, i],
-                            h,
-                            Init::Fan(h),
-                        )?,
-                        b: None,
-                        out_dim: 2 * i,
-                        in_dim: h,
-                    },
-                    down: l.linear(&format!("{mlp}.down_proj"), i, h, false)?,
+                    input_norm: l.norm(&k.input_norm, eps)?,
+                    qkv: l.fused_linear(&[&k.q, &k.k, &k.v])?,
+                    o: l.linear(&k.o)?,
+                    post_norm: l.norm(&k.post_norm, eps)?,
+                    gate_up: l.fused_linear(&[&k.gate, &k.up])?,
+                    down: l.linear(&k.down)?,
                     adapter,
                 })
             })
@@ -272,14 +241,10 @@ impl<O: Ops> Llm<O> {
             cfg.rope_theta as f32,
         );
         Ok(Self {
-            embed: l.tensor(
-                "LLM.model.embed_tokens.weight",
-                &[cfg.vocab_size, h],
-                Init::Unit,
-            )?,
+            embed: l.tensor(&keys.embed)?,
             layers,
-            norm: l.rmsnorm("LLM.model.norm", h, eps)?,
-            lm_head: l.linear("LLM.lm_head", h, cfg.vocab_size, false)?,
+            norm: l.norm(&keys.norm, eps)?,
+            lm_head: l.linear(&keys.lm_head)?,
             rope: l.ops().rope_table(&cos, &sin)?,
             cfg: cfg.clone(),
         })

@@ -6,8 +6,9 @@ use lynx_kernels::projection::VisionProjection;
 use lynx_kernels::DenseAttention;
 
 use super::ops::{Linear, Norm, Ops, ProjectionValues};
-use super::weights::{Init, Loader};
+use super::weights::Loader;
 use super::ForwardError;
+use crate::checkpoint::keys::{BridgeKeys, VisionKeys};
 use crate::config::LynxConfig;
 
 const VIT_LN_EPS: f32 = 1e-6;
@@ -61,64 +62,35 @@ impl<O: Ops> Vision<O> {
     /// Loads `vision_encoder.*`, `absolute_frame_pos_embed` and `bridge.*`.
     pub fn load(l: &Loader<'_, '_, O>, cfg: &LynxConfig) -> Result<Self, ForwardError> {
         let v = &cfg.vision;
-        let (w, p) = (v.width, v.patch_size);
-        let blocks = (0..v.depth)
-            .map(|i| {
-                let b = format!("vision_encoder.blocks.{i}");
+        let keys = VisionKeys::new(v, cfg.num_frames);
+        let blocks = keys
+            .blocks
+            .iter()
+            .map(|b| {
                 Ok(VitBlock {
-                    norm1: l.layernorm(&format!("{b}.norm1"), w, VIT_LN_EPS)?,
-                    qkv: Linear {
-                        w: l.fused(
-                            &[
-                                &format!("{b}.attn.q_proj.weight"),
-                                &format!("{b}.attn.k_proj.weight"),
-                                &format!("{b}.attn.v_proj.weight"),
-                            ],
-                            &[w, w, w],
-                            w,
-                            Init::Fan(w),
-                        )?,
-                        b: Some(l.fused_bias(&[
-                            (Some(&format!("{b}.attn.q_proj.bias")), w),
-                            (None, w),
-                            (Some(&format!("{b}.attn.v_proj.bias")), w),
-                        ])?),
-                        out_dim: 3 * w,
-                        in_dim: w,
-                    },
-                    proj: l.linear(&format!("{b}.attn.proj"), w, w, true)?,
-                    norm2: l.layernorm(&format!("{b}.norm2"), w, VIT_LN_EPS)?,
-                    fc1: l.linear(&format!("{b}.mlp.fc1"), w, v.mlp_hidden, true)?,
-                    fc2: l.linear(&format!("{b}.mlp.fc2"), v.mlp_hidden, w, true)?,
+                    norm1: l.norm(&b.norm1, VIT_LN_EPS)?,
+                    qkv: l.fused_linear(&[&b.q, &b.k, &b.v])?,
+                    proj: l.linear(&b.proj)?,
+                    norm2: l.norm(&b.norm2, VIT_LN_EPS)?,
+                    fc1: l.linear(&b.fc1)?,
+                    fc2: l.linear(&b.fc2)?,
                 })
             })
             .collect::<Result<Vec<_>, ForwardError>>()?;
-        let patch_in = 3 * p * p;
-        let patch = Linear {
-            w: l.tensor(
-                "vision_encoder.patch_embed.proj.weight",
-                &[w, 3, p, p],
-                Init::Fan(patch_in),
-            )?,
-            b: Some(l.tensor("vision_encoder.patch_embed.proj.bias", &[w], Init::Small)?),
-            out_dim: w,
-            in_dim: patch_in,
-        };
-        let br = &cfg.bridge;
-        let (hidden, inner) = (cfg.llm.hidden, br.heads * br.dim_head);
-        let frame_embed = l.host(
-            "absolute_frame_pos_embed",
-            &[1, cfg.num_frames, 1, w],
-            Init::Small,
-        )?;
+        let bridge = BridgeKeys::new(&cfg.bridge, v.width, cfg.llm.hidden);
+        let frame_embed = l.host(&keys.frame_pos)?;
         let shape = projection_shape(cfg, 1, 0);
-        let layers = (0..br.depth)
-            .map(|i| {
-                let a = format!("bridge.layers.{i}.0");
-                let f = format!("bridge.layers.{i}.1");
-                let w_kv = l.host(&format!("{a}.to_kv.weight"), &[2 * inner, w], Init::Fan(w))?;
-                let gamma = l.host(&format!("{a}.norm_media.weight"), &[w], Init::Scale)?;
-                let beta = l.host(&format!("{a}.norm_media.bias"), &[w], Init::Small)?;
+        let layers = bridge
+            .layers
+            .iter()
+            .map(|a| {
+                let w_kv = l.host(&a.to_kv.weight)?;
+                let media_norm = &a.norm_media;
+                let gamma = l.host(&media_norm.weight)?;
+                let beta = match &media_norm.bias {
+                    Some(k) => l.host(k)?,
+                    None => vec![0.0; media_norm.dim()],
+                };
                 let values = ProjectionValues {
                     w_kv: &w_kv,
                     gamma: &gamma,
@@ -132,31 +104,23 @@ impl<O: Ops> Vision<O> {
                 };
                 Ok(BridgeLayer {
                     proj: l.ops().projection(&video, &values)?,
-                    norm_latents: l.layernorm(
-                        &format!("{a}.norm_latents"),
-                        hidden,
-                        BRIDGE_LN_EPS,
-                    )?,
-                    to_q: l.linear(&format!("{a}.to_q"), hidden, inner, false)?,
-                    to_out: l.linear(&format!("{a}.to_out"), inner, hidden, false)?,
-                    ff_norm: l.layernorm(&format!("{f}.0"), hidden, BRIDGE_LN_EPS)?,
-                    ff_in: l.linear(&format!("{f}.1"), hidden, br.ff_hidden, false)?,
-                    ff_out: l.linear(&format!("{f}.3"), br.ff_hidden, hidden, false)?,
+                    norm_latents: l.norm(&a.norm_latents, BRIDGE_LN_EPS)?,
+                    to_q: l.linear(&a.to_q)?,
+                    to_out: l.linear(&a.to_out)?,
+                    ff_norm: l.norm(&a.ff_norm, BRIDGE_LN_EPS)?,
+                    ff_in: l.linear(&a.ff_in)?,
+                    ff_out: l.linear(&a.ff_out)?,
                 })
             })
             .collect::<Result<Vec<_>, ForwardError>>()?;
         Ok(Self {
-            patch,
-            cls: l.tensor("vision_encoder.cls_token", &[1, 1, w], Init::Small)?,
-            pos: l.tensor(
-                "vision_encoder.pos_embed",
-                &[1, v.tokens_per_image(), w],
-                Init::Small,
-            )?,
+            patch: l.linear(&keys.patch)?,
+            cls: l.tensor(&keys.cls)?,
+            pos: l.tensor(&keys.pos)?,
             blocks,
-            latents: l.tensor("bridge.latents", &[br.num_latents, hidden], Init::Unit)?,
+            latents: l.tensor(&bridge.latents)?,
             layers,
-            norm: l.layernorm("bridge.norm", hidden, BRIDGE_LN_EPS)?,
+            norm: l.norm(&bridge.norm, BRIDGE_LN_EPS)?,
             cfg: cfg.clone(),
         })
     }

@@ -6,28 +6,16 @@ use candle_nn::VarBuilder;
 
 use super::ops::{Linear, Norm, Ops};
 use super::ForwardError;
+use crate::checkpoint::keys::{Key, LinearKeys, NormKeys, Role};
 
-/// How a tensor is initialised when the weights are random.
-#[derive(Debug, Clone, Copy)]
-pub enum Init {
-    /// A weight matrix: uniform `±1/sqrt(fan_in)`.
-    Fan(usize),
-    /// A norm scale: `1 ± 0.1`.
-    Scale,
-    /// A bias or small embedding: `±0.02`.
-    Small,
-    /// Unit uniform (token embeddings, latents).
-    Unit,
-}
-
-impl Init {
-    fn scale_offset(self) -> (f32, f32) {
-        match self {
-            Init::Fan(n) => (1.0 / (n.max(1) as f32).sqrt(), 0.0),
-            Init::Scale => (0.1, 1.0),
-            Init::Small => (0.02, 0.0),
-            Init::Unit => (1.0, 0.0),
-        }
+/// `(scale, offset)` of a random tensor's uniform values, by role: matrices `±1/sqrt(fan_in)`,
+/// norm scales `1 ± 0.1`, biases, embeddings and scalars `±0.02`, tables unit uniform.
+fn random_range(key: &Key) -> (f32, f32) {
+    match key.role {
+        Role::Matrix => (1.0 / (key.fan_in() as f32).sqrt(), 0.0),
+        Role::NormScale => (0.1, 1.0),
+        Role::Bias | Role::Embedding | Role::Scalar => (0.02, 0.0),
+        Role::Table => (1.0, 0.0),
     }
 }
 
@@ -39,7 +27,7 @@ pub enum Source<'a> {
     Random(u64),
 }
 
-/// Loads weights onto a backend, by LynxBase key.
+/// Loads weights onto a backend, by their [`Key`]s.
 pub struct Loader<'a, 'o, O: Ops> {
     ops: &'o O,
     source: Source<'a>,
@@ -67,129 +55,119 @@ impl<'a, 'o, O: Ops> Loader<'a, 'o, O> {
     }
 
     /// A tensor's values on the host (small tensors: projections, scalars).
-    pub fn host(&self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>, ForwardError> {
+    pub fn host(&self, key: &Key) -> Result<Vec<f32>, ForwardError> {
+        let name = &key.name;
         match &self.source {
-            Source::Checkpoint(vb) => {
-                let t = vb
-                    .get(shape, name)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| ForwardError::Weights(format!("{name}: {e}")))?;
-                Ok(t)
-            }
+            Source::Checkpoint(vb) => vb
+                .get(key.shape.as_slice(), name)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| ForwardError::Weights(format!("{name}: {e}"))),
             Source::Random(seed) => {
-                let (scale, offset) = init.scale_offset();
-                let len = shape.iter().product();
+                let (scale, offset) = random_range(key);
                 // Host values of the same stream the device generator makes.
-                super::host::HostOps::default().random(len, seed_of(*seed, name), scale, offset)
+                super::host::HostOps::default().random(
+                    key.len(),
+                    seed_of(*seed, name),
+                    scale,
+                    offset,
+                )
             }
         }
     }
 
     /// A tensor on the backend.
-    pub fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<O::Buf, ForwardError> {
+    pub fn tensor(&self, key: &Key) -> Result<O::Buf, ForwardError> {
         match &self.source {
-            Source::Checkpoint(_) => self.ops.upload(&self.host(name, shape, init)?),
+            Source::Checkpoint(_) => self.ops.upload(&self.host(key)?),
             Source::Random(seed) => {
-                let (scale, offset) = init.scale_offset();
+                let (scale, offset) = random_range(key);
                 self.ops
-                    .random(shape.iter().product(), seed_of(*seed, name), scale, offset)
+                    .random(key.len(), seed_of(*seed, &key.name), scale, offset)
             }
         }
     }
 
-    /// Several row blocks of one fused matrix (e.g. gate|up), each `[rows_i][cols]`.
-    pub fn fused(
-        &self,
-        names: &[&str],
-        rows: &[usize],
-        cols: usize,
-        init: Init,
-    ) -> Result<O::Buf, ForwardError> {
+    /// Tensors of one role stacked into one buffer (e.g. gate|up rows). Random weights draw the
+    /// whole stack from one stream, seeded by the names joined with `|`.
+    fn stacked(&self, parts: &[&Key]) -> Result<O::Buf, ForwardError> {
         match &self.source {
             Source::Checkpoint(_) => {
                 let mut all = Vec::new();
-                for (name, &r) in names.iter().zip(rows) {
-                    all.extend(self.host(name, &[r, cols], init)?);
-                }
-                self.ops.upload(&all)
-            }
-            Source::Random(_) => self.tensor(&names.join("|"), &[rows.iter().sum(), cols], init),
-        }
-    }
-
-    /// The biases of several fused linear layers, `[sum of rows]`: a `None` part is a layer
-    /// without a bias (zeros; random weights give every part a small random bias).
-    pub fn fused_bias(&self, parts: &[(Option<&str>, usize)]) -> Result<O::Buf, ForwardError> {
-        match &self.source {
-            Source::Checkpoint(_) => {
-                let mut all = Vec::new();
-                for &(name, rows) in parts {
-                    match name {
-                        Some(name) => all.extend(self.host(name, &[rows], Init::Small)?),
-                        None => all.extend(std::iter::repeat_n(0.0, rows)),
-                    }
+                for key in parts {
+                    all.extend(self.host(key)?);
                 }
                 self.ops.upload(&all)
             }
             Source::Random(_) => {
-                let names: Vec<&str> = parts.iter().filter_map(|p| p.0).collect();
-                let rows = parts.iter().map(|p| p.1).sum::<usize>();
-                self.tensor(&names.join("|"), &[rows], Init::Small)
+                let names: Vec<&str> = parts.iter().map(|k| k.name.as_str()).collect();
+                let mut shape = parts[0].shape.clone();
+                shape[0] = parts.iter().map(|k| k.shape[0]).sum();
+                self.tensor(&Key {
+                    name: names.join("|"),
+                    shape,
+                    role: parts[0].role,
+                })
             }
         }
     }
 
-    /// `{prefix}.weight` (+ `{prefix}.bias`) of an `nn.Linear`.
-    pub fn linear(
-        &self,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Linear<O::Buf>, ForwardError> {
+    /// `nn.Linear` layers with the same input fused into one GEMM (e.g. q|k|v): weights stacked
+    /// by rows; a part without a bias gets zeros when another part has one.
+    pub fn fused_linear(&self, parts: &[&LinearKeys]) -> Result<Linear<O::Buf>, ForwardError> {
+        let weights: Vec<&Key> = parts.iter().map(|p| &p.weight).collect();
+        let out_dim = parts.iter().map(|p| p.out_dim()).sum();
+        let b = if parts.iter().any(|p| p.bias.is_some()) {
+            Some(match &self.source {
+                Source::Checkpoint(_) => {
+                    let mut all = Vec::with_capacity(out_dim);
+                    for p in parts {
+                        match &p.bias {
+                            Some(key) => all.extend(self.host(key)?),
+                            None => all.extend(std::iter::repeat_n(0.0, p.out_dim())),
+                        }
+                    }
+                    self.ops.upload(&all)?
+                }
+                Source::Random(_) => {
+                    let names: Vec<&str> = parts
+                        .iter()
+                        .filter_map(|p| p.bias.as_ref().map(|k| k.name.as_str()))
+                        .collect();
+                    self.tensor(&Key {
+                        name: names.join("|"),
+                        shape: vec![out_dim],
+                        role: Role::Bias,
+                    })?
+                }
+            })
+        } else {
+            None
+        };
         Ok(Linear {
-            w: self.tensor(
-                &format!("{prefix}.weight"),
-                &[out_dim, in_dim],
-                Init::Fan(in_dim),
-            )?,
-            b: if bias {
-                Some(self.tensor(&format!("{prefix}.bias"), &[out_dim], Init::Small)?)
-            } else {
-                None
-            },
+            w: self.stacked(&weights)?,
+            b,
             out_dim,
-            in_dim,
+            in_dim: parts[0].in_dim(),
         })
     }
 
-    /// A LayerNorm (`weight` + `bias`).
-    pub fn layernorm(
-        &self,
-        prefix: &str,
-        dim: usize,
-        eps: f32,
-    ) -> Result<Norm<O::Buf>, ForwardError> {
-        Ok(Norm {
-            w: self.tensor(&format!("{prefix}.weight"), &[dim], Init::Scale)?,
-            b: Some(self.tensor(&format!("{prefix}.bias"), &[dim], Init::Small)?),
-            dim,
-            eps,
+    /// An `nn.Linear`.
+    pub fn linear(&self, keys: &LinearKeys) -> Result<Linear<O::Buf>, ForwardError> {
+        Ok(Linear {
+            w: self.tensor(&keys.weight)?,
+            b: keys.bias.as_ref().map(|k| self.tensor(k)).transpose()?,
+            out_dim: keys.out_dim(),
+            in_dim: keys.in_dim(),
         })
     }
 
-    /// An RMSNorm (`weight`).
-    pub fn rmsnorm(
-        &self,
-        prefix: &str,
-        dim: usize,
-        eps: f32,
-    ) -> Result<Norm<O::Buf>, ForwardError> {
+    /// A LayerNorm (keys with a bias) or an RMSNorm (without).
+    pub fn norm(&self, keys: &NormKeys, eps: f32) -> Result<Norm<O::Buf>, ForwardError> {
         Ok(Norm {
-            w: self.tensor(&format!("{prefix}.weight"), &[dim], Init::Scale)?,
-            b: None,
-            dim,
+            w: self.tensor(&keys.weight)?,
+            b: keys.bias.as_ref().map(|k| self.tensor(k)).transpose()?,
+            dim: keys.dim(),
             eps,
         })
     }

@@ -5,7 +5,8 @@
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::nn::{attention, merge_heads, split_heads, LayerNorm, Linear, RmsNorm};
+use super::nn::{attention, get, merge_heads, split_heads, LayerNorm, Linear, RmsNorm};
+use crate::checkpoint::keys::{AdapterKeys, LlmKeys, LlmLayerKeys};
 use crate::config::LlmConfig;
 
 /// LayerNorm epsilon inside the adapters.
@@ -144,12 +145,12 @@ struct Adapter {
 }
 
 impl Adapter {
-    fn load(vb: VarBuilder, hidden: usize, dim: usize) -> Result<Self> {
+    fn load(vb: &VarBuilder, keys: &AdapterKeys) -> Result<Self> {
         Ok(Self {
-            norm: LayerNorm::load(vb.pp("adapter_norm_before"), hidden, ADAPTER_LN_EPS)?,
-            down: Linear::load(vb.pp("adapter_down"), hidden, dim, true)?,
-            up: Linear::load(vb.pp("adapter_up"), dim, hidden, true)?,
-            scaling: vb.get(1, "scaling")?,
+            norm: LayerNorm::load(vb, &keys.norm, ADAPTER_LN_EPS)?,
+            down: Linear::load(vb, &keys.down)?,
+            up: Linear::load(vb, &keys.up)?,
+            scaling: get(vb, &keys.scaling)?,
         })
     }
 
@@ -177,29 +178,23 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &LlmConfig, with_adapter: bool) -> Result<Self> {
-        let h = cfg.hidden;
-        let attn = vb.pp("self_attn");
-        let mlp = vb.pp("mlp");
+    fn load(vb: &VarBuilder, keys: &LlmLayerKeys, cfg: &LlmConfig) -> Result<Self> {
+        let eps = cfg.rms_norm_eps;
         Ok(Self {
-            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
-            q_proj: Linear::load(attn.pp("q_proj"), h, h, false)?,
-            k_proj: Linear::load(attn.pp("k_proj"), h, h, false)?,
-            v_proj: Linear::load(attn.pp("v_proj"), h, h, false)?,
-            o_proj: Linear::load(attn.pp("o_proj"), h, h, false)?,
-            post_attention_layernorm: RmsNorm::load(
-                vb.pp("post_attention_layernorm"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            gate_proj: Linear::load(mlp.pp("gate_proj"), h, cfg.intermediate, false)?,
-            up_proj: Linear::load(mlp.pp("up_proj"), h, cfg.intermediate, false)?,
-            down_proj: Linear::load(mlp.pp("down_proj"), cfg.intermediate, h, false)?,
-            adapter: if with_adapter {
-                Some(Adapter::load(vb.pp("output_adapter"), h, cfg.adapter_dim)?)
-            } else {
-                None
-            },
+            input_layernorm: RmsNorm::load(vb, &keys.input_norm, eps)?,
+            q_proj: Linear::load(vb, &keys.q)?,
+            k_proj: Linear::load(vb, &keys.k)?,
+            v_proj: Linear::load(vb, &keys.v)?,
+            o_proj: Linear::load(vb, &keys.o)?,
+            post_attention_layernorm: RmsNorm::load(vb, &keys.post_norm, eps)?,
+            gate_proj: Linear::load(vb, &keys.gate)?,
+            up_proj: Linear::load(vb, &keys.up)?,
+            down_proj: Linear::load(vb, &keys.down)?,
+            adapter: keys
+                .adapter
+                .as_ref()
+                .map(|a| Adapter::load(vb, a))
+                .transpose()?,
             heads: cfg.heads,
             scale: (cfg.head_dim() as f64).powf(-0.5),
         })
@@ -249,22 +244,23 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// Loads `LLM.*` (`vb` already points at it).
-    pub fn load(vb: VarBuilder, cfg: &LlmConfig) -> Result<Self> {
-        let m = vb.pp("model");
-        let layers = (0..cfg.layers)
-            .map(|i| DecoderLayer::load(m.pp("layers").pp(i), cfg, cfg.adapter_layers.contains(&i)))
+    /// Loads `LLM.*` (`vb` at the root of the key namespace).
+    pub fn load(vb: &VarBuilder, keys: &LlmKeys, cfg: &LlmConfig) -> Result<Self> {
+        let layers = keys
+            .layers
+            .iter()
+            .map(|l| DecoderLayer::load(vb, l, cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed_tokens: m.get((cfg.vocab_size, cfg.hidden), "embed_tokens.weight")?,
+            embed_tokens: get(vb, &keys.embed)?,
             layers,
-            norm: RmsNorm::load(m.pp("norm"), cfg.hidden, cfg.rms_norm_eps)?,
-            lm_head: Linear::load(vb.pp("lm_head"), cfg.hidden, cfg.vocab_size, false)?,
+            norm: RmsNorm::load(vb, &keys.norm, cfg.rms_norm_eps)?,
+            lm_head: Linear::load(vb, &keys.lm_head)?,
             rotary: Rotary::new(
                 cfg.head_dim(),
                 cfg.max_position_embeddings,
                 cfg.rope_theta,
-                m.device(),
+                vb.device(),
             )?,
             cfg: cfg.clone(),
         })

@@ -5,8 +5,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::llama::{KvCache, LlamaModel};
+use super::nn::get;
 use super::resampler::Resampler;
 use super::vit::VisionEncoder;
+use crate::checkpoint::keys::LynxKeys;
 use crate::config::LynxConfig;
 
 /// Vision input of one batch: never mixed (the official model takes a 4-D image batch or a 5-D video
@@ -44,19 +46,12 @@ impl Lynx {
     /// Loads every part from a var builder in the LynxBase key namespace (`vision_encoder.*`,
     /// `absolute_frame_pos_embed`, `bridge.*`, `LLM.*`).
     pub fn load(vb: VarBuilder, cfg: &LynxConfig) -> Result<Self> {
+        let keys = LynxKeys::new(cfg);
         Ok(Self {
-            vision: VisionEncoder::load(vb.pp("vision_encoder"), &cfg.vision)?,
-            frame_pos: vb.get(
-                (1, cfg.num_frames, 1, cfg.vision.width),
-                "absolute_frame_pos_embed",
-            )?,
-            bridge: Resampler::load(
-                vb.pp("bridge"),
-                &cfg.bridge,
-                cfg.vision.width,
-                cfg.llm.hidden,
-            )?,
-            llm: LlamaModel::load(vb.pp("LLM"), &cfg.llm)?,
+            vision: VisionEncoder::load(&vb, &keys.vision, &cfg.vision)?,
+            frame_pos: get(&vb, &keys.vision.frame_pos)?,
+            bridge: Resampler::load(&vb, &keys.bridge, &cfg.bridge)?,
+            llm: LlamaModel::load(&vb, &keys.llm, &cfg.llm)?,
             cfg: cfg.clone(),
         })
     }

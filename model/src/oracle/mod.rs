@@ -1,5 +1,5 @@
-//! The Lynx model on candle (CPU, f32): the reference implementation. Each layer is a
-//! `load(vb.pp("name"))` / `forward` pair whose paths mirror the checkpoint tensor names.
+//! The Lynx model on candle (CPU, f32): the reference implementation. Each layer is a `load` /
+//! `forward` pair; `load` reads the tensors its group of [`crate::checkpoint::keys`] names.
 
 pub mod llama;
 pub mod lynx;

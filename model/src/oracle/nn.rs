@@ -4,6 +4,13 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::checkpoint::keys::{Key, LinearKeys, NormKeys};
+
+/// The tensor `key` names, at its shape, from the root of the key namespace.
+pub fn get(vb: &VarBuilder, key: &Key) -> Result<Tensor> {
+    vb.get(key.shape.as_slice(), &key.name)
+}
+
 /// `nn.Linear`: `y = x W^T (+ b)`, weight `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -12,15 +19,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
-        Ok(Self { weight, bias })
+    /// Loads the layer's weight (and bias) from the root of the key namespace.
+    pub fn load(vb: &VarBuilder, keys: &LinearKeys) -> Result<Self> {
+        Ok(Self {
+            weight: get(vb, &keys.weight)?,
+            bias: keys.bias.as_ref().map(|k| get(vb, k)).transpose()?,
+        })
     }
 
     /// Output width.
@@ -60,11 +64,14 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Loads `{prefix}.weight` and `{prefix}.bias`.
-    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+    /// Loads the norm's weight and bias from the root of the key namespace.
+    pub fn load(vb: &VarBuilder, keys: &NormKeys, eps: f64) -> Result<Self> {
+        let Some(bias) = &keys.bias else {
+            candle_core::bail!("{}: a LayerNorm needs a bias", keys.weight.name)
+        };
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            weight: get(vb, &keys.weight)?,
+            bias: get(vb, bias)?,
             eps,
         })
     }
@@ -90,10 +97,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `{prefix}.weight`.
-    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+    /// Loads the norm's weight from the root of the key namespace.
+    pub fn load(vb: &VarBuilder, keys: &NormKeys, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
+            weight: get(vb, &keys.weight)?,
             eps,
         })
     }

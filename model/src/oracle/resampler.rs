@@ -6,7 +6,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::nn::{attention, merge_heads, split_heads, LayerNorm, Linear};
+use super::nn::{attention, get, merge_heads, split_heads, LayerNorm, Linear};
+use crate::checkpoint::keys::{BridgeKeys, BridgeLayerKeys};
 use crate::config::BridgeConfig;
 
 /// LayerNorm epsilon in the resampler (`nn.LayerNorm` default).
@@ -26,21 +27,15 @@ struct PerceiverAttention {
 }
 
 impl PerceiverAttention {
-    fn load(
-        vb: VarBuilder,
-        cfg: &BridgeConfig,
-        vision_width: usize,
-        text_width: usize,
-    ) -> Result<Self> {
-        let inner = cfg.heads * cfg.dim_head;
+    fn load(vb: &VarBuilder, keys: &BridgeLayerKeys, cfg: &BridgeConfig) -> Result<Self> {
         Ok(Self {
-            norm_media: LayerNorm::load(vb.pp("norm_media"), vision_width, LN_EPS)?,
-            norm_latents: LayerNorm::load(vb.pp("norm_latents"), text_width, LN_EPS)?,
-            to_q: Linear::load(vb.pp("to_q"), text_width, inner, false)?,
-            to_kv: Linear::load(vb.pp("to_kv"), vision_width, 2 * inner, false)?,
-            to_out: Linear::load(vb.pp("to_out"), inner, text_width, false)?,
+            norm_media: LayerNorm::load(vb, &keys.norm_media, LN_EPS)?,
+            norm_latents: LayerNorm::load(vb, &keys.norm_latents, LN_EPS)?,
+            to_q: Linear::load(vb, &keys.to_q)?,
+            to_kv: Linear::load(vb, &keys.to_kv)?,
+            to_out: Linear::load(vb, &keys.to_out)?,
             heads: cfg.heads,
-            inner,
+            inner: cfg.heads * cfg.dim_head,
             scale: (cfg.dim_head as f64).powf(-0.5),
         })
     }
@@ -66,11 +61,11 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(vb: VarBuilder, width: usize, hidden: usize) -> Result<Self> {
+    fn load(vb: &VarBuilder, keys: &BridgeLayerKeys) -> Result<Self> {
         Ok(Self {
-            norm: LayerNorm::load(vb.pp("0"), width, LN_EPS)?,
-            fc_in: Linear::load(vb.pp("1"), width, hidden, false)?,
-            fc_out: Linear::load(vb.pp("3"), hidden, width, false)?,
+            norm: LayerNorm::load(vb, &keys.ff_norm, LN_EPS)?,
+            fc_in: Linear::load(vb, &keys.ff_in)?,
+            fc_out: Linear::load(vb, &keys.ff_out)?,
         })
     }
 
@@ -89,26 +84,22 @@ pub struct Resampler {
 }
 
 impl Resampler {
-    /// Loads `bridge.*` (`vb` already points at it).
-    pub fn load(
-        vb: VarBuilder,
-        cfg: &BridgeConfig,
-        vision_width: usize,
-        text_width: usize,
-    ) -> Result<Self> {
-        let layers = (0..cfg.depth)
-            .map(|i| {
-                let l = vb.pp("layers").pp(i);
+    /// Loads `bridge.*` (`vb` at the root of the key namespace).
+    pub fn load(vb: &VarBuilder, keys: &BridgeKeys, cfg: &BridgeConfig) -> Result<Self> {
+        let layers = keys
+            .layers
+            .iter()
+            .map(|l| {
                 Ok((
-                    PerceiverAttention::load(l.pp("0"), cfg, vision_width, text_width)?,
-                    FeedForward::load(l.pp("1"), text_width, cfg.ff_hidden)?,
+                    PerceiverAttention::load(vb, l, cfg)?,
+                    FeedForward::load(vb, l)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            latents: vb.get((cfg.num_latents, text_width), "latents")?,
+            latents: get(vb, &keys.latents)?,
             layers,
-            norm: LayerNorm::load(vb.pp("norm"), text_width, LN_EPS)?,
+            norm: LayerNorm::load(vb, &keys.norm, LN_EPS)?,
         })
     }
 

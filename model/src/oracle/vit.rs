@@ -5,7 +5,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::nn::{attention, merge_heads, split_heads, LayerNorm, Linear};
+use super::nn::{attention, get, merge_heads, split_heads, LayerNorm, Linear};
+use crate::checkpoint::keys::{VisionKeys, VitBlockKeys};
 use crate::config::VisionConfig;
 
 /// LayerNorm epsilon of the EVA blocks.
@@ -23,15 +24,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &VisionConfig) -> Result<Self> {
-        let w = cfg.width;
+    fn load(vb: &VarBuilder, keys: &VitBlockKeys, cfg: &VisionConfig) -> Result<Self> {
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), w, w, true)?,
-            k_proj: Linear::load(vb.pp("k_proj"), w, w, false)?,
-            v_proj: Linear::load(vb.pp("v_proj"), w, w, true)?,
-            proj: Linear::load(vb.pp("proj"), w, w, true)?,
+            q_proj: Linear::load(vb, &keys.q)?,
+            k_proj: Linear::load(vb, &keys.k)?,
+            v_proj: Linear::load(vb, &keys.v)?,
+            proj: Linear::load(vb, &keys.proj)?,
             heads: cfg.heads,
-            scale: ((w / cfg.heads) as f64).powf(-0.5),
+            scale: ((cfg.width / cfg.heads) as f64).powf(-0.5),
         })
     }
 
@@ -55,13 +55,13 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &VisionConfig) -> Result<Self> {
+    fn load(vb: &VarBuilder, keys: &VitBlockKeys, cfg: &VisionConfig) -> Result<Self> {
         Ok(Self {
-            norm1: LayerNorm::load(vb.pp("norm1"), cfg.width, VIT_LN_EPS)?,
-            attn: Attention::load(vb.pp("attn"), cfg)?,
-            norm2: LayerNorm::load(vb.pp("norm2"), cfg.width, VIT_LN_EPS)?,
-            fc1: Linear::load(vb.pp("mlp").pp("fc1"), cfg.width, cfg.mlp_hidden, true)?,
-            fc2: Linear::load(vb.pp("mlp").pp("fc2"), cfg.mlp_hidden, cfg.width, true)?,
+            norm1: LayerNorm::load(vb, &keys.norm1, VIT_LN_EPS)?,
+            attn: Attention::load(vb, keys, cfg)?,
+            norm2: LayerNorm::load(vb, &keys.norm2, VIT_LN_EPS)?,
+            fc1: Linear::load(vb, &keys.fc1)?,
+            fc2: Linear::load(vb, &keys.fc2)?,
         })
     }
 
@@ -84,19 +84,22 @@ pub struct VisionEncoder {
 }
 
 impl VisionEncoder {
-    /// Loads `vision_encoder.*` (`vb` already points at it).
-    pub fn load(vb: VarBuilder, cfg: &VisionConfig) -> Result<Self> {
-        let p = cfg.patch_size;
-        let w = cfg.width;
-        let blocks = (0..cfg.depth)
-            .map(|i| Block::load(vb.pp("blocks").pp(i), cfg))
+    /// Loads `vision_encoder.*` (`vb` at the root of the key namespace).
+    pub fn load(vb: &VarBuilder, keys: &VisionKeys, cfg: &VisionConfig) -> Result<Self> {
+        let blocks = keys
+            .blocks
+            .iter()
+            .map(|b| Block::load(vb, b, cfg))
             .collect::<Result<Vec<_>>>()?;
-        let patch = vb.pp("patch_embed").pp("proj");
+        let patch = &keys.patch;
+        let Some(patch_bias) = &patch.bias else {
+            candle_core::bail!("{}: the patch embedding needs a bias", patch.weight.name)
+        };
         Ok(Self {
-            patch_weight: patch.get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?,
-            patch_bias: patch.get(w, "bias")?,
-            cls_token: vb.get((1, 1, w), "cls_token")?,
-            pos_embed: vb.get((1, cfg.tokens_per_image(), w), "pos_embed")?,
+            patch_weight: get(vb, &patch.weight)?.reshape((patch.out_dim(), patch.in_dim()))?,
+            patch_bias: get(vb, patch_bias)?,
+            cls_token: get(vb, &keys.cls)?,
+            pos_embed: get(vb, &keys.pos)?,
             blocks,
             cfg: cfg.clone(),
         })
