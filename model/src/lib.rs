@@ -20,8 +20,8 @@ pub mod embedded;
 pub mod forward;
 pub mod generation;
 pub mod loader;
+#[cfg(feature = "oracle")]
 pub mod oracle;
-pub mod pipeline;
 pub mod prompt;
 pub mod tokenizer;
 pub mod verify;

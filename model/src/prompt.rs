@@ -2,10 +2,7 @@
 //! lower-case, `[BOS] + tokenize(text)`, keep the last `max_input_tokens` tokens; batches are
 //! left-padded with `[PAD]` and a 0 mask.
 
-use candle_core::Tensor;
-
 use crate::config::LynxConfig;
-use crate::oracle::{Lynx, Prefill};
 use crate::tokenizer::{LynxTokenizer, TokenizerError};
 
 /// Token ids of one prompt: BOS + the tokenized, formatted question, truncated from the left.
@@ -56,21 +53,6 @@ pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> PaddedBatch {
         batch: rows.len(),
         width,
     }
-}
-
-/// The candle model's prefill of `prompts` (left-padded with `pad`) after the `vision` prefix
-/// of the same rows (`None`: text only), on the model's device.
-pub fn padded_prefill(
-    model: &Lynx,
-    vision: Option<&Tensor>,
-    prompts: &[Vec<u32>],
-    pad: u32,
-) -> candle_core::Result<Prefill> {
-    let padded = left_pad(prompts, pad);
-    let shape = (padded.batch, padded.width);
-    let ids = Tensor::from_vec(padded.ids, shape, model.device())?;
-    let atts = Tensor::from_vec(padded.mask, shape, model.device())?;
-    model.prefill_inputs(vision, &ids, &atts)
 }
 
 #[cfg(test)]

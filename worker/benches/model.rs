@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use lynx_model::oracle::LoadedModel;
+use lynx_model::oracle::VisionBatch;
 use lynx_worker::embedded::{ensure_preset, Preset};
-use lynx_worker::loader::LoadedModel;
-use lynx_worker::oracle::VisionBatch;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -1,7 +1,7 @@
 //! `lynx-worker`: the Lynx worker: the model of the `lynx-model` crate (re-exported here:
 //! [`config`], [`checkpoint`], [`tokenizer`], [`vision`], [`prompt`], [`forward`],
-//! [`generation`], [`embedded`], [`verify`], and the test oracle [`oracle`], [`loader`],
-//! [`pipeline`]) served to many clients.
+//! [`generation`], [`embedded`], [`verify`], [`loader`]) served to many clients. (The candle test
+//! oracle, `lynx_model::oracle`, is built for tests only.)
 //!
 //! The engine of the `lynx-engine` crate is re-exported too: [`backend`] (the
 //! [`backend::Backend`] trait), [`scheduler`], [`runner`] (the model thread), [`metrics`].
@@ -13,8 +13,7 @@
 //!   `lynx-client`).
 
 pub use lynx_model::{
-    checkpoint, config, embedded, forward, generation, loader, oracle, pipeline, prompt, tokenizer,
-    verify, vision,
+    checkpoint, config, embedded, forward, generation, loader, prompt, tokenizer, verify, vision,
 };
 
 pub use lynx_engine::{backend, metrics, runner, scheduler, with_backend};

@@ -26,11 +26,12 @@ fn pos_embed_interpolation_matches_torch() {
 use std::path::Path;
 
 use candle_core::DType;
+use lynx_model::oracle::LoadedModel;
 use lynx_worker::checkpoint::converted::{write_converted, INDEX_FILE, SHARD_BYTES};
 use lynx_worker::checkpoint::release::load_release;
 use lynx_worker::checkpoint::CheckpointError;
 use lynx_worker::generation::DecodingMode;
-use lynx_worker::loader::{Layout, LoadedModel};
+use lynx_worker::loader::Layout;
 
 const CASES: [&str; 4] = ["image1", "image_batch_1_2_leftpad", "video0", "video1"];
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use lynx_worker::loader::LoadedModel;
+use lynx_model::oracle::LoadedModel;
 
 /// Root of the tiny fixture copied from the official code's outputs.
 pub fn tiny() -> PathBuf {
@@ -113,8 +113,8 @@ pub const GREEDY_KEY: &str = "greedy_ids(min_len2,no_repeat2,max_new16)";
 pub const PLAIN_GREEDY_KEY: &str = "greedy_plain_ids(max_new16)";
 pub const BEAM_KEY: &str = "beam5_ids(len_pen-2,min_len2,no_repeat2,max_new16)";
 
+use lynx_model::oracle::pipeline::{run_batch, GenerateRequest, VisionInput};
 use lynx_worker::generation::{DecodingMode, GenerationParams};
-use lynx_worker::pipeline::{run_batch, GenerateRequest, VisionInput};
 use lynx_worker::vision::{self, PreprocessConfig, VisionLimits};
 
 /// One line of the fixture's jsonl case lists.

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
+use lynx_model::oracle::pipeline::run_batch;
 use lynx_worker::generation::DecodingMode;
-use lynx_worker::pipeline::run_batch;
 use lynx_worker::tokenizer::python_strip;
 
 const ALL_CASES: [&str; 7] = [
@@ -138,8 +138,8 @@ fn sampling_with_top_k_1_is_greedy() {
 /// boundaries and leave it when done; every request must still get its official tokens.
 #[test]
 fn requests_joining_and_leaving_a_running_batch_get_their_own_tokens() {
+    use lynx_model::oracle::pipeline::{encode_vision, prefill_inputs};
     use lynx_worker::generation::{DecodeIds, RequestDecoder, Step};
-    use lynx_worker::pipeline::{encode_vision, prefill_inputs};
 
     let m = release_model();
     let ids = DecodeIds {

@@ -8,9 +8,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use lynx_model::oracle::{positions_from_mask, VisionBatch};
 use lynx_worker::checkpoint::release::load_release;
 use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams};
-use lynx_worker::oracle::{positions_from_mask, VisionBatch};
 
 const TOL: f32 = 1e-5;
 

@@ -1,18 +1,32 @@
-//! Runs one batch of multimodal requests through the model: vision encoding, prompt assembly with
-//! left padding, prefill, decoding, text decoding. Synchronous, no server types: the serving layer
-//! and the CLI both call it.
+//! The oracle's one-batch pipeline: vision encoding, prompt assembly with left padding, prefill,
+//! decoding and text decoding of one batch of requests on the candle model, as the official code
+//! runs them. The stage-by-stage fixture tests call it; no serving path does.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use super::{LoadedModel, Lynx, Prefill, VisionBatch};
 use crate::generation::{
     generate, DecodeIds, Generated, GenerationError, GenerationParams, StepError, StepModel,
 };
-use crate::loader::LoadedModel;
-use crate::oracle::{Prefill, VisionBatch};
-use crate::prompt::{padded_prefill, prompt_token_ids};
+use crate::prompt::{left_pad, prompt_token_ids};
 use crate::tokenizer::{python_strip, TokenizerError};
+
+/// The candle model's prefill of `prompts` (left-padded with `pad`) after the `vision` prefix
+/// of the same rows (`None`: text only), on the model's device.
+pub fn padded_prefill(
+    model: &Lynx,
+    vision: Option<&Tensor>,
+    prompts: &[Vec<u32>],
+    pad: u32,
+) -> candle_core::Result<Prefill> {
+    let padded = left_pad(prompts, pad);
+    let shape = (padded.batch, padded.width);
+    let ids = Tensor::from_vec(padded.ids, shape, model.device())?;
+    let atts = Tensor::from_vec(padded.mask, shape, model.device())?;
+    model.prefill_inputs(vision, &ids, &atts)
+}
 
 /// Vision part of a request, already preprocessed into normalised CHW pixels.
 #[derive(Debug, Clone)]
@@ -215,12 +229,12 @@ pub fn run_batch(
 }
 
 /// The candle model's decoding session, for decoding (the CPU path of one batch).
-impl StepModel for crate::oracle::LlmSession<'_> {
+impl StepModel for super::LlmSession<'_> {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError> {
-        Ok(crate::oracle::LlmSession::step(self, tokens)?)
+        Ok(super::LlmSession::step(self, tokens)?)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {
-        Ok(crate::oracle::LlmSession::select_rows(self, rows)?)
+        Ok(super::LlmSession::select_rows(self, rows)?)
     }
 }
