@@ -150,12 +150,20 @@ async fn one(
     req: v1::GenerateRequest,
     args: &ConnectArgs,
 ) -> Result<Sample, ClientError> {
-    let connect::Worker { label, mut client } = workers.next();
     let t0 = Instant::now();
-    let mut stream = client
-        .generate_stream(connect::request(req, args, None)?)
-        .await?
-        .into_inner();
+    let mut label = None;
+    let mut stream = connect::send(|| {
+        let connect::Worker {
+            label: l,
+            mut client,
+        } = workers.next();
+        label = Some(l);
+        let req = connect::request(req.clone(), args, None)?;
+        Ok(async move { client.generate_stream(req).await })
+    })
+    .await??
+    .into_inner();
+    let label = label.ok_or_else(|| ClientError("no worker was asked".into()))?;
     let mut ttft = None;
     while let Some(msg) = stream.message().await? {
         match msg.event {

@@ -4,12 +4,16 @@
 //! ([`lynx_proto::target`]: `dns:///host:port`, `ipv4:a:port,b:port`): then [`Workers`] keeps one
 //! channel per resolved address, resolves the name again every `--dns-refresh-seconds` (workers
 //! that appear are used, those that disappear are dropped) and hands them out round robin.
+//! [`send`] sends a call again when it never reached the server (a connection's GOAWAY crossed
+//! it), as gRPC clients do.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use lynx_proto::retry::never_reached_the_server;
 use lynx_proto::target::Target;
 use lynx_proto::v1::lynx_client::LynxClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -197,4 +201,26 @@ pub fn request<T>(
         r.set_timeout(t);
     }
     Ok(r)
+}
+
+/// Attempts in all for a call that keeps failing before it reaches a server.
+pub const SEND_ATTEMPTS: usize = 3;
+
+/// Sends the call `attempt` makes, and makes it again (at most [`SEND_ATTEMPTS`] times in all)
+/// while it fails without having reached the server: a server that closes a connection for its
+/// age or to drain refuses the calls that crossed its GOAWAY, and they never ran. The outer error
+/// is a request that could not be made; the inner result is the call's.
+pub async fn send<R, Fut>(
+    mut attempt: impl FnMut() -> Result<Fut, ClientError>,
+) -> Result<Result<R, tonic::Status>, ClientError>
+where
+    Fut: Future<Output = Result<R, tonic::Status>>,
+{
+    let mut sent = 1;
+    loop {
+        match attempt()?.await {
+            Err(s) if sent < SEND_ATTEMPTS && never_reached_the_server(&s) => sent += 1,
+            other => return Ok(other),
+        }
+    }
 }

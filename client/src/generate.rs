@@ -181,21 +181,26 @@ fn json(r: &v1::GenerateResponse) -> serde_json::Value {
 pub async fn run(args: &GenerateArgs) -> Result<(), ClientError> {
     let req = build_request(args)?;
     let timeout = args.timeout_ms.map(Duration::from_millis);
-    let mut client = connect::client(&args.connect).await?;
+    let client = connect::client(&args.connect).await?;
     let out_err = |e: std::io::Error| ClientError(format!("cannot write: {e}"));
     let mut out = std::io::stdout().lock();
+    let request = || connect::request(req.clone(), &args.connect, timeout);
     if args.json {
-        let r = client
-            .generate(connect::request(req, &args.connect, timeout)?)
-            .await?
-            .into_inner();
+        let r = connect::send(|| {
+            let (mut client, req) = (client.clone(), request()?);
+            Ok(async move { client.generate(req).await })
+        })
+        .await??
+        .into_inner();
         writeln!(out, "{}", json(&r)).map_err(out_err)?;
         return Ok(());
     }
-    let mut stream = client
-        .generate_stream(connect::request(req, &args.connect, timeout)?)
-        .await?
-        .into_inner();
+    let mut stream = connect::send(|| {
+        let (mut client, req) = (client.clone(), request()?);
+        Ok(async move { client.generate_stream(req).await })
+    })
+    .await??
+    .into_inner();
     while let Some(msg) = stream.message().await? {
         match msg.event {
             Some(Event::Delta(d)) => {

@@ -88,12 +88,13 @@ async fn run_level(
                 let req = pool[i % pool.len()].clone();
                 i += concurrency;
                 let sent = Instant::now();
-                let code = match workers
-                    .next()
-                    .client
-                    .generate(connect::request(req, &connect_args, None)?)
-                    .await
-                {
+                let reply = connect::send(|| {
+                    let mut client = workers.next().client;
+                    let req = connect::request(req.clone(), &connect_args, None)?;
+                    Ok(async move { client.generate(req).await })
+                })
+                .await?;
+                let code = match reply {
                     Ok(_) => Code::Ok,
                     Err(status) => status.code(),
                 };

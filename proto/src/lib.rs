@@ -13,6 +13,8 @@ pub mod v1 {
 }
 
 #[cfg(feature = "grpc")]
+pub mod retry;
+#[cfg(feature = "grpc")]
 pub mod target;
 #[cfg(feature = "test-dns")]
 pub mod test_dns;

@@ -90,7 +90,8 @@ fn never_started(status: &Status) -> bool {
         // A full queue or all incoming places taken; not an oversize message, which every
         // worker refuses alike.
         Code::ResourceExhausted => !status.message().contains("max_request_bytes"),
-        _ => false,
+        // The worker's GOAWAY refused the call unprocessed (tonic says INTERNAL).
+        _ => lynx_proto::retry::never_reached_the_server(status),
     }
 }
 

@@ -85,17 +85,11 @@ async fn generate(workers: &connect::Workers) -> Result<(), tonic::Status> {
         // A request that crossed the GOAWAY of a connection closed for its age was never
         // processed: hyper cancels it, or fails it with the GOAWAY itself (NO_ERROR, sent by
         // the server) when it was already on the wire. Sending it again is what gRPC clients do.
-        Err(s) if s.code() == tonic::Code::Cancelled || crossed_a_goaway(&s) => {
+        Err(s) if lynx_proto::retry::never_reached_the_server(&s) => {
             workers.next().client.generate(req).await.map(|_| ())
         }
         other => other.map(|_| ()),
     }
-}
-
-/// Whether `s` is the server's graceful GOAWAY (NO_ERROR) reaching a request in flight.
-fn crossed_a_goaway(s: &tonic::Status) -> bool {
-    let source = format!("{:?}", std::error::Error::source(s));
-    s.code() == tonic::Code::Internal && source.contains("GoAway") && source.contains("NO_ERROR")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
