@@ -47,12 +47,6 @@ pub enum ForwardError {
     OutOfBlocks,
 }
 
-impl From<ForwardError> for candle_core::Error {
-    fn from(e: ForwardError) -> Self {
-        candle_core::Error::Msg(e.to_string())
-    }
-}
-
 /// The Lynx model on a backend.
 pub struct DeviceLynx<O: Ops> {
     ops: O,
