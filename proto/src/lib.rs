@@ -46,6 +46,22 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+#[cfg(feature = "grpc")]
+/// The gRPC code that counts an OpenAI-API answer of HTTP `status` in the request counters
+/// (`lynx_requests_total`, `lynx_router_requests_total`), so both APIs share one label set.
+pub fn code_of_http_status(status: u16) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        200..=299 => Code::Ok,
+        400 | 404 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        413 | 429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
 /// Encoded `FileDescriptorSet` of `lynx.v1`, for `tonic-reflection`.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =

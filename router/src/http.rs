@@ -3,12 +3,15 @@
 //! own `/metrics`, `/healthz` and `/readyz` (503 while draining).
 //!
 //! A chat request is routed like a gRPC one: its `data:` image URLs are hashed for affinity, it
-//! is held while no worker is ready, and it goes to another worker only when the first refused it
-//! before starting (503, 429, or no connection).
+//! is held while no worker is ready (never past the deadline its `x-request-timeout` header sets:
+//! then 504), and it goes to another worker only when the first refused it before starting (503,
+//! 429, or no connection). Its answer counts in `lynx_router_requests_total` by the gRPC code of
+//! its HTTP status.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -123,7 +126,26 @@ const FORWARDED: [&str; 4] = [
 ];
 
 async fn chat(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    forward(&s, &headers, "/v1/chat/completions", Some(body)).await
+    let answer = forward(&s, &headers, "/v1/chat/completions", Some(body)).await;
+    let code = lynx_proto::code_of_http_status(answer.status().as_u16());
+    s.metrics
+        .requests
+        .with_label_values(&[lynx_proto::code_name(code)])
+        .inc();
+    answer
+}
+
+/// The deadline the `x-request-timeout` header (seconds, as the worker reads it) sets.
+fn deadline_of(headers: &HeaderMap, received: Instant) -> Option<Instant> {
+    let seconds: f64 = headers
+        .get("x-request-timeout")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (seconds.is_finite() && seconds > 0.0)
+        .then(|| received + Duration::from_secs_f64(seconds.min(1e9)))
 }
 
 async fn models(State(s): State<HttpState>, headers: HeaderMap) -> Response {
@@ -145,10 +167,11 @@ async fn forward(s: &HttpState, headers: &HeaderMap, path: &str, body: Option<By
         .and_then(|b| serde_json::from_slice::<Value>(b).ok())
         .map(|v| chat_image_keys(&v))
         .unwrap_or_default();
+    let deadline = deadline_of(headers, Instant::now());
     let mut refused: Vec<SocketAddr> = Vec::new();
     let mut last: Option<Response> = None;
     loop {
-        let worker = match s.routing.choose(&keys, None, &refused).await {
+        let worker = match s.routing.choose(&keys, deadline, &refused).await {
             Ok(Some(w)) => w,
             Ok(None) => {
                 return last.unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "no worker"))
@@ -218,6 +241,22 @@ fn relay(resp: reqwest::Response, sent: Option<crate::fleet::Sent>) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_timeouts_become_deadlines() {
+        let now = Instant::now();
+        let mut h = HeaderMap::new();
+        assert_eq!(deadline_of(&h, now), None);
+        h.insert("x-request-timeout", "1.5".parse().expect("value"));
+        assert_eq!(
+            deadline_of(&h, now),
+            Some(now + Duration::from_millis(1500))
+        );
+        for bad in ["0", "-2", "soon", "NaN"] {
+            h.insert("x-request-timeout", bad.parse().expect("value"));
+            assert_eq!(deadline_of(&h, now), None, "{bad}");
+        }
+    }
 
     #[test]
     fn data_urls_are_keyed_by_their_decoded_bytes() {

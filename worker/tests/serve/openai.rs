@@ -18,7 +18,12 @@ async fn post(addr: SocketAddr, path: &str, body: &str, token: Option<&str>) -> 
 }
 
 /// `POST path` with extra header lines `headers` (each ending in CRLF).
-async fn post_with(addr: SocketAddr, path: &str, body: &str, headers: &str) -> (u16, String) {
+pub(crate) async fn post_with(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
@@ -46,7 +51,7 @@ fn data_uri(bytes: &[u8]) -> String {
     )
 }
 
-fn chat(model: &str, prompt: &str, image: &[u8], extra: Value) -> String {
+pub(crate) fn chat(model: &str, prompt: &str, image: &[u8], extra: Value) -> String {
     let mut body = json!({
         "model": model,
         "messages": [{"role": "user", "content": [

@@ -12,6 +12,7 @@ use lynx_router::fleet::FleetConfig;
 use lynx_router::policy::{PickerConfig, Policy};
 use lynx_router::route::HoldConfig;
 use lynx_router::server::{Router, RouterConfig};
+use serde_json::json;
 use tokio::sync::oneshot;
 use tonic::Code;
 
@@ -241,6 +242,32 @@ async fn at_zero_workers_a_request_is_held_until_one_is_ready_or_refused_after_t
         status.message().contains("hold_timeout_seconds"),
         "{status:?}"
     );
+
+    // A held chat completion is answered 504 once its own `x-request-timeout` passes, well
+    // before the router's hold ends, and counted as DEADLINE_EXCEEDED.
+    let patient = TestRouter::start(
+        format!("dns://{}/nobody.lynx.test:{port}", dns.addr()),
+        http_port,
+        |c| c.hold.timeout = Duration::from_secs(60),
+    )
+    .await;
+    let body = crate::openai::chat("lynx", "hi", &input("img_landscape.png"), json!({}));
+    let t0 = Instant::now();
+    let (status, text) = crate::openai::post_with(
+        patient.http,
+        "/v1/chat/completions",
+        &body,
+        "x-request-timeout: 0.3\r\n",
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(text.contains("deadline"), "{text}");
+    let counted = patient.metrics().await;
+    assert_eq!(
+        counted.get("lynx_router_requests_total{code=\"DEADLINE_EXCEEDED\"}"),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,8 +316,23 @@ async fn the_openai_api_goes_through_the_router() {
     let (status, body) = http_get(router.http, "/v1/models").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"object\":\"list\""), "{body}");
+    let models: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let model = models["data"][0]["id"].as_str().unwrap().to_owned();
     let (status, _) = http_get(router.http, "/readyz").await;
     assert_eq!(status, 200);
+    let body = crate::openai::chat(&model, "hi", &input("img_landscape.png"), json!({}));
+    let (status, text) =
+        crate::openai::post_with(router.http, "/v1/chat/completions", &body, "").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("chat.completion"), "{text}");
+    assert_eq!(
+        router
+            .metrics()
+            .await
+            .get("lynx_router_requests_total{code=\"OK\"}"),
+        1.0
+    );
+    assert_eq!(ok_answers(&workers[0]).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

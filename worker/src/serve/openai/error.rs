@@ -78,16 +78,7 @@ impl ApiError {
 
     /// The gRPC code that counts this error in `lynx_requests_total`.
     pub fn grpc_code(&self) -> Code {
-        match self.status {
-            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => Code::InvalidArgument,
-            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
-                Code::ResourceExhausted
-            }
-            StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
-            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
-            _ => Code::Internal,
-        }
+        lynx_proto::code_of_http_status(self.status.as_u16())
     }
 
     /// The JSON body.
