@@ -293,13 +293,16 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* rv, int* r
     for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
 }
 
-extern "C" __global__ void argmax_f32(const float* logits, int cols, int* out) {
+// Greedy pick over logits stored in T (the LM head's output type: the exact conversion to f32
+// keeps the order, so the pick is that of the f32 logits), one block per row.
+template <typename T>
+__device__ __forceinline__ void argmax(const typename T::S* logits, int cols, int* out) {
     __shared__ float rv[32];
     __shared__ int ri[32];
-    const float* row = logits + (i64)blockIdx.x * cols;
+    const typename T::S* row = logits + (i64)blockIdx.x * cols;
     float v = NEG_INF;
     int i = 0x7fffffff;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) better(v, i, row[c], c);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) better(v, i, T::to_float(row[c]), c);
     block_argmax(v, i, rv, ri);
     if (threadIdx.x == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
 }
@@ -389,7 +392,10 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
                                              int head_dim, int block_shift) {                                  \
         kv_write<S_##TN>(ks, vs, src_row, slots, kc, vc, heads, head_dim, block_shift);                        \
     }                                                                                                          \
-    extern "C" __global__ void attn_generic_##TN(const GenericAttnParams p) { attn_generic<T>(p); }
+    extern "C" __global__ void attn_generic_##TN(const GenericAttnParams p) { attn_generic<T>(p); }            \
+    extern "C" __global__ void argmax_##TN(const S_##TN* logits, int cols, int* out) {                        \
+        argmax<T>(logits, cols, out);                                                                          \
+    }
 
 OPS_KERNELS(Bf16, bf16)
 OPS_KERNELS(F16, f16)

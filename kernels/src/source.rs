@@ -50,7 +50,7 @@ pub fn projection_kernel(dtype: crate::DType) -> String {
 }
 
 /// The per-precision small kernels of ops.cu (`{name}_{bf16|f16|f32}`).
-pub const OPS_PER_PRECISION: [&str; 13] = [
+pub const OPS_PER_PRECISION: [&str; 14] = [
     "layernorm",
     "rmsnorm",
     "bias_gelu",
@@ -64,10 +64,11 @@ pub const OPS_PER_PRECISION: [&str; 13] = [
     "copy_rows",
     "kv_write",
     "attn_generic",
+    "argmax",
 ];
 
 /// The precision-independent kernels of ops.cu.
-pub const OPS_UNTYPED: [&str; 2] = ["argmax_f32", "topk_logprobs_f32"];
+pub const OPS_UNTYPED: [&str; 1] = ["topk_logprobs_f32"];
 
 /// Name of a per-precision small kernel.
 pub fn op_kernel(op: &str, precision: crate::Precision) -> String {

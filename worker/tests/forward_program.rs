@@ -18,7 +18,7 @@ use lynx_worker::forward::ops::Ops;
 use lynx_worker::forward::vision::Pixels;
 use lynx_worker::forward::weights::Source;
 use lynx_worker::forward::{DeviceLynx, ForwardError};
-use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams};
+use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams, Next};
 
 const KV_BLOCKS: usize = 512;
 const BLOCK: usize = 8;
@@ -214,6 +214,51 @@ fn a_full_cache_is_an_error_and_loses_nothing() {
     ));
 }
 
+/// A row picked where the logits are answers with the argmax of the logits the same step
+/// computes; the other rows get exactly a plain step's logits, whatever the mix.
+#[test]
+fn picked_rows_get_the_argmax_and_the_others_their_logits() {
+    for ops in [HostOps::cpu(), HostOps::mirror()] {
+        let m = model_on(ops);
+        let ids: Vec<u32> = vec![1, 20, 30, 40, 1, 21, 31, 41, 1, 22, 32, 42];
+        let (mut plain, first) = m.start_session(None, &ids, &[0, 0, 0], 1).unwrap();
+        let (mut picking, _) = m.start_session(None, &ids, &[0, 0, 0], 1).unwrap();
+        let mut next: Vec<u32> = first.iter().map(|r| argmax(r)).collect();
+        for pick in [
+            [true, false, true],
+            [false, false, false],
+            [true, true, true],
+        ] {
+            let full = plain.step_tokens(&next).unwrap();
+            let got = picking.step_picking(&next, &pick).unwrap();
+            let want: Vec<Next> = full
+                .iter()
+                .zip(pick)
+                .map(|(row, p)| match p {
+                    true => Next::Token(argmax(row)),
+                    false => Next::Logits(row.clone()),
+                })
+                .collect();
+            assert_eq!(got, want, "{pick:?}");
+            next = full.iter().map(|r| argmax(r)).collect();
+        }
+        assert!(matches!(
+            picking.step_picking(&next, &[true]),
+            Err(ForwardError::Shape(_))
+        ));
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 #[test]
 fn random_weights_run_and_are_reproducible() {
     let merged = load_release(&model_dir(), None).unwrap();
@@ -302,14 +347,19 @@ fn the_e2e_bench_measures_every_stage() {
             "vision-frames5",
             "ttft-image",
             "decode-b1",
-            "decode-b3"
+            "step-host-logits-b1",
+            "decode-b3",
+            "step-host-logits-b3"
         ]
     );
     for r in &rows {
         assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
     }
     let limit = llm_step_bytes(&m) / 10e6;
-    for r in rows.iter().filter(|r| r.id.starts_with("decode")) {
+    let decode = |r: &&lynx_worker::forward::e2e::E2eRow| {
+        r.id.starts_with("decode") || r.id.starts_with("step-host-logits")
+    };
+    for r in rows.iter().filter(decode) {
         assert_eq!(r.limit_ms, Some(limit));
         let pct = r.pct_of_limit.unwrap();
         assert!((pct - 100.0 * limit / r.ms).abs() < 1e-9);

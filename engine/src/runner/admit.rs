@@ -10,7 +10,7 @@ use super::text::TextStream;
 use super::{ContentKey, Job, Pixels, RequestError, StageTimings};
 use crate::backend::{Backend, BackendSession};
 use crate::forward::ForwardError;
-use crate::generation::RequestDecoder;
+use crate::generation::{Next, RequestDecoder};
 use crate::scheduler::Entry;
 
 type Result<T> = std::result::Result<T, ForwardError>;
@@ -68,7 +68,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 None => self.session = Some(session),
                 Some(running) => running.join(session),
             }
-            self.logits.extend(first);
+            self.logits.extend(first.into_iter().map(Next::Logits));
             let decode_started = Instant::now();
             for e in group {
                 let queue_ms = now

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::backend::{Backend, ServedModel};
 use crate::generation::StepModel;
-use crate::generation::{DecodeIds, DecodingMode, FinishReason, RequestDecoder, Step};
+use crate::generation::{DecodeIds, DecodingMode, FinishReason, Next, RequestDecoder, Step};
 use crate::metrics::Metrics;
 use crate::scheduler::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
 use crate::tokenizer::python_strip;
@@ -39,8 +39,9 @@ pub(super) struct Engine<'m, B: Backend> {
     pub(super) cache: EncoderCache<ContentKey, B::Prefix>,
     pub(super) session: Option<B::Session<'m>>,
     pub(super) active: Vec<Active>,
-    /// Next-token logits of the session's rows.
-    pub(super) logits: Vec<Vec<f32>>,
+    /// What the last step answered for each of the session's rows: logits, or the token the
+    /// model picked for a greedy row.
+    pub(super) logits: Vec<Next>,
     pub(super) metrics: &'m Metrics,
     waiting: &'m AtomicUsize,
     pub(super) ids: DecodeIds,
@@ -216,12 +217,16 @@ impl<B: Backend> Engine<'_, B> {
         self.metrics.batch_size.observe(self.active.len() as f64);
         let mut tokens = Vec::new();
         let mut rows: Vec<u32> = Vec::new();
+        let mut pick: Vec<bool> = Vec::new();
         let mut still = Vec::with_capacity(self.active.len());
-        let mut logits = std::mem::take(&mut self.logits);
+        let outputs = std::mem::take(&mut self.logits);
+        let fed_rows = outputs.len();
+        let mut outputs = outputs.into_iter();
         let mut base = 0;
         for mut a in std::mem::take(&mut self.active) {
             let my_rows = base..base + a.rows;
             base += a.rows;
+            let mine: Vec<Next> = outputs.by_ref().take(a.rows).collect();
             if a.job.events.is_closed() {
                 self.sched.finish(a.id);
                 continue;
@@ -231,7 +236,13 @@ impl<B: Backend> Engine<'_, B> {
                 self.fail(a.id, &a.job.events, err);
                 continue;
             }
-            let step = a.decoder.advance(&mut logits[my_rows.clone()]);
+            let step = match advance(&mut a.decoder, mine) {
+                Ok(step) => step,
+                Err(why) => {
+                    self.fail(a.id, &a.job.events, RequestError::Internal(why));
+                    continue;
+                }
+            };
             let t = Instant::now();
             match a.last_token {
                 None => self
@@ -277,10 +288,12 @@ impl<B: Backend> Engine<'_, B> {
                             continue;
                         }
                     }
+                    let picks = a.decoder.picks_argmax();
                     for (i, tok) in next.into_iter().enumerate() {
                         let local = reorder.as_ref().map_or(i, |r| r[i]);
                         rows.push((my_rows.start + local) as u32);
                         tokens.push(tok);
+                        pick.push(picks);
                     }
                     still.push(a);
                 }
@@ -296,14 +309,14 @@ impl<B: Backend> Engine<'_, B> {
             return;
         };
         let identity =
-            rows.len() == logits.len() && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+            rows.len() == fed_rows && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
         self.metrics.tokens_per_step.observe(tokens.len() as f64);
         let fed = if identity {
-            session.step(&tokens)
+            session.step_picking(&tokens, &pick)
         } else {
             session
                 .select_rows(&rows)
-                .and_then(|()| session.step(&tokens))
+                .and_then(|()| session.step_picking(&tokens, &pick))
         };
         match fed {
             Ok(next) => self.logits = next,
@@ -354,4 +367,29 @@ impl<B: Backend> Engine<'_, B> {
         m.running_requests.set(self.sched.running_requests() as i64);
         m.kv_cache_usage.set(self.sched.kv_usage());
     }
+}
+
+/// Advances `decoder` by what the model answered for its rows: the token it picked (a greedy
+/// row, see [`RequestDecoder::picks_argmax`]) or the logits.
+fn advance(decoder: &mut RequestDecoder, rows: Vec<Next>) -> Result<Step, String> {
+    if rows.len() != decoder.rows() {
+        return Err(format!(
+            "the model answered {} rows for a request of {}",
+            rows.len(),
+            decoder.rows()
+        ));
+    }
+    if let [Next::Token(t)] = rows[..] {
+        return decoder
+            .advance_picked(t)
+            .ok_or_else(|| "the model picked a token for a request that needs its logits".into());
+    }
+    let mut logits = rows
+        .into_iter()
+        .map(|r| match r {
+            Next::Logits(l) => Ok(l),
+            Next::Token(_) => Err("the model picked a token for a beam row".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(decoder.advance(&mut logits))
 }

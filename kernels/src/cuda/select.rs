@@ -1,25 +1,30 @@
-//! Launches of the selection kernels over f32 logits: greedy pick and top-k log-probabilities.
+//! Launches of the selection kernels: greedy pick (at any precision) and top-k log-probabilities
+//! (f32).
 #![allow(unsafe_code)] // kernel launches.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::elem::{need, rows_cfg, ROW_THREADS};
+use super::elem::{elem, need, rows_cfg, Elem, ROW_THREADS};
 use super::{driver, CudaAttention};
-use crate::KernelError;
+use crate::problem::Precision;
+use crate::{source, KernelError};
 
 impl CudaAttention {
-    /// Greedy pick per row of f32 logits `[rows][cols]` into `out` (`[rows]`).
-    pub fn argmax(
+    /// Greedy pick per row of logits `[rows][cols]` stored at `precision` into `out` (`[rows]`):
+    /// the first index of the maximum, as `torch.argmax` (NaN never wins).
+    pub fn argmax<S: Elem>(
         &self,
-        logits: &CudaSlice<f32>,
+        precision: Precision,
+        logits: &CudaSlice<S>,
         rows: usize,
         cols: usize,
         out: &mut CudaSlice<i32>,
     ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
         need("logits", logits.len(), rows * cols)?;
         need("argmax output", out.len(), rows)?;
         let cfg = rows_cfg(rows, ROW_THREADS)?;
-        let f = self.function("argmax_f32")?;
+        let f = self.function(&source::op_kernel("argmax", precision))?;
         let c = cols as i32;
         let mut launch = self.stream.launch_builder(f);
         launch.arg(logits).arg(&c).arg(out);

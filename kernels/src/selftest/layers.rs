@@ -417,7 +417,7 @@ fn selection_cases(
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<CaseResult>, KernelError> {
     let (rows, cols, k) = (4, 32_000, 8);
-    let mut logits = random_values(rng, DType::Bf16, rows * cols, 8.0);
+    let mut logits = random_values(rng, dtype, rows * cols, 8.0);
     for r in 0..rows {
         let top = (rng.next_u32() % cols as u32) as usize;
         let twin = (top + 1 + (rng.next_u32() % 1000) as usize) % cols;
@@ -426,7 +426,11 @@ fn selection_cases(
     }
     let ld = gpu.upload_f32(&logits)?;
     let mut idx = gpu.zeros::<i32>(rows)?;
-    gpu.argmax(&ld, rows, cols, &mut idx)?;
+    gpu.argmax(Precision::F32, &ld, rows, cols, &mut idx)?;
+    // The same logits as the LM head stores them in this type: the pick must not change.
+    let lh = gpu.upload_as::<u16>(dtype.into(), &logits)?;
+    let mut hidx = gpu.zeros::<i32>(rows)?;
+    gpu.argmax(dtype.into(), &lh, rows, cols, &mut hidx)?;
     let mut vals = gpu.zeros::<f32>(rows * k)?;
     let mut tidx = gpu.zeros::<i32>(rows * k)?;
     gpu.topk_logprobs(&ld, rows, cols, k, &mut vals, &mut tidx)?;
@@ -442,6 +446,15 @@ fn selection_cases(
     let mut greedy = verdict("select: argmax 4x32000 (ties)".into(), dtype, &[], &[], 0);
     greedy.index_mismatches = count(gpu.download_raw(&idx)?, ops::argmax(&logits, cols));
     greedy.passed = greedy.index_mismatches == 0;
+    let mut stored = verdict(
+        format!("select: argmax 4x32000 (ties), {dtype} logits"),
+        dtype,
+        &[],
+        &[],
+        0,
+    );
+    stored.index_mismatches = count(gpu.download_raw(&hidx)?, ops::argmax(&logits, cols));
+    stored.passed = stored.index_mismatches == 0;
     let (want_vals, want_idx) = ops::topk_logprobs(&logits, cols, k);
     let mut topk = verdict(
         format!("select: top-{k} log-probs 4x32000 (ties)"),
@@ -452,7 +465,7 @@ fn selection_cases(
     );
     topk.index_mismatches = count(gpu.download_raw(&tidx)?, want_idx);
     topk.passed &= topk.index_mismatches == 0;
-    Ok(vec![greedy, topk])
+    Ok(vec![greedy, stored, topk])
 }
 
 /// Every projection and small-kernel case for one 16-bit type.

@@ -304,6 +304,19 @@ impl<S: Elem> Ops for CudaOps<S> {
             .copy_rows(self.precision, src, src_rows, dst, dst_rows, n, cols)?)
     }
 
+    fn argmax(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<u32>, ForwardError> {
+        let mut out = self.gpu.zeros::<i32>(rows)?;
+        self.gpu
+            .argmax(self.precision, logits, rows, cols, &mut out)?;
+        let ids = self.gpu.download_raw(&out)?;
+        Ok(ids.into_iter().map(|i| i.max(0) as u32).collect())
+    }
+
     fn attention(
         &self,
         p: &DenseAttention,

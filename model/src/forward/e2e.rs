@@ -1,13 +1,15 @@
 //! `gpu-bench --e2e`: the whole model timed end to end on a backend: vision stage throughput
 //! (images and video frames), time to first token for one image, and decode throughput at
 //! several batch sizes against the weight-streaming limit (LLM weight bytes read per step over
-//! the copy bandwidth measured in the same run).
+//! the copy bandwidth measured in the same run), with the token picked on the device as the
+//! server does and, side by side, with the logits copied to the host.
 
 use std::time::Instant;
 
 use super::ops::Ops;
 use super::vision::Pixels;
-use super::{DeviceLynx, ForwardError};
+use super::{DeviceLynx, DeviceSession, ForwardError};
+use crate::generation::Next;
 
 /// What to time.
 #[derive(Debug, Clone)]
@@ -205,18 +207,35 @@ pub fn run<O: Ops>(
     let long = cfg.bridge.num_latents + opts.prompt_tokens;
     for &b in &opts.decode_batches {
         let ids = prompt(b, long);
+        // As the server decodes greedy rows: the token picked on the device, only ids copied out;
+        // then, on the same session, the full logits to the host and the pick there.
         let (mut session, first) = m.start_session(None, &ids, &vec![0; b], 1)?;
         let mut next: Vec<u32> = first.iter().map(|r| argmax(r)).collect();
+        let pick = vec![true; b];
+        let steps = opts.decode_steps.max(1);
+        let picked_step = |session: &mut DeviceSession<'_, O>, next: &[u32]| {
+            let out = session.step_picking(next, &pick)?;
+            Ok::<_, ForwardError>(
+                out.iter()
+                    .map(|n| match n {
+                        Next::Token(t) => *t,
+                        Next::Logits(row) => argmax(row),
+                    })
+                    .collect::<Vec<u32>>(),
+            )
+        };
         for _ in 0..2 {
-            next = session
-                .step_tokens(&next)?
-                .iter()
-                .map(|r| argmax(r))
-                .collect();
+            next = picked_step(&mut session, &next)?;
         }
         ops.synchronize()?;
         let t = Instant::now();
-        for _ in 0..opts.decode_steps.max(1) {
+        for _ in 0..steps {
+            next = picked_step(&mut session, &next)?;
+        }
+        ops.synchronize()?;
+        let step_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let t = Instant::now();
+        for _ in 0..steps {
             next = session
                 .step_tokens(&next)?
                 .iter()
@@ -224,10 +243,10 @@ pub fn run<O: Ops>(
                 .collect();
         }
         ops.synchronize()?;
-        let step_ms = t.elapsed().as_secs_f64() * 1e3 / opts.decode_steps.max(1) as f64;
+        let host_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
         let mut r = row(
             format!("decode-b{b}"),
-            format!("decode, batch {b}, {long}-token context"),
+            format!("decode, batch {b}, {long}-token context, token picked on the device"),
             "tokens/s",
             b as f64 / step_ms * 1e3,
             step_ms,
@@ -235,6 +254,17 @@ pub fn run<O: Ops>(
         );
         r.limit_ms = limit_ms;
         r.pct_of_limit = limit_ms.map(|l| 100.0 * l / step_ms);
+        rows.push(r);
+        let mut r = row(
+            format!("step-host-logits-b{b}"),
+            "the same decode with every row's logits copied to the host and picked there".into(),
+            "tokens/s",
+            b as f64 / host_ms * 1e3,
+            host_ms,
+            b,
+        );
+        r.limit_ms = limit_ms;
+        r.pct_of_limit = limit_ms.map(|l| 100.0 * l / host_ms);
         rows.push(r);
     }
     Ok(rows)

@@ -406,6 +406,19 @@ impl Ops for HostOps {
         Ok(())
     }
 
+    fn argmax(
+        &self,
+        logits: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<u32>, ForwardError> {
+        if cols == 0 {
+            return Err(ForwardError::Shape("argmax over rows of no logits".into()));
+        }
+        need("logits", logits.len(), rows * cols)?;
+        Ok(lynx_kernels::ops::argmax(&logits[..rows * cols], cols))
+    }
+
     fn copy_rows(
         &self,
         src: &Vec<f32>,

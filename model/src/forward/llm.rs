@@ -9,6 +9,7 @@ use super::weights::Loader;
 use super::ForwardError;
 use crate::checkpoint::keys::LlmKeys;
 use crate::config::LlmConfig;
+use crate::generation::Next;
 
 const ADAPTER_LN_EPS: f32 = 1e-5;
 
@@ -362,6 +363,63 @@ impl<O: Ops> Llm<O> {
         rows: &mut [RowCache],
         tokens: &[u32],
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let x = self.step_hidden(ops, pool, rows, tokens)?;
+        self.logits(ops, &x, None, rows.len())
+    }
+
+    /// [`Self::step`] where row `i` answers with only its argmax token when `pick[i]`: the LM
+    /// head runs over every row, the pick where the logits are, and only the other rows' logits
+    /// are copied out.
+    pub fn step_picking(
+        &self,
+        ops: &O,
+        pool: &mut KvPool<O>,
+        rows: &mut [RowCache],
+        tokens: &[u32],
+        pick: &[bool],
+    ) -> Result<Vec<Next>, ForwardError> {
+        let r = rows.len();
+        if pick.len() != r {
+            return Err(ForwardError::Shape(format!(
+                "{} picks for {r} rows",
+                pick.len()
+            )));
+        }
+        let x = self.step_hidden(ops, pool, rows, tokens)?;
+        let vocab = self.cfg.vocab_size;
+        let logits = self.head(ops, &x, None, r)?;
+        let picked = match pick.contains(&true) {
+            true => ops.argmax(&logits, r, vocab)?,
+            false => Vec::new(),
+        };
+        let full: Vec<u32> = (0..r as u32).filter(|&i| !pick[i as usize]).collect();
+        let flat = if full.len() == r {
+            ops.download(&logits)?
+        } else if full.is_empty() {
+            Vec::new()
+        } else {
+            let mut kept = ops.alloc(full.len() * vocab)?;
+            let idx = ops.indices(&full, r)?;
+            ops.copy_rows(&logits, Some(&idx), &mut kept, None, full.len(), vocab)?;
+            ops.download(&kept)?
+        };
+        let mut kept = flat.chunks_exact(vocab.max(1));
+        Ok((0..r)
+            .map(|i| match pick[i] {
+                true => Next::Token(picked[i]),
+                false => Next::Logits(kept.next().map(<[f32]>::to_vec).unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    /// The hidden states after the last layer of a decode step.
+    fn step_hidden(
+        &self,
+        ops: &O,
+        pool: &mut KvPool<O>,
+        rows: &mut [RowCache],
+        tokens: &[u32],
+    ) -> Result<O::Buf, ForwardError> {
         let (r, h) = (rows.len(), self.cfg.hidden);
         if tokens.len() != r || r == 0 {
             return Err(ForwardError::Shape(format!(
@@ -412,7 +470,7 @@ impl<O: Ops> Llm<O> {
         let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
         let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
         let tables = ops.decode_tables(&decode)?;
-        let x = self.layers_forward(
+        self.layers_forward(
             ops,
             pool,
             x,
@@ -420,8 +478,7 @@ impl<O: Ops> Llm<O> {
             &pos,
             &slot_idx,
             Attend::Decode(&decode, &tables),
-        )?;
-        self.logits(ops, &x, None, r)
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -484,6 +541,22 @@ impl<O: Ops> Llm<O> {
         select: Option<&O::Idx>,
         rows: usize,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let flat = ops.download(&self.head(ops, x, select, rows)?)?;
+        Ok(flat
+            .chunks_exact(self.cfg.vocab_size)
+            .take(rows)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Final norm + LM head over the selected rows (`[rows][vocab]`, where `x` is).
+    fn head(
+        &self,
+        ops: &O,
+        x: &O::Buf,
+        select: Option<&O::Idx>,
+        rows: usize,
+    ) -> Result<O::Buf, ForwardError> {
         let h = self.cfg.hidden;
         let mut normed = ops.alloc(rows * h)?;
         match select {
@@ -498,12 +571,7 @@ impl<O: Ops> Llm<O> {
         }
         let mut logits = ops.alloc(rows * self.cfg.vocab_size)?;
         ops.linear(&normed, rows, &self.lm_head, &mut logits)?;
-        let flat = ops.download(&logits)?;
-        Ok(flat
-            .chunks_exact(self.cfg.vocab_size)
-            .take(rows)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(logits)
     }
 }
 

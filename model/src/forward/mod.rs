@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use lynx_kernels::KernelError;
 
 use crate::config::LynxConfig;
-use crate::generation::{StepError, StepModel};
+use crate::generation::{Next, StepError, StepModel};
 use llm::{KvPool, Llm, PrefillBatch, RowCache};
 use ops::Ops;
 use vision::{Pixels, Vision};
@@ -242,6 +242,18 @@ impl<O: Ops> DeviceSession<'_, O> {
         m.llm.step(&m.ops, &mut pool, &mut self.rows, tokens)
     }
 
+    /// [`Self::step_tokens`] where row `i` answers with only its argmax token when `pick[i]`.
+    pub fn step_picking(
+        &mut self,
+        tokens: &[u32],
+        pick: &[bool],
+    ) -> Result<Vec<Next>, ForwardError> {
+        let m = self.model;
+        let mut pool = m.pool()?;
+        m.llm
+            .step_picking(&m.ops, &mut pool, &mut self.rows, tokens, pick)
+    }
+
     /// Reorders rows (beam search): row `i` becomes old row `from[i]`.
     pub fn reorder(&mut self, from: &[u32]) -> Result<(), ForwardError> {
         let m = self.model;
@@ -265,6 +277,10 @@ impl<O: Ops> Drop for DeviceSession<'_, O> {
 impl<O: Ops> StepModel for DeviceSession<'_, O> {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError> {
         Ok(self.step_tokens(tokens)?)
+    }
+
+    fn step_picking(&mut self, tokens: &[u32], pick: &[bool]) -> Result<Vec<Next>, StepError> {
+        Ok(DeviceSession::step_picking(self, tokens, pick)?)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {

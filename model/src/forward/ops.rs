@@ -171,6 +171,14 @@ pub trait Ops: Send + Sync {
         n: usize,
         cols: usize,
     ) -> Result<(), ForwardError>;
+    /// The first index of each row's maximum over `rows` rows of `cols` (greedy decoding picks
+    /// where the logits are: only the ids leave the device).
+    fn argmax(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<u32>, ForwardError>;
     /// Dense attention over `[B][S][H][D]` tensors (no cache).
     fn attention(
         &self,

@@ -79,9 +79,24 @@ impl RequestDecoder {
         }
     }
 
+    /// Whether this request's next token is the plain argmax of its raw logits (greedy, one row,
+    /// no processor active: `min_length` reached, no n-gram ban), so the model may pick it where
+    /// the logits are and hand it to [`Self::advance_picked`].
+    pub fn picks_argmax(&self) -> bool {
+        self.p.mode == DecodingMode::Greedy
+            && self.rows == 1
+            && self.p.no_repeat_ngram_size == 0
+            && self.seqs[0].len() >= self.p.min_length
+    }
+
+    /// Consumes the token the model picked for this request's row; `None` when the request does
+    /// not decode by a plain argmax ([`Self::picks_argmax`]) and needs its logits.
+    pub fn advance_picked(&mut self, token: u32) -> Option<Step> {
+        self.picks_argmax().then(|| self.push_single(token))
+    }
+
     fn advance_single(&mut self, row: &mut [f32]) -> Step {
-        let seq = &mut self.seqs[0];
-        apply_processors(seq, row, &self.p, self.ids.eos);
+        apply_processors(&self.seqs[0], row, &self.p, self.ids.eos);
         let tok = if self.p.mode == DecodingMode::Sample {
             apply_warpers(row, &self.p, 1);
             let probs = softmax(row);
@@ -91,6 +106,11 @@ impl RequestDecoder {
         } else {
             argmax(row)
         };
+        self.push_single(tok)
+    }
+
+    fn push_single(&mut self, tok: u32) -> Step {
+        let seq = &mut self.seqs[0];
         seq.push(tok);
         if tok == self.ids.eos || seq.len() > self.p.max_new_tokens {
             Step::Done(finish(seq.clone(), self.ids.eos))
@@ -214,7 +234,7 @@ fn apply_warpers(scores: &mut [f32], p: &GenerationParams, min_keep: usize) {
     top_p(p.top_p as f32, min_keep, scores);
 }
 
-fn argmax(x: &[f32]) -> u32 {
+pub(super) fn argmax(x: &[f32]) -> u32 {
     let mut best = 0usize;
     for (i, v) in x.iter().enumerate() {
         if *v > x[best] {

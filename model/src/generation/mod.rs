@@ -23,10 +23,33 @@ use crate::config::GenerationDefaults;
 /// only reports it.
 pub type StepError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One row's answer to a decode step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The next-token logits.
+    Logits(Vec<f32>),
+    /// Only their argmax (the first index of the maximum), picked where the logits were computed.
+    Token(u32),
+}
+
 /// The model side of decoding.
 pub trait StepModel {
     /// Feeds one token per row, returns the next-token logits per row.
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError>;
+    /// Like [`Self::step`], but row `i` answers with only its argmax token when `pick[i]` (rows
+    /// whose decoder [`RequestDecoder::picks_argmax`]): a device model then copies ids, not
+    /// logits, to the host. By default the logits are computed and picked on the host.
+    fn step_picking(&mut self, tokens: &[u32], pick: &[bool]) -> Result<Vec<Next>, StepError> {
+        let logits = self.step(tokens)?;
+        Ok(logits
+            .into_iter()
+            .zip(pick.iter().chain(std::iter::repeat(&false)))
+            .map(|(row, &p)| match p {
+                true => Next::Token(decoder::argmax(&row)),
+                false => Next::Logits(row),
+            })
+            .collect())
+    }
     /// Reorders rows: new row `i` is old row `rows[i]`.
     fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError>;
 }

@@ -169,3 +169,71 @@ fn invalid_parameters_are_refused() {
         ));
     }
 }
+
+/// Decodes one request as the server does: rows whose decoder picks a plain argmax get only the
+/// token from the model. Returns the result and how many steps were picked.
+fn run_picking(p: &GenerationParams) -> (Generated, usize) {
+    let (mut m, first) = Scripted::new(1, p.rows_per_request());
+    let mut d = RequestDecoder::new(p, IDS).expect("decoder");
+    let mut next: Vec<Next> = first.into_iter().map(Next::Logits).collect();
+    let mut picked = 0;
+    loop {
+        let step = match next.as_slice() {
+            [Next::Token(t)] => {
+                picked += 1;
+                d.advance_picked(*t).expect("a picked row")
+            }
+            rows => {
+                let mut logits: Vec<Vec<f32>> = rows
+                    .iter()
+                    .map(|r| match r {
+                        Next::Logits(l) => l.clone(),
+                        Next::Token(_) => panic!("a token for a row that needs logits"),
+                    })
+                    .collect();
+                d.advance(&mut logits)
+            }
+        };
+        match step {
+            Step::Done(g) => return (g, picked),
+            Step::Continue { tokens, reorder } => {
+                if let Some(order) = reorder {
+                    let rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+                    m.select_rows(&rows).expect("reorder");
+                }
+                let pick = vec![d.picks_argmax(); tokens.len()];
+                next = m.step_picking(&tokens, &pick).expect("step");
+            }
+        }
+    }
+}
+
+#[test]
+fn picked_greedy_decoding_matches_decoding_from_logits() {
+    for mode in [
+        DecodingMode::Greedy,
+        DecodingMode::Sample,
+        DecodingMode::Beam,
+        DecodingMode::Lynx,
+    ] {
+        for (min_length, ngram) in [(2, 0), (4, 0), (2, 2)] {
+            let mut p = params(mode);
+            p.min_length = min_length;
+            p.no_repeat_ngram_size = ngram;
+            p.max_new_tokens = 6;
+            let (want, _) = run(1, &p);
+            let (got, picked) = run_picking(&p);
+            assert_eq!(
+                got.token_ids, want[0].token_ids,
+                "{mode} {min_length} {ngram}"
+            );
+            // Greedy picks once min_length is reached and no n-gram ban applies; no other mode
+            // ever does.
+            let picks = mode == DecodingMode::Greedy && ngram == 0;
+            assert_eq!(picked > 0, picks, "{mode} {min_length} {ngram}: {picked}");
+        }
+    }
+    let mut beams = RequestDecoder::new(&params(DecodingMode::Beam), IDS).expect("decoder");
+    assert!(!beams.picks_argmax());
+    assert_eq!(beams.advance_picked(3), None);
+}
