@@ -293,6 +293,13 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* rv, int* r
     for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
 }
 
+// Sets the flat positions `at[0..n)` of x to -inf: the tokens a greedy row may not pick (the
+// n-gram and min-length bans), before its argmax.
+template <typename T>
+__device__ __forceinline__ void ban(typename T::S* x, const int* at, int n) {
+    GRID_STRIDE(i, (u64)n) x[at[i]] = T::from_float(NEG_INF);
+}
+
 // Greedy pick over logits stored in T (the LM head's output type: the exact conversion to f32
 // keeps the order, so the pick is that of the f32 logits), one block per row.
 template <typename T>
@@ -395,7 +402,8 @@ extern "C" __global__ void topk_logprobs_f32(const float* logits, int cols, int 
     extern "C" __global__ void attn_generic_##TN(const GenericAttnParams p) { attn_generic<T>(p); }            \
     extern "C" __global__ void argmax_##TN(const S_##TN* logits, int cols, int* out) {                        \
         argmax<T>(logits, cols, out);                                                                          \
-    }
+    }                                                                                                          \
+    extern "C" __global__ void ban_##TN(S_##TN* x, const int* at, int n) { ban<T>(x, at, n); }
 
 OPS_KERNELS(Bf16, bf16)
 OPS_KERNELS(F16, f16)

@@ -50,7 +50,7 @@ pub fn projection_kernel(dtype: crate::DType) -> String {
 }
 
 /// The per-precision small kernels of ops.cu (`{name}_{bf16|f16|f32}`).
-pub const OPS_PER_PRECISION: [&str; 14] = [
+pub const OPS_PER_PRECISION: [&str; 15] = [
     "layernorm",
     "rmsnorm",
     "bias_gelu",
@@ -65,6 +65,7 @@ pub const OPS_PER_PRECISION: [&str; 14] = [
     "kv_write",
     "attn_generic",
     "argmax",
+    "ban",
 ];
 
 /// The precision-independent kernels of ops.cu.

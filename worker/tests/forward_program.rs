@@ -18,7 +18,7 @@ use lynx_worker::forward::ops::Ops;
 use lynx_worker::forward::vision::Pixels;
 use lynx_worker::forward::weights::Source;
 use lynx_worker::forward::{DeviceLynx, ForwardError};
-use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams, Next};
+use lynx_worker::generation::{generate, DecodeIds, DecodingMode, GenerationParams, Next, Want};
 
 const KV_BLOCKS: usize = 512;
 const BLOCK: usize = 8;
@@ -214,8 +214,8 @@ fn a_full_cache_is_an_error_and_loses_nothing() {
     ));
 }
 
-/// A row picked where the logits are answers with the argmax of the logits the same step
-/// computes; the other rows get exactly a plain step's logits, whatever the mix.
+/// A greedy row answers with the argmax of the logits the same step computes, once its banned
+/// tokens are excluded; the other rows get exactly a plain step's logits, whatever the mix.
 #[test]
 fn picked_rows_get_the_argmax_and_the_others_their_logits() {
     for ops in [HostOps::cpu(), HostOps::mirror()] {
@@ -230,20 +230,40 @@ fn picked_rows_get_the_argmax_and_the_others_their_logits() {
             [true, true, true],
         ] {
             let full = plain.step_tokens(&next).unwrap();
-            let got = picking.step_picking(&next, &pick).unwrap();
+            // Each picked row bans its own best token (and one far outside the vocabulary).
+            let wants: Vec<Want> = full
+                .iter()
+                .zip(pick)
+                .map(|(row, p)| match p {
+                    true => Want::Argmax {
+                        banned: vec![argmax(row), u32::MAX],
+                    },
+                    false => Want::Logits,
+                })
+                .collect();
+            let got = picking.step_picking(&next, &wants).unwrap();
             let want: Vec<Next> = full
                 .iter()
                 .zip(pick)
                 .map(|(row, p)| match p {
-                    true => Next::Token(argmax(row)),
+                    true => {
+                        let mut row = row.clone();
+                        let best = argmax(&row) as usize;
+                        row[best] = f32::NEG_INFINITY;
+                        Next::Token(argmax(&row))
+                    }
                     false => Next::Logits(row.clone()),
                 })
                 .collect();
             assert_eq!(got, want, "{pick:?}");
+            assert!(got
+                .iter()
+                .zip(&full)
+                .all(|(g, row)| *g != Next::Token(argmax(row))));
             next = full.iter().map(|r| argmax(r)).collect();
         }
         assert!(matches!(
-            picking.step_picking(&next, &[true]),
+            picking.step_picking(&next, &[Want::Logits]),
             Err(ForwardError::Shape(_))
         ));
     }

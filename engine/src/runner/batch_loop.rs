@@ -13,7 +13,7 @@ use super::{
 };
 use crate::backend::{Backend, ServedModel};
 use crate::generation::StepModel;
-use crate::generation::{DecodeIds, DecodingMode, FinishReason, Next, RequestDecoder, Step};
+use crate::generation::{DecodeIds, DecodingMode, FinishReason, Next, RequestDecoder, Step, Want};
 use crate::metrics::Metrics;
 use crate::scheduler::{EncoderCache, Entry, Reason, Rejection, RequestId, SchedulerState};
 use crate::tokenizer::python_strip;
@@ -217,7 +217,7 @@ impl<B: Backend> Engine<'_, B> {
         self.metrics.batch_size.observe(self.active.len() as f64);
         let mut tokens = Vec::new();
         let mut rows: Vec<u32> = Vec::new();
-        let mut pick: Vec<bool> = Vec::new();
+        let mut wants: Vec<Want> = Vec::new();
         let mut still = Vec::with_capacity(self.active.len());
         let outputs = std::mem::take(&mut self.logits);
         let fed_rows = outputs.len();
@@ -288,12 +288,12 @@ impl<B: Backend> Engine<'_, B> {
                             continue;
                         }
                     }
-                    let picks = a.decoder.picks_argmax();
+                    let want = a.decoder.wants();
                     for (i, tok) in next.into_iter().enumerate() {
                         let local = reorder.as_ref().map_or(i, |r| r[i]);
                         rows.push((my_rows.start + local) as u32);
                         tokens.push(tok);
-                        pick.push(picks);
+                        wants.push(want.clone());
                     }
                     still.push(a);
                 }
@@ -312,11 +312,11 @@ impl<B: Backend> Engine<'_, B> {
             rows.len() == fed_rows && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
         self.metrics.tokens_per_step.observe(tokens.len() as f64);
         let fed = if identity {
-            session.step_picking(&tokens, &pick)
+            session.step_picking(&tokens, &wants)
         } else {
             session
                 .select_rows(&rows)
-                .and_then(|()| session.step_picking(&tokens, &pick))
+                .and_then(|()| session.step_picking(&tokens, &wants))
         };
         match fed {
             Ok(next) => self.logits = next,
@@ -370,7 +370,7 @@ impl<B: Backend> Engine<'_, B> {
 }
 
 /// Advances `decoder` by what the model answered for its rows: the token it picked (a greedy
-/// row, see [`RequestDecoder::picks_argmax`]) or the logits.
+/// row, see [`RequestDecoder::wants`]) or the logits.
 fn advance(decoder: &mut RequestDecoder, rows: Vec<Next>) -> Result<Step, String> {
     if rows.len() != decoder.rows() {
         return Err(format!(

@@ -4,12 +4,33 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::elem::{elem, need, rows_cfg, Elem, ROW_THREADS};
+use super::elem::{elem, flat_cfg, need, rows_cfg, DeviceIndices, Elem, ROW_THREADS};
 use super::{driver, CudaAttention};
 use crate::problem::Precision;
 use crate::{source, KernelError};
 
 impl CudaAttention {
+    /// Sets the flat positions `at` of `x` to -inf (tokens a greedy row may not pick).
+    pub fn ban<S: Elem>(
+        &self,
+        precision: Precision,
+        x: &mut CudaSlice<S>,
+        at: &DeviceIndices,
+    ) -> Result<(), KernelError> {
+        elem::<S>(precision)?;
+        need("banned logits", x.len(), at.bound())?;
+        if at.is_empty() {
+            return Ok(());
+        }
+        let f = self.function(&source::op_kernel("ban", precision))?;
+        let n = at.len() as i32;
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(x).arg(at.data()).arg(&n);
+        // SAFETY: (x, at, n) as in ops.cu; every entry of `at` is below its bound <= x's length.
+        unsafe { launch.launch(flat_cfg(at.len())) }.map_err(driver("ban launch"))?;
+        Ok(())
+    }
+
     /// Greedy pick per row of logits `[rows][cols]` stored at `precision` into `out` (`[rows]`):
     /// the first index of the maximum, as `torch.argmax` (NaN never wins).
     pub fn argmax<S: Elem>(

@@ -455,6 +455,34 @@ fn selection_cases(
     );
     stored.index_mismatches = count(gpu.download_raw(&hidx)?, ops::argmax(&logits, cols));
     stored.passed = stored.index_mismatches == 0;
+    // Banning each row's maximum (both of its twins) and a few others leaves the next best.
+    let mut lh = lh;
+    let mut banned_logits = logits.clone();
+    let mut at: Vec<u32> = Vec::new();
+    for (r, row) in logits.chunks_exact(cols).enumerate() {
+        let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut own: Vec<usize> = (0..cols).filter(|&c| row[c] == top).collect();
+        own.extend([r, cols - 1 - r]);
+        for c in own {
+            at.push((r * cols + c) as u32);
+            banned_logits[r * cols + c] = f32::NEG_INFINITY;
+        }
+    }
+    gpu.ban(
+        dtype.into(),
+        &mut lh,
+        &gpu.upload_indices(&at, rows * cols)?,
+    )?;
+    gpu.argmax(dtype.into(), &lh, rows, cols, &mut hidx)?;
+    let mut ban = verdict(
+        format!("select: ban + argmax 4x32000, {dtype} logits"),
+        dtype,
+        &[],
+        &[],
+        0,
+    );
+    ban.index_mismatches = count(gpu.download_raw(&hidx)?, ops::argmax(&banned_logits, cols));
+    ban.passed = ban.index_mismatches == 0;
     let (want_vals, want_idx) = ops::topk_logprobs(&logits, cols, k);
     let mut topk = verdict(
         format!("select: top-{k} log-probs 4x32000 (ties)"),
@@ -465,7 +493,7 @@ fn selection_cases(
     );
     topk.index_mismatches = count(gpu.download_raw(&tidx)?, want_idx);
     topk.passed &= topk.index_mismatches == 0;
-    Ok(vec![greedy, stored, topk])
+    Ok(vec![greedy, stored, ban, topk])
 }
 
 /// Every projection and small-kernel case for one 16-bit type.

@@ -306,10 +306,15 @@ impl<S: Elem> Ops for CudaOps<S> {
 
     fn argmax(
         &self,
-        logits: &Self::Buf,
+        logits: &mut Self::Buf,
         rows: usize,
         cols: usize,
+        banned: &[u32],
     ) -> Result<Vec<u32>, ForwardError> {
+        if !banned.is_empty() {
+            let at = self.gpu.upload_indices(banned, rows * cols)?;
+            self.gpu.ban(self.precision, logits, &at)?;
+        }
         let mut out = self.gpu.zeros::<i32>(rows)?;
         self.gpu
             .argmax(self.precision, logits, rows, cols, &mut out)?;

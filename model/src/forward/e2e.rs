@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::ops::Ops;
 use super::vision::Pixels;
 use super::{DeviceLynx, DeviceSession, ForwardError};
-use crate::generation::Next;
+use crate::generation::{Next, Want};
 
 /// What to time.
 #[derive(Debug, Clone)]
@@ -211,10 +211,10 @@ pub fn run<O: Ops>(
         // then, on the same session, the full logits to the host and the pick there.
         let (mut session, first) = m.start_session(None, &ids, &vec![0; b], 1)?;
         let mut next: Vec<u32> = first.iter().map(|r| argmax(r)).collect();
-        let pick = vec![true; b];
+        let wants = vec![Want::Argmax { banned: Vec::new() }; b];
         let steps = opts.decode_steps.max(1);
         let picked_step = |session: &mut DeviceSession<'_, O>, next: &[u32]| {
-            let out = session.step_picking(next, &pick)?;
+            let out = session.step_picking(next, &wants)?;
             Ok::<_, ForwardError>(
                 out.iter()
                     .map(|n| match n {

@@ -408,14 +408,26 @@ impl Ops for HostOps {
 
     fn argmax(
         &self,
-        logits: &Vec<f32>,
+        logits: &mut Vec<f32>,
         rows: usize,
         cols: usize,
+        banned: &[u32],
     ) -> Result<Vec<u32>, ForwardError> {
         if cols == 0 {
             return Err(ForwardError::Shape("argmax over rows of no logits".into()));
         }
         need("logits", logits.len(), rows * cols)?;
+        for &at in banned {
+            match logits[..rows * cols].get_mut(at as usize) {
+                Some(x) => *x = f32::NEG_INFINITY,
+                None => {
+                    return Err(ForwardError::Shape(format!(
+                        "banned position {at} outside 0..{}",
+                        rows * cols
+                    )))
+                }
+            }
+        }
         Ok(lynx_kernels::ops::argmax(&logits[..rows * cols], cols))
     }
 

@@ -9,7 +9,7 @@ use super::weights::Loader;
 use super::ForwardError;
 use crate::checkpoint::keys::LlmKeys;
 use crate::config::LlmConfig;
-use crate::generation::Next;
+use crate::generation::{Next, Want};
 
 const ADAPTER_LN_EPS: f32 = 1e-5;
 
@@ -367,32 +367,40 @@ impl<O: Ops> Llm<O> {
         self.logits(ops, &x, None, rows.len())
     }
 
-    /// [`Self::step`] where row `i` answers with only its argmax token when `pick[i]`: the LM
-    /// head runs over every row, the pick where the logits are, and only the other rows' logits
-    /// are copied out.
+    /// [`Self::step`] where row `i` answers as `wants[i]` says: the LM head runs over every row,
+    /// greedy rows are picked where the logits are, and only the other rows' logits are copied
+    /// out.
     pub fn step_picking(
         &self,
         ops: &O,
         pool: &mut KvPool<O>,
         rows: &mut [RowCache],
         tokens: &[u32],
-        pick: &[bool],
+        wants: &[Want],
     ) -> Result<Vec<Next>, ForwardError> {
         let r = rows.len();
-        if pick.len() != r {
+        if wants.len() != r {
             return Err(ForwardError::Shape(format!(
-                "{} picks for {r} rows",
-                pick.len()
+                "{} wants for {r} rows",
+                wants.len()
             )));
         }
         let x = self.step_hidden(ops, pool, rows, tokens)?;
         let vocab = self.cfg.vocab_size;
-        let logits = self.head(ops, &x, None, r)?;
-        let picked = match pick.contains(&true) {
-            true => ops.argmax(&logits, r, vocab)?,
-            false => Vec::new(),
-        };
-        let full: Vec<u32> = (0..r as u32).filter(|&i| !pick[i as usize]).collect();
+        let mut logits = self.head(ops, &x, None, r)?;
+        let mut full: Vec<u32> = Vec::new();
+        let mut banned: Vec<u32> = Vec::new();
+        for (i, want) in wants.iter().enumerate() {
+            match want {
+                Want::Logits => full.push(i as u32),
+                Want::Argmax { banned: ids } => banned.extend(
+                    ids.iter()
+                        .filter(|&&t| (t as usize) < vocab)
+                        .map(|&t| (i * vocab) as u32 + t),
+                ),
+            }
+        }
+        // The logits rows are copied out before the bans touch the picked rows.
         let flat = if full.len() == r {
             ops.download(&logits)?
         } else if full.is_empty() {
@@ -403,11 +411,15 @@ impl<O: Ops> Llm<O> {
             ops.copy_rows(&logits, Some(&idx), &mut kept, None, full.len(), vocab)?;
             ops.download(&kept)?
         };
+        let picked = match full.len() < r {
+            true => ops.argmax(&mut logits, r, vocab, &banned)?,
+            false => Vec::new(),
+        };
         let mut kept = flat.chunks_exact(vocab.max(1));
         Ok((0..r)
-            .map(|i| match pick[i] {
-                true => Next::Token(picked[i]),
-                false => Next::Logits(kept.next().map(<[f32]>::to_vec).unwrap_or_default()),
+            .map(|i| match wants[i] {
+                Want::Argmax { .. } => Next::Token(picked[i]),
+                Want::Logits => Next::Logits(kept.next().map(<[f32]>::to_vec).unwrap_or_default()),
             })
             .collect())
     }

@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use lynx_kernels::KernelError;
 
 use crate::config::LynxConfig;
-use crate::generation::{Next, StepError, StepModel};
+use crate::generation::{Next, StepError, StepModel, Want};
 use llm::{KvPool, Llm, PrefillBatch, RowCache};
 use ops::Ops;
 use vision::{Pixels, Vision};
@@ -242,16 +242,16 @@ impl<O: Ops> DeviceSession<'_, O> {
         m.llm.step(&m.ops, &mut pool, &mut self.rows, tokens)
     }
 
-    /// [`Self::step_tokens`] where row `i` answers with only its argmax token when `pick[i]`.
+    /// [`Self::step_tokens`] where row `i` answers as `wants[i]` says (a greedy row: its token).
     pub fn step_picking(
         &mut self,
         tokens: &[u32],
-        pick: &[bool],
+        wants: &[Want],
     ) -> Result<Vec<Next>, ForwardError> {
         let m = self.model;
         let mut pool = m.pool()?;
         m.llm
-            .step_picking(&m.ops, &mut pool, &mut self.rows, tokens, pick)
+            .step_picking(&m.ops, &mut pool, &mut self.rows, tokens, wants)
     }
 
     /// Reorders rows (beam search): row `i` becomes old row `from[i]`.
@@ -279,8 +279,8 @@ impl<O: Ops> StepModel for DeviceSession<'_, O> {
         Ok(self.step_tokens(tokens)?)
     }
 
-    fn step_picking(&mut self, tokens: &[u32], pick: &[bool]) -> Result<Vec<Next>, StepError> {
-        Ok(DeviceSession::step_picking(self, tokens, pick)?)
+    fn step_picking(&mut self, tokens: &[u32], wants: &[Want]) -> Result<Vec<Next>, StepError> {
+        Ok(DeviceSession::step_picking(self, tokens, wants)?)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> Result<(), StepError> {

@@ -171,13 +171,15 @@ pub trait Ops: Send + Sync {
         n: usize,
         cols: usize,
     ) -> Result<(), ForwardError>;
-    /// The first index of each row's maximum over `rows` rows of `cols` (greedy decoding picks
-    /// where the logits are: only the ids leave the device).
+    /// The first index of each row's maximum over `rows` rows of `cols`, once the flat positions
+    /// `banned` (`row * cols + token`) are set to -inf in `logits` (greedy decoding picks where
+    /// the logits are: only the ids leave the device).
     fn argmax(
         &self,
-        logits: &Self::Buf,
+        logits: &mut Self::Buf,
         rows: usize,
         cols: usize,
+        banned: &[u32],
     ) -> Result<Vec<u32>, ForwardError>;
     /// Dense attention over `[B][S][H][D]` tensors (no cache).
     fn attention(

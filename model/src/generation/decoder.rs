@@ -10,9 +10,9 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::processors::{
-    log_softmax, min_length, no_repeat_ngram, softmax, temperature, top_k, top_p,
+    log_softmax, min_length, ngram_bans, no_repeat_ngram, softmax, temperature, top_k, top_p,
 };
-use super::{DecodeIds, DecodingMode, FinishReason, Generated, GenerationParams};
+use super::{DecodeIds, DecodingMode, FinishReason, Generated, GenerationParams, Want};
 
 /// What a decoder wants after one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,20 +79,25 @@ impl RequestDecoder {
         }
     }
 
-    /// Whether this request's next token is the plain argmax of its raw logits (greedy, one row,
-    /// no processor active: `min_length` reached, no n-gram ban), so the model may pick it where
-    /// the logits are and hand it to [`Self::advance_picked`].
-    pub fn picks_argmax(&self) -> bool {
-        self.p.mode == DecodingMode::Greedy
-            && self.rows == 1
-            && self.p.no_repeat_ngram_size == 0
-            && self.seqs[0].len() >= self.p.min_length
+    /// What the next step must answer for this request's rows: greedy requests need only the
+    /// argmax once their bans (n-gram, min length) are applied, which the model may pick where
+    /// the logits are and hand to [`Self::advance_picked`]; every other mode needs the logits.
+    pub fn wants(&self) -> Want {
+        if self.p.mode != DecodingMode::Greedy || self.rows != 1 {
+            return Want::Logits;
+        }
+        let seq = &self.seqs[0];
+        let mut banned = ngram_bans(seq, self.p.no_repeat_ngram_size);
+        if seq.len() < self.p.min_length {
+            banned.push(self.ids.eos);
+        }
+        Want::Argmax { banned }
     }
 
-    /// Consumes the token the model picked for this request's row; `None` when the request does
-    /// not decode by a plain argmax ([`Self::picks_argmax`]) and needs its logits.
+    /// Consumes the token the model picked as [`Self::wants`] asked; `None` for a request that
+    /// needs its logits.
     pub fn advance_picked(&mut self, token: u32) -> Option<Step> {
-        self.picks_argmax().then(|| self.push_single(token))
+        (self.p.mode == DecodingMode::Greedy && self.rows == 1).then(|| self.push_single(token))
     }
 
     fn advance_single(&mut self, row: &mut [f32]) -> Step {
@@ -234,7 +239,17 @@ fn apply_warpers(scores: &mut [f32], p: &GenerationParams, min_keep: usize) {
     top_p(p.top_p as f32, min_keep, scores);
 }
 
-pub(super) fn argmax(x: &[f32]) -> u32 {
+/// The argmax of `row` once the logits of `banned` are -inf (as the processors set them).
+pub(super) fn pick(row: &mut [f32], banned: &[u32]) -> u32 {
+    for &t in banned {
+        if let Some(s) = row.get_mut(t as usize) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+    argmax(row)
+}
+
+fn argmax(x: &[f32]) -> u32 {
     let mut best = 0usize;
     for (i, v) in x.iter().enumerate() {
         if *v > x[best] {

@@ -15,6 +15,7 @@ mod tests;
 use std::str::FromStr;
 
 pub use decoder::{RequestDecoder, Step};
+pub use processors::ngram_bans;
 pub use search::{generate, GenerationError};
 
 use crate::config::GenerationDefaults;
@@ -23,12 +24,25 @@ use crate::config::GenerationDefaults;
 /// only reports it.
 pub type StepError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a decode step answers for one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// The next-token logits.
+    Logits,
+    /// Only the first index of their maximum once the logits of `banned` are -inf: a greedy row
+    /// (its n-gram and min-length bans), picked where the logits are computed.
+    Argmax {
+        /// Token ids the row may not pick (repeats allowed).
+        banned: Vec<u32>,
+    },
+}
+
 /// One row's answer to a decode step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
     /// The next-token logits.
     Logits(Vec<f32>),
-    /// Only their argmax (the first index of the maximum), picked where the logits were computed.
+    /// The picked token ([`Want::Argmax`]).
     Token(u32),
 }
 
@@ -36,17 +50,17 @@ pub enum Next {
 pub trait StepModel {
     /// Feeds one token per row, returns the next-token logits per row.
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, StepError>;
-    /// Like [`Self::step`], but row `i` answers with only its argmax token when `pick[i]` (rows
-    /// whose decoder [`RequestDecoder::picks_argmax`]): a device model then copies ids, not
-    /// logits, to the host. By default the logits are computed and picked on the host.
-    fn step_picking(&mut self, tokens: &[u32], pick: &[bool]) -> Result<Vec<Next>, StepError> {
+    /// Like [`Self::step`], but row `i` answers as `wants[i]` says ([`RequestDecoder::wants`]):
+    /// a device model then copies only ids, not logits, to the host for greedy rows. By default
+    /// the logits are computed and picked on the host.
+    fn step_picking(&mut self, tokens: &[u32], wants: &[Want]) -> Result<Vec<Next>, StepError> {
         let logits = self.step(tokens)?;
         Ok(logits
             .into_iter()
-            .zip(pick.iter().chain(std::iter::repeat(&false)))
-            .map(|(row, &p)| match p {
-                true => Next::Token(decoder::argmax(&row)),
-                false => Next::Logits(row),
+            .zip(wants.iter().chain(std::iter::repeat(&Want::Logits)))
+            .map(|(mut row, want)| match want {
+                Want::Argmax { banned } => Next::Token(decoder::pick(&mut row, banned)),
+                Want::Logits => Next::Logits(row),
             })
             .collect())
     }

@@ -5,17 +5,23 @@
 /// Bans every token that would complete an n-gram already present in `ids` (BOS placeholder
 /// included), as `NoRepeatNGramLogitsProcessor`.
 pub fn no_repeat_ngram(ids: &[u32], n: usize, scores: &mut [f32]) {
-    if n == 0 || ids.len() + 1 < n {
-        return;
-    }
-    let prefix = &ids[ids.len() + 1 - n..];
-    for window in ids.windows(n) {
-        if &window[..n - 1] == prefix {
-            if let Some(s) = scores.get_mut(window[n - 1] as usize) {
-                *s = f32::NEG_INFINITY;
-            }
+    for t in ngram_bans(ids, n) {
+        if let Some(s) = scores.get_mut(t as usize) {
+            *s = f32::NEG_INFINITY;
         }
     }
+}
+
+/// The tokens [`no_repeat_ngram`] bans after `ids` (repeats possible).
+pub fn ngram_bans(ids: &[u32], n: usize) -> Vec<u32> {
+    if n == 0 || ids.len() + 1 < n {
+        return Vec::new();
+    }
+    let prefix = &ids[ids.len() + 1 - n..];
+    ids.windows(n)
+        .filter(|w| &w[..n - 1] == prefix)
+        .map(|w| w[n - 1])
+        .collect()
 }
 
 /// Bans EOS while the sequence (BOS placeholder included) is shorter than `min_length`.

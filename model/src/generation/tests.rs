@@ -201,8 +201,8 @@ fn run_picking(p: &GenerationParams) -> (Generated, usize) {
                     let rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
                     m.select_rows(&rows).expect("reorder");
                 }
-                let pick = vec![d.picks_argmax(); tokens.len()];
-                next = m.step_picking(&tokens, &pick).expect("step");
+                let wants = vec![d.wants(); tokens.len()];
+                next = m.step_picking(&tokens, &wants).expect("step");
             }
         }
     }
@@ -227,13 +227,33 @@ fn picked_greedy_decoding_matches_decoding_from_logits() {
                 got.token_ids, want[0].token_ids,
                 "{mode} {min_length} {ngram}"
             );
-            // Greedy picks once min_length is reached and no n-gram ban applies; no other mode
-            // ever does.
-            let picks = mode == DecodingMode::Greedy && ngram == 0;
+            // Greedy picks every step after the prefill's (its bans applied first); no other
+            // mode ever does.
+            let picks = mode == DecodingMode::Greedy;
             assert_eq!(picked > 0, picks, "{mode} {min_length} {ngram}: {picked}");
         }
     }
     let mut beams = RequestDecoder::new(&params(DecodingMode::Beam), IDS).expect("decoder");
-    assert!(!beams.picks_argmax());
+    assert_eq!(beams.wants(), Want::Logits);
     assert_eq!(beams.advance_picked(3), None);
+}
+
+#[test]
+fn greedy_wants_name_the_bans_the_processors_apply() {
+    let mut p = params(DecodingMode::Greedy);
+    p.min_length = 3;
+    p.no_repeat_ngram_size = 2;
+    let mut d = RequestDecoder::new(&p, IDS).expect("decoder");
+    // [BOS] is shorter than min_length: EOS is banned, no bigram yet.
+    assert_eq!(
+        d.wants(),
+        Want::Argmax {
+            banned: vec![IDS.eos]
+        }
+    );
+    for t in [5, 7, 5] {
+        assert!(matches!(d.advance_picked(t), Some(Step::Continue { .. })));
+    }
+    // [BOS 5 7 5]: the bigram (5, 7) was seen, so 7 may not follow 5 again; min_length reached.
+    assert_eq!(d.wants(), Want::Argmax { banned: vec![7] });
 }
