@@ -7,6 +7,8 @@
 #   model    the whole forward on the GPU (f32, bf16) vs the host mirror on the fixture -> model.txt
 #   e2e      random-weight lynx-7b end to end vs HF transformers generate() and timm EVA-g
 #            -> e2e.jsonl, e2e.md
+#   startup  the kernels at a worker's start: compiled (empty cache), read from the cache, read
+#            from a folder `lynx-worker compile-kernels` filled (as in the image) -> startup.txt
 #   serve    `lynx-worker serve --device cuda --dtype bf16 --random-weights lynx-7b` on loopback,
 #            answered by `lynx generate` and `lynx bench` (client at $LYNX_CLIENT, default
 #            gpu/bin/lynx) -> serve.log, generate.txt, bench.txt
@@ -28,8 +30,22 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 export LYNX_CACHE_DIR="${LYNX_CACHE_DIR:-$out/cache}"
 
-parts=",${PARTS:-kernels,model,e2e,serve},"
+parts=",${PARTS:-startup,kernels,model,e2e,serve},"
 status=0
+if [[ $parts == *,startup,* ]]; then
+  echo "== kernels at start: compiled, cached, prebuilt"
+  cold="$out/startup-cache"
+  rm -rf "$cold" "$out/startup-prebuilt"
+  : >"$out/startup.txt"
+  LYNX_KERNEL_DIR="$out/startup-none" LYNX_CACHE_DIR="$cold" "$bin" gpu-info \
+    >>"$out/startup.txt" 2>>"$out/startup.log" || status=1
+  LYNX_KERNEL_DIR="$out/startup-none" LYNX_CACHE_DIR="$cold" "$bin" gpu-info \
+    >>"$out/startup.txt" 2>>"$out/startup.log" || status=1
+  "$bin" compile-kernels --out "$out/startup-prebuilt" >>"$out/startup.log" 2>>"$out/startup.txt" || status=1
+  LYNX_KERNEL_DIR="$out/startup-prebuilt" LYNX_CACHE_DIR="$out/startup-empty" "$bin" gpu-info \
+    >>"$out/startup.txt" 2>>"$out/startup.log" || status=1
+  cat "$out/startup.txt"
+fi
 if [[ $parts == *,kernels,* ]]; then
   echo "== gpu-selftest"
   "$bin" gpu-selftest 2>"$out/selftest.log" | tee "$out/selftest.txt" || status=1

@@ -111,18 +111,57 @@ fn log_to_string(chars: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Compiles `file` for `arch`, reusing `cache_dir/<hash>.cubin` when present. The hash covers
-/// the full source, the architecture, the options and the NVRTC version. A cache that cannot be
-/// written (a read-only or full file system) costs the next start a compilation, nothing more:
-/// it is logged, not an error.
-pub fn compile_cached(
-    file: &KernelFile,
-    arch: &str,
-    cache_dir: Option<&Path>,
-) -> Result<Vec<u8>, KernelError> {
-    let Some(dir) = cache_dir else {
-        return Ok(compile(file, arch, false)?.cubin);
-    };
+/// Where compiled kernels are looked up, and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelStore {
+    /// Read-only folders of prebuilt CUBINs (written by [`prebuild`], e.g. into the worker image
+    /// at build time), searched first; a folder that does not exist is skipped.
+    pub prebuilt: Vec<PathBuf>,
+    /// The writable cache: searched next, and where a fresh compilation is kept.
+    pub cache: Option<PathBuf>,
+}
+
+impl KernelStore {
+    /// Only a writable cache (or none).
+    pub fn cache(dir: Option<&Path>) -> Self {
+        Self {
+            prebuilt: Vec::new(),
+            cache: dir.map(Path::to_owned),
+        }
+    }
+}
+
+/// Where a kernel file's CUBIN came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A prebuilt folder.
+    Prebuilt,
+    /// The writable cache.
+    Cached,
+    /// Compiled now.
+    Compiled,
+}
+
+/// One kernel file made ready: its CUBIN, where it came from and how long that took.
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    /// The file.
+    pub file: &'static str,
+    /// The architecture.
+    pub arch: String,
+    /// The CUBIN.
+    pub cubin: Vec<u8>,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Seconds spent (reading or compiling).
+    pub seconds: f64,
+}
+
+/// The file name a CUBIN of `file` for `arch` has in a store: the hash covers the full source,
+/// the architecture, the options and the NVRTC version, so a stale or foreign CUBIN is never
+/// found.
+pub fn cubin_name(file: &KernelFile, arch: &str) -> Result<String, KernelError> {
     let (major, minor) = version()?;
     let mut hasher = Sha256::new();
     hasher.update(file.full_source().as_bytes());
@@ -132,23 +171,82 @@ pub fn compile_cached(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let path = dir.join(format!(
+    Ok(format!(
         "{}-{arch}-{}.cubin",
         file.name.trim_end_matches(".cu"),
         &key[..16]
-    ));
-    if let Ok(bytes) = std::fs::read(&path) {
-        return Ok(bytes);
+    ))
+}
+
+/// `file` for `arch` from `store`: a prebuilt folder, else the cache, else compiled now and kept
+/// in the cache. A cache that cannot be written (a read-only or full file system) costs the next
+/// start a compilation, nothing more: it is logged, not an error.
+pub fn obtain(file: &KernelFile, arch: &str, store: &KernelStore) -> Result<Obtained, KernelError> {
+    let started = std::time::Instant::now();
+    let done = |cubin: Vec<u8>, origin: Origin| Obtained {
+        file: file.name,
+        arch: arch.to_string(),
+        cubin,
+        origin,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let name = match (store.prebuilt.is_empty(), &store.cache) {
+        (true, None) => return Ok(done(compile(file, arch, false)?.cubin, Origin::Compiled)),
+        _ => cubin_name(file, arch)?,
+    };
+    for dir in &store.prebuilt {
+        if let Ok(bytes) = std::fs::read(dir.join(&name)) {
+            return Ok(done(bytes, Origin::Prebuilt));
+        }
+    }
+    if let Some(dir) = &store.cache {
+        if let Ok(bytes) = std::fs::read(dir.join(&name)) {
+            return Ok(done(bytes, Origin::Cached));
+        }
     }
     let cubin = compile(file, arch, false)?.cubin;
-    if let Err(e) = store(dir, &path, &cubin) {
-        tracing::warn!(error = %e, "kernel cache not written; the next start compiles again");
+    if let Some(dir) = &store.cache {
+        if let Err(e) = store_cubin(dir, &dir.join(&name), &cubin) {
+            tracing::warn!(error = %e, "kernel cache not written; the next start compiles again");
+        }
     }
-    Ok(cubin)
+    Ok(done(cubin, Origin::Compiled))
+}
+
+/// Every `(file, arch)` pair from `store`, the compilations in parallel (NVRTC compiles one
+/// program per thread); in the order given.
+pub fn obtain_all(
+    jobs: &[(KernelFile, String)],
+    store: &KernelStore,
+) -> Result<Vec<Obtained>, KernelError> {
+    use rayon::prelude::*;
+    jobs.par_iter()
+        .map(|(file, arch)| obtain(file, arch, store))
+        .collect()
+}
+
+/// Compiles every kernel file for every architecture in `archs` into `dir` (in parallel), so that
+/// a worker given `dir` as a prebuilt folder compiles nothing at start: what the worker image
+/// does at build time (`lynx-worker compile-kernels`), no GPU needed.
+pub fn prebuild(dir: &Path, archs: &[String]) -> Result<Vec<Obtained>, KernelError> {
+    let jobs: Vec<(KernelFile, String)> = archs
+        .iter()
+        .flat_map(|a| crate::source::ALL.iter().map(move |f| (*f, a.clone())))
+        .collect();
+    let store = KernelStore::cache(Some(dir));
+    let out = obtain_all(&jobs, &store)?;
+    // A folder that could not be written is an error here, not a warning.
+    for ((file, arch), o) in jobs.iter().zip(&out) {
+        let path = dir.join(cubin_name(file, arch)?);
+        if !path.is_file() {
+            store_cubin(dir, &path, &o.cubin)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `cubin` to `path` in `dir` (created if needed) through a temporary file.
-fn store(dir: &Path, path: &Path, cubin: &[u8]) -> Result<(), KernelError> {
+fn store_cubin(dir: &Path, path: &Path, cubin: &[u8]) -> Result<(), KernelError> {
     let cache_err = |source| KernelError::Cache {
         path: path.to_owned(),
         source,

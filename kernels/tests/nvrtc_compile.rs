@@ -3,7 +3,9 @@
 //! `scripts/test` puts it on `LD_LIBRARY_PATH` and sets `LYNX_REQUIRE_NVRTC=1`.
 
 use lynx_kernels::cuda::{ensure_driver, CudaAttention};
-use lynx_kernels::nvrtc::{compile, compile_cached, ensure_loaded, parse_ptxas_report};
+use lynx_kernels::nvrtc::{
+    compile, ensure_loaded, obtain, parse_ptxas_report, prebuild, KernelStore, Origin,
+};
 use lynx_kernels::source::{all_kernels, ALL};
 use lynx_kernels::KernelError;
 
@@ -69,34 +71,63 @@ fn a_machine_without_the_driver_gets_an_error_not_a_panic() {
         eprintln!("skipped: a CUDA driver is installed here");
         return;
     }
-    match CudaAttention::new(0, None) {
+    match CudaAttention::new(0, &KernelStore::default()) {
         Err(KernelError::LibraryMissing { library }) => assert_eq!(library, "cuda"),
         other => panic!("expected LibraryMissing, got {other:?}"),
     }
 }
 
-/// The kernel cache is written once and read back; one that cannot be written (a read-only root
-/// file system in a pod without a cache volume) is not fatal.
+/// Prebuilt kernels (what the worker image carries) are found first and compile nothing; the
+/// cache is written once and read back; a cache that cannot be written (a read-only root file
+/// system in a pod without a cache volume) is not fatal.
 #[test]
-fn the_kernel_cache_is_reused_and_an_unwritable_one_is_not_fatal() {
+fn prebuilt_kernels_and_the_cache_are_reused_and_an_unwritable_cache_is_not_fatal() {
     if !nvrtc_available() {
         return;
     }
-    let file = &ALL[0];
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let first = compile_cached(file, "sm_80", Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
-    let cached: Vec<_> = std::fs::read_dir(dir.path())
+    let prebuilt = dir.path().join("prebuilt");
+    let built = prebuild(&prebuilt, &["sm_80".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(built.len(), ALL.len());
+    assert!(built
+        .iter()
+        .all(|o| o.origin == Origin::Compiled && o.arch == "sm_80"));
+    let files = std::fs::read_dir(&prebuilt)
         .unwrap_or_else(|e| panic!("{e}"))
-        .collect();
-    assert_eq!(cached.len(), 1, "one CUBIN in the cache");
-    assert_eq!(
-        compile_cached(file, "sm_80", Some(dir.path())).unwrap_or_else(|e| panic!("{e}")),
-        first
-    );
+        .count();
+    assert_eq!(files, ALL.len(), "one CUBIN per kernel file");
+
+    // A worker with the prebuilt folder and an empty cache compiles nothing and writes nothing.
+    let cache = dir.path().join("cache");
+    let store = KernelStore {
+        prebuilt: vec![dir.path().join("absent"), prebuilt.clone()],
+        cache: Some(cache.clone()),
+    };
+    for (file, want) in ALL.iter().zip(&built) {
+        let got = obtain(file, "sm_80", &store).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((got.origin, &got.cubin), (Origin::Prebuilt, &want.cubin));
+    }
+    assert!(!cache.exists(), "nothing compiled, nothing cached");
+
+    // Without the prebuilt folder: compiled once into the cache, then read back.
+    let smallest = ALL
+        .iter()
+        .min_by_key(|f| f.full_source().len())
+        .unwrap_or_else(|| panic!("no kernel files"));
+    let store = KernelStore::cache(Some(&cache));
+    let first = obtain(smallest, "sm_80", &store).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.origin, Origin::Compiled);
+    let again = obtain(smallest, "sm_80", &store).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((again.origin, &again.cubin), (Origin::Cached, &first.cubin));
+
     // A directory under a regular file cannot be created.
     let blocked = dir.path().join("cache-file");
     std::fs::write(&blocked, b"").unwrap_or_else(|e| panic!("{e}"));
-    let unwritable = compile_cached(file, "sm_80", Some(&blocked.join("kernels")))
-        .unwrap_or_else(|e| panic!("an unwritable cache failed the compilation: {e}"));
-    assert_eq!(unwritable, first);
+    let unwritable = obtain(
+        smallest,
+        "sm_80",
+        &KernelStore::cache(Some(&blocked.join("k"))),
+    )
+    .unwrap_or_else(|e| panic!("an unwritable cache failed the compilation: {e}"));
+    assert_eq!(unwritable.cubin, first.cubin);
 }

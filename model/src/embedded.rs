@@ -79,6 +79,24 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("lynx-serve")
 }
 
+/// Where the worker image keeps the GPU kernels `lynx-worker compile-kernels` built.
+pub const PREBUILT_KERNELS: &str = "/usr/local/share/lynx-serve/kernels";
+
+/// Where the GPU kernels are looked up: the prebuilt folder (`$LYNX_KERNEL_DIR`, default
+/// [`PREBUILT_KERNELS`]), then the cache's `kernels` folder, where a compilation is kept.
+pub fn kernel_store() -> lynx_kernels::nvrtc::KernelStore {
+    lynx_kernels::nvrtc::KernelStore {
+        prebuilt: vec![prebuilt_kernel_dir()],
+        cache: Some(cache_dir().join("kernels")),
+    }
+}
+
+/// The prebuilt kernels' folder: `$LYNX_KERNEL_DIR`, else [`PREBUILT_KERNELS`].
+pub fn prebuilt_kernel_dir() -> PathBuf {
+    std::env::var_os("LYNX_KERNEL_DIR")
+        .map_or_else(|| PathBuf::from(PREBUILT_KERNELS), PathBuf::from)
+}
+
 /// Returns the directory of the generated `preset`, generating it first when absent. Generation
 /// writes to a temporary sibling and renames it, so concurrent callers never see a partial model.
 /// Meant for `tiny` and `small` (what `--embedded` offers); `lynx-7b` would be tens of GB.

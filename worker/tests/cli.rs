@@ -331,6 +331,7 @@ fn errors_are_one_clear_line() {
         ],
         "image_res",
     );
+    expect_failure(&["compile-kernels", "--arch", "sm_80,sm90"], "--arch sm90");
 }
 
 /// `demo`: the server on loopback ports, one streamed multimodal request through the `lynx`
@@ -378,6 +379,7 @@ fn gpu_commands_without_a_driver_say_so() {
     for args in [
         vec!["gpu-selftest"],
         vec!["gpu-check-model", "--fixture", fixture.as_str()],
+        vec!["gpu-info"],
     ] {
         let out = worker(cache.path()).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -388,4 +390,42 @@ fn gpu_commands_without_a_driver_say_so() {
         );
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
+}
+
+/// `compile-kernels` (NVRTC only, no GPU) fills the folder workers search first; a second run
+/// finds every file there and compiles nothing.
+#[test]
+fn compile_kernels_builds_the_folder_workers_read_first() {
+    if lynx_kernels::nvrtc::ensure_loaded().is_err() {
+        assert!(
+            std::env::var_os("LYNX_REQUIRE_NVRTC").is_none(),
+            "LYNX_REQUIRE_NVRTC is set but NVRTC cannot be loaded"
+        );
+        eprintln!("skipped: NVRTC not found (scripts/install-nvrtc)");
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = cache.path().join("kernels");
+    let run = || {
+        let out = worker(cache.path())
+            .args(["compile-kernels", "--arch", "sm_80", "--json", "--out"])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out)
+    };
+    let first = run();
+    let files = lynx_kernels::source::ALL.len();
+    assert_eq!(first.len(), files);
+    assert!(first
+        .iter()
+        .all(|r| r["origin"] == "compiled" && r["arch"] == "sm_80"));
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), files);
+    let second = run();
+    assert!(second.iter().all(|r| r["origin"] == "cached"), "{second:?}");
 }

@@ -19,7 +19,6 @@ pub use gemm::ensure_cublas;
 pub use projection::DeviceProjection;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -52,6 +51,10 @@ pub struct DeviceInfo {
     pub memory_bytes: usize,
     /// NVRTC `(major, minor)`.
     pub nvrtc: (i32, i32),
+    /// Seconds the kernel files took to be ready at start (read, or compiled in parallel).
+    pub kernel_seconds: f64,
+    /// Where each kernel file came from, in [`source::ALL`]'s order.
+    pub kernel_origins: Vec<nvrtc::Origin>,
 }
 
 /// Tuning of one dense call; `None` picks the default for the shape.
@@ -165,9 +168,9 @@ pub fn ensure_driver() -> Result<(), KernelError> {
 }
 
 impl CudaAttention {
-    /// Opens device `ordinal`, compiles (or loads from `cache_dir`) every kernel for its
-    /// architecture and loads them.
-    pub fn new(ordinal: usize, cache_dir: Option<&Path>) -> Result<Self, KernelError> {
+    /// Opens device `ordinal`, takes every kernel file for its architecture from `store`
+    /// (prebuilt, cached, or compiled now, in parallel) and loads them.
+    pub fn new(ordinal: usize, store: &nvrtc::KernelStore) -> Result<Self, KernelError> {
         ensure_driver()?;
         nvrtc::ensure_loaded()?;
         let count = CudaContext::device_count().map_err(driver("cuDeviceGetCount"))? as usize;
@@ -190,10 +193,17 @@ impl CudaAttention {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let mut functions = HashMap::new();
-        for file in source::ALL {
-            let cubin = nvrtc::compile_cached(&file, &arch, cache_dir)?;
+        let jobs: Vec<_> = source::ALL.iter().map(|f| (*f, arch.clone())).collect();
+        let started = std::time::Instant::now();
+        let obtained = nvrtc::obtain_all(&jobs, store)?;
+        for o in &obtained {
+            tracing::info!(file = o.file, arch = %o.arch, origin = ?o.origin, seconds = o.seconds, "kernel file ready");
+        }
+        let kernel_seconds = started.elapsed().as_secs_f64();
+        let kernel_origins: Vec<nvrtc::Origin> = obtained.iter().map(|o| o.origin).collect();
+        for o in obtained {
             let module = ctx
-                .load_module(Ptx::from_binary(cubin))
+                .load_module(Ptx::from_binary(o.cubin))
                 .map_err(driver("cuModuleLoadData"))?;
             for name in source::all_kernels() {
                 if let Ok(function) = module.load_function(&name) {
@@ -230,6 +240,8 @@ impl CudaAttention {
             sm_count,
             memory_bytes: ctx.total_mem().map_err(driver("total memory"))?,
             nvrtc: nvrtc::version()?,
+            kernel_seconds,
+            kernel_origins,
         };
         Ok(CudaAttention {
             ctx,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{CliError, ModelArgs, StoreDtype};
 use crate::backend::{Backends, Loaded, ServedModel};
-use crate::embedded::{cache_dir, ensure_preset, toy_tokenizer, Preset};
+use crate::embedded::{ensure_preset, kernel_store, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
 use crate::forward::ops::Ops;
@@ -82,9 +82,8 @@ pub fn load_served(
         DeviceArg::Cpu => Backends::Host(on(HostOps::cpu(), source, &config, kv)?),
         DeviceArg::Mirror => Backends::Host(on(HostOps::mirror(), source, &config, kv)?),
         DeviceArg::Cuda(ordinal) => {
-            let gpu =
-                lynx_kernels::cuda::CudaAttention::new(ordinal, Some(&cache_dir().join("kernels")))
-                    .map_err(|e| err(&e))?;
+            let gpu = lynx_kernels::cuda::CudaAttention::new(ordinal, &kernel_store())
+                .map_err(|e| err(&e))?;
             let gpu = Arc::new(gpu);
             let precision = match dtype {
                 StoreDtype::F32 => lynx_kernels::Precision::F32,

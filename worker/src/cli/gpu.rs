@@ -8,7 +8,7 @@ use lynx_kernels::cuda::CudaAttention;
 use lynx_kernels::{bench, selftest, DType};
 
 use super::CliError;
-use crate::embedded::cache_dir;
+use crate::embedded::kernel_store;
 
 /// Which GPU.
 #[derive(Debug, Clone, Args)]
@@ -54,17 +54,47 @@ pub struct BenchArgs {
 }
 
 fn open(device: &DeviceArgs) -> Result<CudaAttention, CliError> {
-    let gpu = CudaAttention::new(device.device, Some(&cache_dir().join("kernels")))
-        .map_err(|e| CliError(e.to_string()))?;
+    let gpu =
+        CudaAttention::new(device.device, &kernel_store()).map_err(|e| CliError(e.to_string()))?;
     let info = gpu.info();
     tracing::info!(
         device = %info.name,
         arch = %info.arch,
         sms = info.sm_count,
         nvrtc = ?info.nvrtc,
+        kernel_seconds = info.kernel_seconds,
+        kernels = ?info.kernel_origins,
         "GPU ready"
     );
     Ok(gpu)
+}
+
+/// `gpu-info`: opens the device as a worker does (its kernels prebuilt, cached or compiled now)
+/// and prints what it is and how long the kernels took to be ready.
+pub fn run_info(args: &DeviceArgs) -> Result<(), CliError> {
+    let gpu = open(args)?;
+    let info = gpu.info();
+    if args.json {
+        println!("{}", json_line(info)?);
+    } else {
+        let origins: Vec<String> = info
+            .kernel_origins
+            .iter()
+            .map(|o| format!("{o:?}").to_lowercase())
+            .collect();
+        println!(
+            "{} ({}, {} SMs, {:.1} GiB), NVRTC {}.{}: kernels ready in {:.2} s ({})",
+            info.name,
+            info.arch,
+            info.sm_count,
+            info.memory_bytes as f64 / (1u64 << 30) as f64,
+            info.nvrtc.0,
+            info.nvrtc.1,
+            info.kernel_seconds,
+            origins.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn json_line(value: &impl serde::Serialize) -> Result<String, CliError> {

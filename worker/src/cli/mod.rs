@@ -7,6 +7,7 @@ pub mod device;
 pub mod fetch;
 pub mod generate;
 pub mod gpu;
+pub mod kernels;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -62,6 +63,12 @@ pub enum Command {
     /// Run the whole forward on the GPU (f32 and bf16) against the host mirror and the official
     /// outputs on the fixture's cases.
     GpuCheckModel(gpu::CheckModelArgs),
+    /// Open the GPU as a worker does and print what it is and how long its kernels took to be
+    /// ready (prebuilt, cached or compiled).
+    GpuInfo(gpu::DeviceArgs),
+    /// Compile every GPU kernel ahead of time (NVRTC only, no GPU) into the folder workers
+    /// search first, so their start compiles nothing (the worker image does this at build time).
+    CompileKernels(kernels::CompileKernelsArgs),
 }
 
 pub use lynx_serve_flags::{EmbeddedArg, ModelArgs};
@@ -155,5 +162,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::GpuSelftest(a) => gpu::run_selftest(a),
         Command::GpuBench(a) => gpu::run_bench(a),
         Command::GpuCheckModel(a) => gpu::run_check_model(a),
+        Command::GpuInfo(a) => gpu::run_info(a),
+        Command::CompileKernels(a) => kernels::compile_kernels(a),
     }
 }
