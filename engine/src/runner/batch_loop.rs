@@ -236,7 +236,7 @@ impl<B: Backend> Engine<'_, B> {
                 self.fail(a.id, &a.job.events, err);
                 continue;
             }
-            let step = match advance(&mut a.decoder, mine) {
+            let step = match a.decoder.advance_next(mine) {
                 Ok(step) => step,
                 Err(why) => {
                     self.fail(a.id, &a.job.events, RequestError::Internal(why));
@@ -367,29 +367,4 @@ impl<B: Backend> Engine<'_, B> {
         m.running_requests.set(self.sched.running_requests() as i64);
         m.kv_cache_usage.set(self.sched.kv_usage());
     }
-}
-
-/// Advances `decoder` by what the model answered for its rows: the token it picked (a greedy
-/// row, see [`RequestDecoder::wants`]) or the logits.
-fn advance(decoder: &mut RequestDecoder, rows: Vec<Next>) -> Result<Step, String> {
-    if rows.len() != decoder.rows() {
-        return Err(format!(
-            "the model answered {} rows for a request of {}",
-            rows.len(),
-            decoder.rows()
-        ));
-    }
-    if let [Next::Token(t)] = rows[..] {
-        return decoder
-            .advance_picked(t)
-            .ok_or_else(|| "the model picked a token for a request that needs its logits".into());
-    }
-    let mut logits = rows
-        .into_iter()
-        .map(|r| match r {
-            Next::Logits(l) => Ok(l),
-            Next::Token(_) => Err("the model picked a token for a beam row".to_string()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(decoder.advance(&mut logits))
 }

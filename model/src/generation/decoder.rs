@@ -12,7 +12,7 @@ use rand_chacha::ChaCha20Rng;
 use super::processors::{
     log_softmax, min_length, ngram_bans, no_repeat_ngram, softmax, temperature, top_k, top_p,
 };
-use super::{DecodeIds, DecodingMode, FinishReason, Generated, GenerationParams, Want};
+use super::{DecodeIds, DecodingMode, FinishReason, Generated, GenerationParams, Next, Want};
 
 /// What a decoder wants after one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +98,32 @@ impl RequestDecoder {
     /// needs its logits.
     pub fn advance_picked(&mut self, token: u32) -> Option<Step> {
         (self.p.mode == DecodingMode::Greedy && self.rows == 1).then(|| self.push_single(token))
+    }
+
+    /// Consumes what the model answered for this request's rows as [`Self::wants`] asked: the
+    /// token it picked for a greedy row, or the logits. An answer of the wrong shape (a model bug)
+    /// is an error, never a panic.
+    pub fn advance_next(&mut self, rows: Vec<Next>) -> Result<Step, String> {
+        if rows.len() != self.rows {
+            return Err(format!(
+                "the model answered {} rows for a request of {}",
+                rows.len(),
+                self.rows
+            ));
+        }
+        if let [Next::Token(t)] = rows[..] {
+            return self.advance_picked(t).ok_or_else(|| {
+                "the model picked a token for a request that needs its logits".into()
+            });
+        }
+        let mut logits = rows
+            .into_iter()
+            .map(|r| match r {
+                Next::Logits(l) => Ok(l),
+                Next::Token(_) => Err("the model picked a token for a beam row".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.advance(&mut logits))
     }
 
     fn advance_single(&mut self, row: &mut [f32]) -> Step {

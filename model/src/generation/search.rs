@@ -3,7 +3,7 @@
 //! Outputs are padded across the batch exactly as transformers 4.28 pads a batched `generate`.
 
 use super::decoder::{RequestDecoder, Step};
-use super::{DecodeIds, DecodingMode, Generated, GenerationParams, StepModel};
+use super::{DecodeIds, DecodingMode, Generated, GenerationParams, Next, StepModel};
 
 /// Errors of a decoding run.
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +39,30 @@ pub fn generate(
     let mut results: Vec<Option<Generated>> = vec![None; batch];
     // Requests still decoding, in the order of their rows in the model.
     let mut active: Vec<usize> = (0..batch).collect();
-    let mut logits = first_logits;
+    // What the model answered for each row: logits, or the token it picked for a greedy row
+    // (as the server decodes).
+    let mut answers: Vec<Next> = first_logits.into_iter().map(Next::Logits).collect();
     loop {
         let mut tokens = Vec::with_capacity(active.len() * k);
         let mut rows = Vec::with_capacity(active.len() * k);
+        let mut wants = Vec::with_capacity(active.len() * k);
         let mut still = Vec::with_capacity(active.len());
+        let fed_rows = answers.len();
+        let mut answers_left = answers.into_iter();
         for (slot, &r) in active.iter().enumerate() {
-            match decoders[r].advance(&mut logits[slot * k..(slot + 1) * k]) {
+            let mine: Vec<Next> = answers_left.by_ref().take(k).collect();
+            let step = decoders[r]
+                .advance_next(mine)
+                .map_err(|e| GenerationError::Model(e.into()))?;
+            match step {
                 Step::Done(g) => results[r] = Some(g),
                 Step::Continue { tokens: t, reorder } => {
+                    let want = decoders[r].wants();
                     for (i, tok) in t.into_iter().enumerate() {
                         let local = reorder.as_ref().map_or(i, |ro| ro[i]);
                         rows.push((slot * k + local) as u32);
                         tokens.push(tok);
+                        wants.push(want.clone());
                     }
                     still.push(r);
                 }
@@ -60,10 +71,10 @@ pub fn generate(
         if still.is_empty() {
             break;
         }
-        if rows.iter().enumerate().any(|(i, &r)| r as usize != i) || rows.len() != logits.len() {
+        if rows.iter().enumerate().any(|(i, &r)| r as usize != i) || rows.len() != fed_rows {
             model.select_rows(&rows)?;
         }
-        logits = model.step(&tokens)?;
+        answers = model.step_picking(&tokens, &wants)?;
         active = still;
     }
     let results: Vec<Generated> = results.into_iter().flatten().collect();

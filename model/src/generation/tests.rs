@@ -178,22 +178,8 @@ fn run_picking(p: &GenerationParams) -> (Generated, usize) {
     let mut next: Vec<Next> = first.into_iter().map(Next::Logits).collect();
     let mut picked = 0;
     loop {
-        let step = match next.as_slice() {
-            [Next::Token(t)] => {
-                picked += 1;
-                d.advance_picked(*t).expect("a picked row")
-            }
-            rows => {
-                let mut logits: Vec<Vec<f32>> = rows
-                    .iter()
-                    .map(|r| match r {
-                        Next::Logits(l) => l.clone(),
-                        Next::Token(_) => panic!("a token for a row that needs logits"),
-                    })
-                    .collect();
-                d.advance(&mut logits)
-            }
-        };
+        picked += usize::from(matches!(next.as_slice(), [Next::Token(_)]));
+        let step = d.advance_next(next).expect("answers of the wanted shape");
         match step {
             Step::Done(g) => return (g, picked),
             Step::Continue { tokens, reorder } => {
@@ -203,6 +189,24 @@ fn run_picking(p: &GenerationParams) -> (Generated, usize) {
                 }
                 let wants = vec![d.wants(); tokens.len()];
                 next = m.step_picking(&tokens, &wants).expect("step");
+            }
+        }
+    }
+}
+
+/// Decodes one request from the full logits of every step (no picking).
+fn run_from_logits(p: &GenerationParams) -> Generated {
+    let (mut m, mut logits) = Scripted::new(1, p.rows_per_request());
+    let mut d = RequestDecoder::new(p, IDS).expect("decoder");
+    loop {
+        match d.advance(&mut logits) {
+            Step::Done(g) => return g,
+            Step::Continue { tokens, reorder } => {
+                if let Some(order) = reorder {
+                    let rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+                    m.select_rows(&rows).expect("reorder");
+                }
+                logits = m.step(&tokens).expect("step");
             }
         }
     }
@@ -221,12 +225,9 @@ fn picked_greedy_decoding_matches_decoding_from_logits() {
             p.min_length = min_length;
             p.no_repeat_ngram_size = ngram;
             p.max_new_tokens = 6;
-            let (want, _) = run(1, &p);
+            let want = run_from_logits(&p);
             let (got, picked) = run_picking(&p);
-            assert_eq!(
-                got.token_ids, want[0].token_ids,
-                "{mode} {min_length} {ngram}"
-            );
+            assert_eq!(got.token_ids, want.token_ids, "{mode} {min_length} {ngram}");
             // Greedy picks every step after the prefill's (its bans applied first); no other
             // mode ever does.
             let picks = mode == DecodingMode::Greedy;
@@ -236,6 +237,14 @@ fn picked_greedy_decoding_matches_decoding_from_logits() {
     let mut beams = RequestDecoder::new(&params(DecodingMode::Beam), IDS).expect("decoder");
     assert_eq!(beams.wants(), Want::Logits);
     assert_eq!(beams.advance_picked(3), None);
+    // Answers of the wrong shape are errors, not panics.
+    let rows = params(DecodingMode::Beam).num_beams;
+    assert!(beams.advance_next(vec![Next::Token(3); rows]).is_err());
+    assert!(beams
+        .advance_next(vec![Next::Logits(vec![0.0; V])])
+        .is_err());
+    let mut greedy = RequestDecoder::new(&params(DecodingMode::Greedy), IDS).expect("decoder");
+    assert!(greedy.advance_next(Vec::new()).is_err());
 }
 
 #[test]
