@@ -4,7 +4,8 @@
 # (default gpu/bin/lynx-worker). Finds the CUDA libraries, then runs the parts named in $PARTS
 # (default: kernels,model,e2e):
 #   kernels  kernel selftest and bench, the same shapes through PyTorch SDPA -> report.md
-#   model    the whole forward on the GPU (f32, bf16) vs the host mirror on the fixture -> model.txt
+#   model    the whole forward on the GPU (f32, bf16) vs the host mirror on the fixture and on a
+#            random `small` (head dims the tensor-core kernels take) -> model.txt
 #   e2e      random-weight lynx-7b end to end vs HF transformers generate() and timm EVA-g
 #            -> e2e.jsonl, e2e.md
 #   startup  the kernels at a worker's start: compiled (empty cache), read from the cache, read
@@ -60,6 +61,11 @@ fi
 if [[ $parts == *,model,* ]]; then
   echo "== gpu-check-model (fixture: $here/../tests/data/tiny)"
   "$bin" gpu-check-model --fixture "$here/../tests/data/tiny" 2>"$out/model.log" | tee "$out/model.txt" || status=1
+  tail -3 "$out/model.log"
+  # The fixture's head dims (16) run the generic attention; `small` (64) runs the tensor-core
+  # attention and projection kernels inside the whole forward.
+  echo "== gpu-check-model --random-weights small"
+  "$bin" gpu-check-model --random-weights small 2>>"$out/model.log" | tee -a "$out/model.txt" || status=1
   tail -3 "$out/model.log"
 fi
 if [[ $parts == *,e2e,* ]]; then

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::config::LynxConfig;
 use crate::forward::host::HostOps;
 use crate::forward::ops::Ops;
 use crate::forward::vision::Pixels;
@@ -127,6 +128,60 @@ pub fn fixture_cases(dir: &Path) -> Result<Vec<Case>, ForwardError> {
         });
     }
     Ok(cases)
+}
+
+/// Cases made up for a model without a fixture (a generated architecture, whose head dims the
+/// tensor-core kernels take): one image, a left-padded batch of two images, and a video when the
+/// model takes frames; pixels and prompt ids drawn from `seed`; no official outputs.
+pub fn synthetic_cases(cfg: &LynxConfig, seed: u64) -> Vec<Case> {
+    use rand_chacha::rand_core::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let res = cfg.vision.image_res as usize;
+    let mut pixels = |images: usize| -> Vec<f32> {
+        (0..images * 3 * res * res)
+            .map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 3.0 - 1.5)
+            .collect()
+    };
+    let t = &cfg.tokens;
+    let special = [t.bos, t.eos, t.pad, t.unk];
+    let vocab = cfg.llm.vocab_size as u32;
+    let mut words = rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut prompt = |len: usize, pads: usize| -> Vec<u32> {
+        let mut row = vec![t.pad; pads];
+        row.push(t.bos);
+        while row.len() < pads + len {
+            let id = words.next_u32() % vocab;
+            if !special.contains(&id) {
+                row.push(id);
+            }
+        }
+        row
+    };
+    // (name, images, frames per image, rows of (prompt length, leading pads))
+    let mut shapes = vec![
+        ("random-image", 1, 1, vec![(12, 0)]),
+        ("random-padded-batch", 2, 1, vec![(14, 0), (9, 5)]),
+    ];
+    if cfg.num_frames > 1 {
+        shapes.push(("random-video", 1, cfg.num_frames, vec![(10, 0)]));
+    }
+    let mut cases = Vec::new();
+    for (name, sequences, frames, rows) in shapes {
+        cases.push(Case {
+            name: name.to_string(),
+            pixels: pixels(sequences * frames),
+            sequences,
+            frames,
+            ids: rows
+                .iter()
+                .flat_map(|&(len, pads)| prompt(len, pads))
+                .collect(),
+            pads: rows.iter().map(|&(_, pads)| pads).collect(),
+            official_greedy: None,
+            official_beam: None,
+        });
+    }
+    cases
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f32 {

@@ -340,6 +340,34 @@ fn the_model_check_harness_reads_every_case_and_compares() {
     }
 }
 
+/// `gpu-check-model --random-weights`' harness on the host: the CPU kernels against the mirror
+/// on a seeded random architecture (the same weights on both sides) and made-up inputs.
+#[test]
+fn the_model_check_runs_on_a_random_architecture() {
+    use lynx_worker::cli::device::{random_architecture, RANDOM_WEIGHTS_SEED};
+    use lynx_worker::config::presets::Preset;
+    use lynx_worker::verify::{compare, synthetic_cases};
+    let (cfg, _) = random_architecture(Preset::Tiny).unwrap();
+    let load =
+        |ops| DeviceLynx::load(ops, Source::Random(RANDOM_WEIGHTS_SEED), &cfg, 256, 8).unwrap();
+    let cases = synthetic_cases(&cfg, 7);
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["random-image", "random-padded-batch", "random-video"]
+    );
+    let reports = compare(&load(HostOps::cpu()), &load(HostOps::mirror()), &cases).unwrap();
+    assert_eq!(reports.len(), cases.len());
+    for r in &reports {
+        assert!(
+            r.prefix_rel_err <= 1e-4 && r.logits_rel_err <= 1e-4,
+            "{r:?}"
+        );
+        assert_eq!((r.greedy_agreement, r.beam_agreement), (1.0, 1.0), "{r:?}");
+        assert_eq!((r.greedy_official, r.beam_official), (None, None));
+    }
+}
+
 /// `gpu-bench --e2e`'s measurements, run on the host with the tiny random architecture: every
 /// row is produced with a positive finite rate, and decode rows carry the weight-streaming limit.
 #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{CliError, ModelArgs, StoreDtype};
 use crate::backend::{Backends, Loaded, ServedModel};
+use crate::config::LynxConfig;
 use crate::embedded::{ensure_preset, kernel_store, toy_tokenizer, Preset};
 use crate::forward::cuda::CudaOps;
 use crate::forward::host::HostOps;
@@ -13,6 +14,7 @@ use crate::forward::ops::Ops;
 use crate::forward::weights::Source;
 use crate::forward::DeviceLynx;
 use crate::loader::open_weights;
+use crate::tokenizer::LynxTokenizer;
 
 /// Where the model computes (`--device`).
 pub use lynx_serve_flags::Device as DeviceArg;
@@ -24,6 +26,21 @@ pub struct DeviceFlags {
     pub device: DeviceArg,
     /// A randomly initialised architecture instead of a model directory (`--random-weights`).
     pub random_weights: Option<Preset>,
+}
+
+/// The seed of `--random-weights` models (the same weights on every backend).
+pub const RANDOM_WEIGHTS_SEED: u64 = 0x4c79_6e78;
+
+/// A `--random-weights` architecture with the toy tokenizer's vocabulary and special ids.
+pub fn random_architecture(arch: Preset) -> Result<(LynxConfig, LynxTokenizer), CliError> {
+    let tokenizer = toy_tokenizer().map_err(|e| CliError(e.to_string()))?;
+    let mut config = arch.config(&tokenizer);
+    config.llm.vocab_size = config.llm.vocab_size.max(tokenizer.len());
+    config.tokens.bos = tokenizer.bos_id();
+    config.tokens.eos = tokenizer.eos_id();
+    config.tokens.pad = tokenizer.pad_id().unwrap_or(tokenizer.eos_id());
+    config.tokens.unk = tokenizer.unk_id();
+    Ok((config, tokenizer))
 }
 
 /// Builds the served model: the forward program on the chosen backend.
@@ -43,14 +60,8 @@ pub fn load_served(
     }
     let (config, tokenizer, source) = match flags.random_weights {
         Some(arch) => {
-            let tokenizer = toy_tokenizer().map_err(|e| err(&e))?;
-            let mut config = arch.config(&tokenizer);
-            config.llm.vocab_size = config.llm.vocab_size.max(tokenizer.len());
-            config.tokens.bos = tokenizer.bos_id();
-            config.tokens.eos = tokenizer.eos_id();
-            config.tokens.pad = tokenizer.pad_id().unwrap_or(tokenizer.eos_id());
-            config.tokens.unk = tokenizer.unk_id();
-            (config, tokenizer, Source::Random(0x4c79_6e78))
+            let (config, tokenizer) = random_architecture(arch)?;
+            (config, tokenizer, Source::Random(RANDOM_WEIGHTS_SEED))
         }
         None => {
             let dir = match &model.model {

@@ -291,6 +291,36 @@ pub struct CheckModelArgs {
     /// bf16/f16: first-step logits within 1e-2, token agreement reported).
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     pub precision: Vec<String>,
+    /// Check a seeded random architecture instead of the fixture (`small`: head dims of 64, so
+    /// the tensor-core attention and projection kernels run, which the fixture's do not), on
+    /// inputs drawn from a seed; the same weights on both sides, no official outputs.
+    #[arg(long)]
+    pub random_weights: Option<crate::embedded::Preset>,
+}
+
+/// What `gpu-check-model` compares: the fixture's model, or a random architecture.
+enum CheckedModel {
+    Fixture(Box<crate::checkpoint::release::MergedCheckpoint>),
+    Random(Box<crate::config::LynxConfig>),
+}
+
+impl CheckedModel {
+    fn load<O: crate::forward::ops::Ops>(
+        &self,
+        ops: O,
+    ) -> Result<crate::forward::DeviceLynx<O>, CliError> {
+        match self {
+            Self::Fixture(merged) => fixture_model(ops, merged),
+            Self::Random(config) => crate::forward::DeviceLynx::load(
+                ops,
+                crate::forward::weights::Source::Random(super::device::RANDOM_WEIGHTS_SEED),
+                config,
+                CHECK_KV_BLOCKS,
+                CHECK_BLOCK_SIZE,
+            )
+            .map_err(|e| CliError(e.to_string())),
+        }
+    }
 }
 
 /// Largest relative error of the first-step logits a 16-bit run may have.
@@ -321,14 +351,16 @@ fn fixture_model<O: crate::forward::ops::Ops>(
 fn device_model<S: lynx_kernels::cuda::Elem>(
     gpu: &std::sync::Arc<CudaAttention>,
     precision: lynx_kernels::Precision,
-    merged: &crate::checkpoint::release::MergedCheckpoint,
+    checked: &CheckedModel,
 ) -> Result<crate::forward::DeviceLynx<crate::forward::cuda::CudaOps<S>>, CliError> {
     let ops = crate::forward::cuda::CudaOps::<S>::new(gpu.clone(), precision)
         .map_err(|e| CliError(e.to_string()))?;
-    fixture_model(ops, merged)
+    checked.load(ops)
 }
 
 const CHECK_KV_BLOCKS: usize = 1024;
+/// The seed of `gpu-check-model --random-weights`' inputs.
+const CHECK_INPUT_SEED: u64 = 7;
 const CHECK_BLOCK_SIZE: usize = 16;
 
 /// Runs the whole forward on the GPU at each precision and compares it with the host mirror
@@ -338,10 +370,21 @@ pub fn run_check_model(args: &CheckModelArgs) -> Result<(), CliError> {
     use lynx_kernels::Precision;
     let err = |e: crate::forward::ForwardError| CliError(e.to_string());
     let gpu = std::sync::Arc::new(open(&args.device)?);
-    let merged = crate::checkpoint::release::load_release(&args.fixture.join("model"), None)
-        .map_err(|e| CliError(e.to_string()))?;
-    let cases = fixture_cases(&args.fixture).map_err(err)?;
-    let reference = fixture_model(crate::forward::host::HostOps::default(), &merged)?;
+    let (checked, cases) = match args.random_weights {
+        Some(arch) => {
+            let (config, _) = super::device::random_architecture(arch)?;
+            let cases = crate::verify::synthetic_cases(&config, CHECK_INPUT_SEED);
+            (CheckedModel::Random(Box::new(config)), cases)
+        }
+        None => {
+            let merged =
+                crate::checkpoint::release::load_release(&args.fixture.join("model"), None)
+                    .map_err(|e| CliError(e.to_string()))?;
+            let cases = fixture_cases(&args.fixture).map_err(err)?;
+            (CheckedModel::Fixture(Box::new(merged)), cases)
+        }
+    };
+    let reference = checked.load(crate::forward::host::HostOps::default())?;
     let mut failed = 0;
     for name in &args.precision {
         let precision: Precision = name
@@ -349,12 +392,12 @@ pub fn run_check_model(args: &CheckModelArgs) -> Result<(), CliError> {
             .map_err(|e: lynx_kernels::KernelError| CliError(e.to_string()))?;
         let reports = match precision {
             Precision::F32 => compare(
-                &device_model::<f32>(&gpu, precision, &merged)?,
+                &device_model::<f32>(&gpu, precision, &checked)?,
                 &reference,
                 &cases,
             ),
             _ => compare(
-                &device_model::<u16>(&gpu, precision, &merged)?,
+                &device_model::<u16>(&gpu, precision, &checked)?,
                 &reference,
                 &cases,
             ),
