@@ -5,23 +5,27 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lynx_kernels::cuda::{
-    CudaAttention, CudaSlice, DecodeOptions, DecodeTables, DenseInputs, DenseOptions,
+    CudaAttention, CudaSlice, DecodeOptions, DecodeTables, DenseInputs, DenseOptions, DeviceCache,
     DeviceIndices, DeviceProjection, Elem,
 };
 use lynx_kernels::problem::HEAD_DIMS;
 use lynx_kernels::projection::{FoldedProjection, ProjectionWeights, VisionProjection};
 use lynx_kernels::{DecodeAttention, DenseAttention, Precision, Strides};
 
-use super::ops::{Linear, Norm, Ops, ProjectionValues};
+use super::ops::{CacheFill, Linear, Norm, Ops, ProjectionValues};
 use super::ForwardError;
 
 /// The GPU operations at one precision (`S` = `u16` for bf16/f16, `f32` for f32).
 pub struct CudaOps<S: Elem> {
     gpu: Arc<CudaAttention>,
     precision: Precision,
+    /// Prefills fill the paged cache inside the tensor-core attention pass instead of a separate
+    /// write (off until measured on a GPU: the fill runs the prefill unsplit).
+    fill_in_pass: AtomicBool,
     _elem: PhantomData<S>,
 }
 
@@ -38,6 +42,7 @@ impl<S: Elem> CudaOps<S> {
         Ok(Self {
             gpu,
             precision,
+            fill_in_pass: AtomicBool::new(false),
             _elem: PhantomData,
         })
     }
@@ -96,7 +101,11 @@ impl<S: Elem> Ops for CudaOps<S> {
     type Tables = (CudaSlice<i32>, CudaSlice<i32>);
 
     fn describe(&self) -> String {
-        format!("{} {}", self.gpu.info().name, self.precision)
+        let fill = match self.fill_in_pass.load(Ordering::Relaxed) {
+            true => " (prefill fills the cache in the attention pass)",
+            false => "",
+        };
+        format!("{} {}{fill}", self.gpu.info().name, self.precision)
     }
 
     fn elem_bytes(&self) -> usize {
@@ -351,6 +360,58 @@ impl<S: Elem> Ops for CudaOps<S> {
         Ok(self
             .gpu
             .attention_generic(self.precision, p, q, k, v, out)?)
+    }
+
+    fn attention_filling(
+        &self,
+        p: &DenseAttention,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        fill: CacheFill<'_, Self>,
+    ) -> Result<(), ForwardError> {
+        let in_pass = self.fill_in_pass.load(Ordering::Relaxed)
+            && self.precision.half().is_some()
+            && HEAD_DIMS.contains(&p.head_dim)
+            && S::BYTES == 2;
+        if !in_pass {
+            let (h, d, b) = (fill.heads, fill.head_dim, fill.block_size);
+            self.kv_write(k, v, fill.slots, fill.k_cache, fill.v_cache, h, d, b)?;
+            return self.attention(p, q, k, v, out);
+        }
+        let half = || ForwardError::Shape("16-bit tensors expected".into());
+        let dtype = self.precision.half().ok_or_else(half)?;
+        let (q, k, v) = (
+            as_u16(q).ok_or_else(half)?,
+            as_u16(k).ok_or_else(half)?,
+            as_u16(v).ok_or_else(half)?,
+        );
+        let gaps = self.gpu.upload_gaps(p)?;
+        let inputs = DenseInputs::contiguous(p, q, k, v, gaps.as_ref());
+        let cache = DeviceCache {
+            k: as_u16_mut(fill.k_cache).ok_or_else(half)?,
+            v: as_u16_mut(fill.v_cache).ok_or_else(half)?,
+            block_table: fill.table.data(),
+            block_size: fill.block_size,
+            max_blocks: fill.max_blocks,
+        };
+        self.gpu.dense_launch(
+            p,
+            dtype,
+            &inputs,
+            as_u16_mut(out).ok_or_else(half)?,
+            Strides::contiguous(p.seq_q, p.heads, p.head_dim),
+            Some(cache),
+            DenseOptions::default(),
+        )?;
+        Ok(())
+    }
+
+    fn set_prefill_fill(&self, on: bool) -> bool {
+        let able = self.precision.half().is_some();
+        self.fill_in_pass.store(on && able, Ordering::Relaxed);
+        able
     }
 
     fn kv_write(

@@ -4,7 +4,7 @@
 
 use lynx_kernels::{DecodeAttention, DenseAttention};
 
-use super::ops::{Linear, Norm, Ops};
+use super::ops::{CacheFill, Linear, Norm, Ops};
 use super::weights::Loader;
 use super::ForwardError;
 use crate::checkpoint::keys::LlmKeys;
@@ -349,7 +349,15 @@ impl<O: Ops> Llm<O> {
             .with_gaps(gaps);
         let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
         let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
-        let x = self.layers_forward(ops, pool, x, tokens, &pos, &slot_idx, Attend::Dense(&attn))?;
+        let max_blocks = rows.iter().map(|r| r.blocks.len()).max().unwrap_or(1);
+        let mut table = Vec::with_capacity(r * max_blocks);
+        for row in &rows {
+            table.extend(&row.blocks);
+            table.extend(std::iter::repeat_n(0, max_blocks - row.blocks.len()));
+        }
+        let table = ops.indices(&table, pool.num_blocks)?;
+        let prefill = Attend::Prefill(&attn, &table, max_blocks);
+        let x = self.layers_forward(ops, pool, x, tokens, &pos, &slot_idx, prefill)?;
         let last: Vec<u32> = (0..r).map(|i| (i * s + s - 1) as u32).collect();
         let logits = self.logits(ops, &x, Some(&ops.indices(&last, tokens)?), r)?;
         Ok((rows, logits))
@@ -524,10 +532,24 @@ impl<O: Ops> Llm<O> {
             let rope = Some((pos, &self.rope));
             ops.qkv_split(&qkv, tokens, c.heads, hd, rope, &mut q, &mut k, &mut v)?;
             let (kc, vc) = (&mut pool.k[i], &mut pool.v[i]);
-            ops.kv_write(&k, &v, slots, kc, vc, c.heads, hd, pool.block_size)?;
             match attend {
-                Attend::Dense(p) => ops.attention(p, &q, &k, &v, &mut a)?,
-                Attend::Decode(p, t) => ops.decode(p, t, &q, &pool.k[i], &pool.v[i], &mut a)?,
+                Attend::Prefill(p, table, max_blocks) => {
+                    let fill = CacheFill {
+                        k_cache: kc,
+                        v_cache: vc,
+                        slots,
+                        table,
+                        max_blocks,
+                        block_size: pool.block_size,
+                        heads: c.heads,
+                        head_dim: hd,
+                    };
+                    ops.attention_filling(p, &q, &k, &v, &mut a, fill)?
+                }
+                Attend::Decode(p, t) => {
+                    ops.kv_write(&k, &v, slots, kc, vc, c.heads, hd, pool.block_size)?;
+                    ops.decode(p, t, &q, &pool.k[i], &pool.v[i], &mut a)?
+                }
             }
             ops.linear_add(&a, tokens, &layer.o, &mut x)?;
             ops.norm(&x, tokens, &layer.post_norm, &mut y)?;
@@ -588,7 +610,9 @@ impl<O: Ops> Llm<O> {
 }
 
 enum Attend<'a, O: Ops> {
-    Dense(&'a DenseAttention),
+    /// A prefill: dense attention, the cache filled through the block table (or the slots).
+    Prefill(&'a DenseAttention, &'a O::Idx, usize),
+    /// A decode step over the paged cache.
     Decode(&'a DecodeAttention, &'a O::Tables),
 }
 

@@ -190,6 +190,31 @@ pub trait Ops: Send + Sync {
         v: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
+    /// Dense attention of a prefill that also puts its keys and values into the paged cache. By
+    /// default a separate [`Self::kv_write`], then [`Self::attention`]; a backend may fill the
+    /// cache inside the attention pass instead ([`Self::set_prefill_fill`]).
+    fn attention_filling(
+        &self,
+        p: &DenseAttention,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        fill: CacheFill<'_, Self>,
+    ) -> Result<(), ForwardError>
+    where
+        Self: Sized,
+    {
+        let (h, d, b) = (fill.heads, fill.head_dim, fill.block_size);
+        self.kv_write(k, v, fill.slots, fill.k_cache, fill.v_cache, h, d, b)?;
+        self.attention(p, q, k, v, out)
+    }
+    /// Whether prefills fill the cache inside the attention pass (`on`) or write it separately;
+    /// returns whether this backend can (the default cannot, and ignores `on`).
+    fn set_prefill_fill(&self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
     /// Writes token rows `[n][heads * head_dim]` of `k` and `v` into the paged caches at flat
     /// slots.
     #[allow(clippy::too_many_arguments)]
@@ -226,4 +251,24 @@ pub trait Ops: Send + Sync {
         k: &mut Self::Buf,
         v: &mut Self::Buf,
     ) -> Result<(), ForwardError>;
+}
+
+/// Where a prefill's keys and values go in the paged cache.
+pub struct CacheFill<'a, O: Ops> {
+    /// Key cache of the layer.
+    pub k_cache: &'a mut O::Buf,
+    /// Value cache of the layer.
+    pub v_cache: &'a mut O::Buf,
+    /// Each token's flat slot (gap tokens: the scratch block), for a separate write.
+    pub slots: &'a O::Idx,
+    /// `[rows][max_blocks]` block ids (unused columns 0), for a fill in the attention pass.
+    pub table: &'a O::Idx,
+    /// Columns of `table`.
+    pub max_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Head dim.
+    pub head_dim: usize,
 }
