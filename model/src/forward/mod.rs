@@ -14,6 +14,7 @@
 pub mod cuda;
 pub mod e2e;
 pub mod host;
+pub mod kv_pool;
 pub mod llm;
 pub mod ops;
 pub mod vision;
@@ -25,7 +26,8 @@ use lynx_kernels::KernelError;
 
 use crate::config::LynxConfig;
 use crate::generation::{Next, StepError, StepModel, Want};
-use llm::{KvPool, Llm, PrefillBatch, RowCache};
+use kv_pool::{KvPool, RowCache};
+use llm::{Llm, PrefillBatch};
 use ops::Ops;
 use vision::{Pixels, Vision};
 use weights::{Loader, Source};
