@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use common::*;
 use lynx_worker::checkpoint::release::load_release;
 use lynx_worker::config::LynxConfig;
+use lynx_worker::forward::e2e::argmax;
 use lynx_worker::forward::host::HostOps;
 use lynx_worker::forward::ops::Ops;
 use lynx_worker::forward::vision::Pixels;
@@ -267,16 +268,6 @@ fn picked_rows_get_the_argmax_and_the_others_their_logits() {
             Err(ForwardError::Shape(_))
         ));
     }
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]

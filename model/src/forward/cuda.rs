@@ -376,9 +376,7 @@ impl<S: Elem> Ops for CudaOps<S> {
             && HEAD_DIMS.contains(&p.head_dim)
             && S::BYTES == 2;
         if !in_pass {
-            let (h, d, b) = (fill.heads, fill.head_dim, fill.block_size);
-            self.kv_write(k, v, fill.slots, fill.k_cache, fill.v_cache, h, d, b)?;
-            return self.attention(p, q, k, v, out);
+            return super::ops::write_then_attend(self, p, q, k, v, out, fill);
         }
         let half = || ForwardError::Shape("16-bit tensors expected".into());
         let dtype = self.precision.half().ok_or_else(half)?;

@@ -257,38 +257,30 @@ pub fn run<O: Ops>(
         }
         ops.synchronize()?;
         let host_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        let mut r = row(
+        let decode_row = |id: String, shape: String, ms: f64| {
+            let mut r = row(id, shape, "tokens/s", b as f64 / ms * 1e3, ms, b);
+            r.limit_ms = limit_ms;
+            r.pct_of_limit = limit_ms.map(|l| 100.0 * l / ms);
+            r
+        };
+        rows.push(decode_row(
             format!("decode-b{b}"),
             format!("decode, batch {b}, {long}-token context, token picked on the device"),
-            "tokens/s",
-            b as f64 / step_ms * 1e3,
             step_ms,
-            b,
-        );
-        r.limit_ms = limit_ms;
-        r.pct_of_limit = limit_ms.map(|l| 100.0 * l / step_ms);
-        rows.push(r);
-        let mut r = row(
+        ));
+        rows.push(decode_row(
             format!("step-host-logits-b{b}"),
             "the same decode with every row's logits copied to the host and picked there".into(),
-            "tokens/s",
-            b as f64 / host_ms * 1e3,
             host_ms,
-            b,
-        );
-        r.limit_ms = limit_ms;
-        r.pct_of_limit = limit_ms.map(|l| 100.0 * l / host_ms);
-        rows.push(r);
+        ));
     }
     Ok(rows)
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+/// The first index of the row's maximum.
+pub fn argmax(row: &[f32]) -> u32 {
+    lynx_kernels::ops::argmax(row, row.len().max(1))
+        .first()
+        .copied()
+        .unwrap_or(0)
 }

@@ -205,9 +205,7 @@ pub trait Ops: Send + Sync {
     where
         Self: Sized,
     {
-        let (h, d, b) = (fill.heads, fill.head_dim, fill.block_size);
-        self.kv_write(k, v, fill.slots, fill.k_cache, fill.v_cache, h, d, b)?;
-        self.attention(p, q, k, v, out)
+        write_then_attend(self, p, q, k, v, out, fill)
     }
     /// Whether prefills fill the cache inside the attention pass (`on`) or write it separately;
     /// returns whether this backend can (the default cannot, and ignores `on`).
@@ -271,4 +269,20 @@ pub struct CacheFill<'a, O: Ops> {
     pub heads: usize,
     /// Head dim.
     pub head_dim: usize,
+}
+
+/// A prefill's cache written by [`Ops::kv_write`], then [`Ops::attention`]: the default of
+/// [`Ops::attention_filling`].
+pub fn write_then_attend<O: Ops>(
+    ops: &O,
+    p: &DenseAttention,
+    q: &O::Buf,
+    k: &O::Buf,
+    v: &O::Buf,
+    out: &mut O::Buf,
+    fill: CacheFill<'_, O>,
+) -> Result<(), ForwardError> {
+    let (h, d, b) = (fill.heads, fill.head_dim, fill.block_size);
+    ops.kv_write(k, v, fill.slots, fill.k_cache, fill.v_cache, h, d, b)?;
+    ops.attention(p, q, k, v, out)
 }
