@@ -19,9 +19,10 @@ FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 COPY --from=build /out/lynx-worker /out/lynx /out/lynx-router /usr/local/bin/
-# The GPU kernels compiled once, here (NVRTC needs no GPU), for A100, A10/A40, L4/L40S and
-# H100/H200: a worker finds them in /usr/local/share/lynx-serve/kernels and compiles nothing at
-# start (another architecture is compiled at its first start and kept in LYNX_CACHE_DIR).
+# The GPU kernels compiled once, here (NVRTC needs no GPU), for A100, A10/A40, L4/L40S, H100/H200,
+# B200 and RTX 50 / RTX PRO Blackwell: a worker finds them in /usr/local/share/lynx-serve/kernels
+# and compiles nothing at start (another architecture is compiled at its first start and kept in
+# LYNX_CACHE_DIR).
 RUN /usr/local/bin/lynx-worker compile-kernels --out /usr/local/share/lynx-serve/kernels
 # The same non-root uid/gid the operator's pod security context sets.
 USER 65532:65532

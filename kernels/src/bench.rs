@@ -246,6 +246,12 @@ pub fn run(gpu: &CudaAttention, dtype: DType, iters: usize) -> Result<Vec<BenchR
     rows.extend(projection_rows(gpu, dtype, iters)?);
 
     for (id, p, options) in dense_runs() {
+        if options
+            .variant
+            .is_some_and(|v| !gpu.has_kernel(&v.kernel(dtype)))
+        {
+            continue; // left out on this device (too much shared memory)
+        }
         let memory_bound = p.seq_q <= 32;
         let sets = if memory_bound {
             sets_for(dense_bytes(&p))

@@ -250,6 +250,32 @@ mod tests {
         }
     }
 
+    /// Dynamic shared memory a block may opt into on the smallest parts a worker supports
+    /// (sm_86, sm_89, sm_120: 99 KB).
+    const SMALLEST_SHARED_OPTIN: usize = 101_376;
+
+    /// Variants that need more are left out on such a device; the defaults and the projection
+    /// must fit, or those GPUs could not serve.
+    #[test]
+    fn default_variants_and_the_projection_fit_the_smallest_supported_gpus() {
+        for d in crate::problem::HEAD_DIMS {
+            for seq_q in [1, 16, 32, 33, 257, 2048] {
+                let p = crate::DenseAttention::new(1, 1, seq_q, seq_q.max(64), d);
+                let v = crate::cuda::CudaAttention::default_variant(&p);
+                assert!(
+                    v.shared_bytes() <= SMALLEST_SHARED_OPTIN,
+                    "{v:?}: {} bytes",
+                    v.shared_bytes()
+                );
+            }
+        }
+        const { assert!(PROJECTION_SHARED_BYTES <= SMALLEST_SHARED_OPTIN) };
+        // Some compiled variant does not fit there: the device check at start is needed.
+        assert!(FWD_VARIANTS
+            .iter()
+            .any(|v| v.shared_bytes() > SMALLEST_SHARED_OPTIN));
+    }
+
     #[test]
     fn prelude_is_inlined() {
         for file in ALL {

@@ -1,12 +1,12 @@
-//! Every kernel compiles with NVRTC for Hopper (sm_90a) and the portable floor (sm_80), with no
-//! register spills. Needs only NVRTC (no GPU): `scripts/install-nvrtc` provides it and
+//! Every kernel compiles with NVRTC for Hopper (sm_90a), the portable floor (sm_80) and Blackwell
+//! (sm_100, sm_120), with no register spills. Needs only NVRTC (no GPU): `scripts/install-nvrtc` provides it and
 //! `scripts/test` puts it on `LD_LIBRARY_PATH` and sets `LYNX_REQUIRE_NVRTC=1`.
 
 use lynx_kernels::cuda::{ensure_driver, CudaAttention};
 use lynx_kernels::nvrtc::{
     compile, ensure_loaded, obtain, parse_ptxas_report, prebuild, KernelStore, Origin,
 };
-use lynx_kernels::source::{all_kernels, ALL};
+use lynx_kernels::source::{all_kernels, KernelFile, ALL};
 use lynx_kernels::KernelError;
 
 fn nvrtc_available() -> bool {
@@ -24,14 +24,34 @@ fn nvrtc_available() -> bool {
 }
 
 #[test]
-fn every_kernel_compiles_for_sm90a_and_sm80_without_spills() {
+fn every_kernel_compiles_for_hopper_ampere_and_blackwell_without_spills() {
     if !nvrtc_available() {
         return;
     }
-    for arch in ["sm_90a", "sm_80"] {
+    let archs = ["sm_90a", "sm_80", "sm_100", "sm_120"];
+    // Every (arch, file) compiled in parallel, checked in order.
+    let jobs: Vec<(&str, KernelFile)> = archs
+        .iter()
+        .flat_map(|a| ALL.iter().map(move |f| (*a, *f)))
+        .collect();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(arch, file)| s.spawn(move || compile(file, arch, true)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("a compilation thread panicked"))
+            })
+            .collect()
+    });
+    let mut compiled_of = jobs.iter().zip(results);
+    for arch in archs {
         let mut seen = Vec::new();
-        for file in ALL {
-            let compiled = compile(&file, arch, true).unwrap_or_else(|e| panic!("{e}"));
+        for ((_, file), compiled) in compiled_of.by_ref().take(ALL.len()) {
+            let compiled = compiled.unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 !compiled.cubin.is_empty(),
                 "{} {arch}: empty CUBIN",

@@ -55,6 +55,8 @@ pub struct DeviceInfo {
     pub kernel_seconds: f64,
     /// Where each kernel file came from, in [`source::ALL`]'s order.
     pub kernel_origins: Vec<nvrtc::Origin>,
+    /// Dynamic shared memory a block may opt into, in bytes (kernels needing more are left out).
+    pub max_shared_per_block: usize,
 }
 
 /// Tuning of one dense call; `None` picks the default for the shape.
@@ -211,22 +213,35 @@ impl CudaAttention {
                 }
             }
         }
-        for v in source::FWD_VARIANTS {
-            for dtype in [DType::Bf16, DType::F16] {
-                if let Some(f) = functions.get(&v.kernel(dtype)) {
-                    f.set_attribute(
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        v.shared_bytes() as i32,
-                    )
-                    .map_err(driver("cuFuncSetAttribute"))?;
-                }
-            }
-        }
+        // Kernels whose dynamic shared memory exceeds what a block may opt into on this device
+        // (99 KB on sm_86/sm_89/sm_120, 163 KB on sm_80, 227 KB on sm_90) are left out: that
+        // variant is then unavailable, every other one works.
+        let max_shared = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver("device attribute"))? as usize;
+        let mut sized: Vec<(String, usize)> = Vec::new();
         for dtype in [DType::Bf16, DType::F16] {
-            if let Some(f) = functions.get(&source::projection_kernel(dtype)) {
+            sized.extend(
+                source::FWD_VARIANTS
+                    .iter()
+                    .map(|v| (v.kernel(dtype), v.shared_bytes())),
+            );
+            sized.push((
+                source::projection_kernel(dtype),
+                source::PROJECTION_SHARED_BYTES,
+            ));
+        }
+        for (name, bytes) in sized {
+            if bytes > max_shared {
+                if functions.remove(&name).is_some() {
+                    tracing::info!(kernel = %name, bytes, max_shared, "kernel left out: too much shared memory for this device");
+                }
+            } else if let Some(f) = functions.get(&name) {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    source::PROJECTION_SHARED_BYTES as i32,
+                    bytes as i32,
                 )
                 .map_err(driver("cuFuncSetAttribute"))?;
             }
@@ -242,6 +257,7 @@ impl CudaAttention {
             nvrtc: nvrtc::version()?,
             kernel_seconds,
             kernel_origins,
+            max_shared_per_block: max_shared,
         };
         Ok(CudaAttention {
             ctx,
@@ -271,6 +287,12 @@ impl CudaAttention {
     /// Waits for all queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<(), KernelError> {
         self.stream.synchronize().map_err(driver("synchronize"))
+    }
+
+    /// Whether the kernel `name` is loaded (a `flash_fwd` variant may be left out on a device
+    /// with less shared memory per block than it needs).
+    pub fn has_kernel(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
     }
 
     fn function(&self, name: &str) -> Result<&CudaFunction, KernelError> {

@@ -11,8 +11,8 @@ use super::CliError;
 use crate::embedded::prebuilt_kernel_dir;
 
 /// The architectures built by default: A100 (sm_80); A10, A40 and RTX 30 (sm_86); L4, L40S and
-/// RTX 40 (sm_89); H100 and H200 (sm_90a).
-pub const DEFAULT_ARCHS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90a"];
+/// RTX 40 (sm_89); H100 and H200 (sm_90a); B200 (sm_100); RTX 50 and RTX PRO Blackwell (sm_120).
+pub const DEFAULT_ARCHS: [&str; 6] = ["sm_80", "sm_86", "sm_89", "sm_90a", "sm_100", "sm_120"];
 
 /// `compile-kernels` arguments.
 #[derive(Debug, Clone, Args)]
