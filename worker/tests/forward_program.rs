@@ -270,6 +270,42 @@ fn picked_rows_get_the_argmax_and_the_others_their_logits() {
     }
 }
 
+/// A prefill that puts K/V into the cache through the rows' block table, at the positions the
+/// GPU's in-pass fill uses (pad gap dropped), decodes exactly as the slot writes do: the same
+/// logits, bit for bit, on a batch of two images with a padded row (a gap after the prefix) and
+/// rows of different block counts.
+#[test]
+fn filling_the_cache_by_block_table_decodes_as_the_slot_writes() {
+    let (by_slot, by_table) = (model_on(HostOps::cpu()), model_on(HostOps::cpu()));
+    assert!(by_table.ops().set_prefill_fill(true));
+    let cases = lynx_worker::verify::synthetic_cases(by_slot.config(), 3);
+    let case = cases
+        .iter()
+        .find(|c| c.name == "random-padded-batch")
+        .unwrap();
+    assert!(case.pads.iter().any(|&p| p > 0), "a padded row");
+    let run = |m: &DeviceLynx<HostOps>| {
+        let pixels = Pixels {
+            values: &case.pixels,
+            sequences: case.sequences,
+            frames: case.frames,
+        };
+        let prefix = m.encode_vision(pixels).unwrap();
+        let (mut session, first) = m
+            .start_session(Some(&prefix), &case.ids, &case.pads, 1)
+            .unwrap();
+        let mut all = first.clone();
+        let mut next: Vec<u32> = first.iter().map(|r| argmax(r)).collect();
+        for _ in 0..6 {
+            let logits = session.step_tokens(&next).unwrap();
+            next = logits.iter().map(|r| argmax(r)).collect();
+            all.extend(logits);
+        }
+        all
+    };
+    assert_eq!(run(&by_table), run(&by_slot));
+}
+
 #[test]
 fn random_weights_run_and_are_reproducible() {
     let merged = load_release(&model_dir(), None).unwrap();
@@ -385,6 +421,7 @@ fn the_e2e_bench_measures_every_stage() {
             "vision-b2",
             "vision-frames5",
             "ttft-image",
+            "ttft-image-fill-in-pass",
             "decode-b1",
             "step-host-logits-b1",
             "decode-b3",

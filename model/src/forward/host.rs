@@ -7,6 +7,8 @@
 //!
 //! Buffers, indices, the paged KV cache and the copies are the same for both.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use lynx_kernels::cpu::CpuAttention;
 use lynx_kernels::host::elementwise::{self as fast, QkvShape, Rope};
 use lynx_kernels::host::gemm::{self, LinearArgs};
@@ -14,7 +16,8 @@ use lynx_kernels::ops as reference;
 use lynx_kernels::projection::{self, ProjectionWeights, VisionProjection};
 use lynx_kernels::{AttentionBackend, DecodeAttention, DenseAttention, Precision};
 
-use super::ops::{Linear, Norm, Ops, ProjectionValues};
+use super::kv_pool::fill_by_table;
+use super::ops::{write_then_attend, CacheFill, Linear, Norm, Ops, ProjectionValues};
 use super::ForwardError;
 
 const F32: Precision = Precision::F32;
@@ -24,6 +27,9 @@ const F32: Precision = Precision::F32;
 pub struct HostOps {
     attention: CpuAttention,
     arithmetic: Arithmetic,
+    /// Prefills put K/V into the cache through the rows' block table, at the positions the
+    /// GPU's in-pass fill uses (gap tokens dropped), instead of by slot.
+    fill_by_table: AtomicBool,
 }
 
 /// How the host computes.
@@ -501,6 +507,29 @@ impl Ops for HostOps {
             }
         }
         Ok(())
+    }
+
+    fn attention_filling(
+        &self,
+        p: &DenseAttention,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        fill: CacheFill<'_, Self>,
+    ) -> Result<(), ForwardError> {
+        if !self.fill_by_table.load(Ordering::Relaxed) {
+            return write_then_attend(self, p, q, k, v, out, fill);
+        }
+        let layout = (fill.max_blocks, fill.block_size, fill.heads, fill.head_dim);
+        fill_by_table(p, k, fill.k_cache, &fill.table.0, layout)?;
+        fill_by_table(p, v, fill.v_cache, &fill.table.0, layout)?;
+        self.attention(p, q, k, v, out)
+    }
+
+    fn set_prefill_fill(&self, on: bool) -> bool {
+        self.fill_by_table.store(on, Ordering::Relaxed);
+        true
     }
 
     fn decode_tables(&self, _: &DecodeAttention) -> Result<(), ForwardError> {

@@ -2,6 +2,8 @@
 //! to rows (a prefill reserves a row's blocks, a decode step grows them, beam search copies a
 //! row whose blocks another row also continues).
 
+use lynx_kernels::DenseAttention;
+
 use super::ops::Ops;
 use super::ForwardError;
 use crate::config::LlmConfig;
@@ -159,6 +161,43 @@ impl<O: Ops> KvPool<O> {
         }
         Ok(out)
     }
+}
+
+/// Writes a prefill's `[batch][seq_kv][heads][head_dim]` keys (or values) `src` into a host
+/// `cache` with the addressing of `flash_fwd`'s in-pass fill: key `j` of row `b` goes to its
+/// cache position (the gap skipped) in block `table[b * max_blocks + position / block_size]`.
+/// `layout` is `(max_blocks, block_size, heads, head_dim)`.
+pub fn fill_by_table(
+    p: &DenseAttention,
+    src: &[f32],
+    cache: &mut [f32],
+    table: &[u32],
+    layout: (usize, usize, usize, usize),
+) -> Result<(), ForwardError> {
+    let (max_blocks, bs, heads, hd) = layout;
+    for b in 0..p.batch {
+        for j in 0..p.seq_kv {
+            let Some(pos) = p.cache_position(b, j) else {
+                continue;
+            };
+            let block = table.get(b * max_blocks + pos / bs).copied();
+            let block =
+                block.ok_or_else(|| ForwardError::Shape(format!("row {b}: no block for {pos}")))?;
+            for h in 0..heads {
+                let at = ((block as usize * heads + h) * bs + pos % bs) * hd;
+                let from = ((b * p.seq_kv + j) * heads + h) * hd;
+                match (cache.get_mut(at..at + hd), src.get(from..from + hd)) {
+                    (Some(dst), Some(row)) => dst.copy_from_slice(row),
+                    _ => {
+                        return Err(ForwardError::Shape(format!(
+                            "row {b} token {j} outside the cache or the keys"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
