@@ -1,5 +1,6 @@
 //! What a GPU worker's start spends on its kernels, on this machine's CPU (NVRTC needs no GPU):
-//! every kernel file for one architecture compiled one after another, compiled in parallel (what
+//! every compilation unit for one architecture compiled one after another (and the slowest unit,
+//! which bounds a parallel start given a core per unit), compiled in parallel (what
 //! a worker without prebuilt kernels does), read back from the cache (a restarted pod with a
 //! cache volume) and from a prebuilt folder (the worker image, `lynx-worker compile-kernels`).
 //! Loading the CUBINs into a GPU context is not included.
@@ -35,9 +36,14 @@ fn main() -> Result<(), KernelError> {
         prebuilt: vec![dir.join("prebuilt")],
         cache: Some(dir.join("empty-cache")),
     };
+    let units = std::cell::RefCell::new(Vec::new());
     let serial = timed(&|| {
         jobs.iter()
-            .map(|(f, a)| obtain(f, a, &none).map(|o| o.origin))
+            .map(|(f, a)| {
+                let o = obtain(f, a, &none)?;
+                units.borrow_mut().push((o.unit, o.seconds));
+                Ok(o.origin)
+            })
             .collect()
     })?;
     let parallel = timed(&|| {
@@ -63,8 +69,17 @@ fn main() -> Result<(), KernelError> {
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "kernel files for {arch}: {} ({threads} CPU threads)",
+        "compilation units for {arch}: {} ({threads} CPU threads)",
         ALL.len()
+    );
+    let units = units.into_inner();
+    let (slowest, slowest_s) =
+        units
+            .iter()
+            .copied()
+            .fold(("-", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    println!(
+        "slowest unit: {slowest} ({slowest_s:.3} s): a parallel start's bound with a core per unit"
     );
     println!("| start | origins | seconds | vs one after another |");
     println!("|---|---|---|---|");

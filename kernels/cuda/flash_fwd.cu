@@ -370,17 +370,29 @@ __device__ __forceinline__ void flash_fwd(const FwdParams& p) {
         flash_fwd<T, D, WARPS, MT, BN>(p);                                                        \
     }
 
-// The compiled variants (keep in sync with FWD_VARIANTS in kernels/src/source.rs).
-#define FWD_VARIANTS(T, TN)                \
+// The compiled variants (keep in sync with FWD_VARIANTS in kernels/src/source.rs), per head dim.
+#define FWD_VARIANTS_D64(T, TN)            \
     FWD_KERNEL(T, TN, 64, 2, 1, 64, 1)     \
-    FWD_KERNEL(T, TN, 64, 4, 1, 64, 1)     \
+    FWD_KERNEL(T, TN, 64, 4, 1, 64, 1)
+#define FWD_VARIANTS_D88(T, TN)            \
     FWD_KERNEL(T, TN, 88, 4, 1, 64, 1)     \
     FWD_KERNEL(T, TN, 88, 4, 1, 32, 3)     \
     FWD_KERNEL(T, TN, 88, 4, 2, 32, 1)     \
-    FWD_KERNEL(T, TN, 88, 4, 2, 64, 1)     \
+    FWD_KERNEL(T, TN, 88, 4, 2, 64, 1)
+#define FWD_VARIANTS_D128(T, TN)           \
     FWD_KERNEL(T, TN, 128, 4, 1, 64, 1)    \
     FWD_KERNEL(T, TN, 128, 8, 1, 64, 1)    \
     FWD_KERNEL(T, TN, 128, 4, 2, 32, 1)
 
-FWD_VARIANTS(Bf16, bf16)
-FWD_VARIANTS(F16, f16)
+// The file is compiled in parts, one element type and head dim each (FWD_UNIT, defined before
+// the file by kernels/src/source.rs), so that the parts compile in parallel; without it, whole.
+#ifdef FWD_UNIT
+FWD_UNIT
+#else
+FWD_VARIANTS_D64(Bf16, bf16)
+FWD_VARIANTS_D88(Bf16, bf16)
+FWD_VARIANTS_D128(Bf16, bf16)
+FWD_VARIANTS_D64(F16, f16)
+FWD_VARIANTS_D88(F16, f16)
+FWD_VARIANTS_D128(F16, f16)
+#endif

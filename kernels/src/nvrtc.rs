@@ -146,8 +146,8 @@ pub enum Origin {
 /// One kernel file made ready: its CUBIN, where it came from and how long that took.
 #[derive(Debug, Clone)]
 pub struct Obtained {
-    /// The file.
-    pub file: &'static str,
+    /// The compilation unit ([`KernelFile::unit`]).
+    pub unit: &'static str,
     /// The architecture.
     pub arch: String,
     /// The CUBIN.
@@ -171,11 +171,7 @@ pub fn cubin_name(file: &KernelFile, arch: &str) -> Result<String, KernelError> 
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(format!(
-        "{}-{arch}-{}.cubin",
-        file.name.trim_end_matches(".cu"),
-        &key[..16]
-    ))
+    Ok(format!("{}-{arch}-{}.cubin", file.unit, &key[..16]))
 }
 
 /// `file` for `arch` from `store`: a prebuilt folder, else the cache, else compiled now and kept
@@ -184,7 +180,7 @@ pub fn cubin_name(file: &KernelFile, arch: &str) -> Result<String, KernelError> 
 pub fn obtain(file: &KernelFile, arch: &str, store: &KernelStore) -> Result<Obtained, KernelError> {
     let started = std::time::Instant::now();
     let done = |cubin: Vec<u8>, origin: Origin| Obtained {
-        file: file.name,
+        unit: file.unit,
         arch: arch.to_string(),
         cubin,
         origin,

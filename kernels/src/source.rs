@@ -3,39 +3,54 @@
 /// Helpers shared by every kernel file (included textually).
 pub const PRELUDE: &str = include_str!("../cuda/prelude.cuh");
 
-/// One CUDA C file of kernels.
+/// One compilation unit: a CUDA C file of kernels, or a part of one selected by a define.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelFile {
-    /// File name (for logs and compiler messages).
+    /// File name (for compiler messages).
     pub name: &'static str,
+    /// Unit name (for logs and cached CUBINs): the file's stem, plus the part it compiles.
+    pub unit: &'static str,
     /// The source as written.
     pub source: &'static str,
+    /// Lines put before the source (the part of the file this unit compiles).
+    pub defines: &'static str,
 }
 
-/// Fused dense attention (ViT self-attention, resampler cross-attention, causal prefill).
-pub const FLASH_FWD: KernelFile = KernelFile {
-    name: "flash_fwd.cu",
-    source: include_str!("../cuda/flash_fwd.cu"),
-};
+const fn file(name: &'static str, unit: &'static str, source: &'static str) -> KernelFile {
+    KernelFile {
+        name,
+        unit,
+        source,
+        defines: "",
+    }
+}
+
+const FLASH_FWD_SOURCE: &str = include_str!("../cuda/flash_fwd.cu");
+
+/// Fused dense attention (ViT self-attention, resampler cross-attention, causal prefill), one
+/// unit per element type and head dim: the largest file, compiled as six parallel parts.
+const fn flash_fwd(unit: &'static str, defines: &'static str) -> KernelFile {
+    KernelFile {
+        name: "flash_fwd.cu",
+        unit,
+        source: FLASH_FWD_SOURCE,
+        defines,
+    }
+}
 
 /// Paged decode attention and the split combiner.
-pub const DECODE: KernelFile = KernelFile {
-    name: "decode.cu",
-    source: include_str!("../cuda/decode.cu"),
-};
+pub const DECODE: KernelFile = file("decode.cu", "decode", include_str!("../cuda/decode.cu"));
 
 /// The fused vision-token projection of the resampler (frame embedding + LayerNorm + `to_kv`
 /// GEMM + K/V head split).
-pub const PROJECTION: KernelFile = KernelFile {
-    name: "projection.cu",
-    source: include_str!("../cuda/projection.cu"),
-};
+pub const PROJECTION: KernelFile = file(
+    "projection.cu",
+    "projection",
+    include_str!("../cuda/projection.cu"),
+);
 
 /// The small kernels of the forward (norms, activations, RoPE, adds, gather, selection).
-pub const OPS: KernelFile = KernelFile {
-    name: "ops.cu",
-    source: include_str!("../cuda/ops.cu"),
-};
+pub const OPS: KernelFile = file("ops.cu", "ops", include_str!("../cuda/ops.cu"));
 
 /// Dynamic shared memory of the projection kernel: four stages of the A and B tiles and the
 /// frame-embedding slice, `(128 + 128 + 16)` rows of `32 + 8` elements each.
@@ -193,13 +208,43 @@ pub fn all_kernels() -> Vec<String> {
     names
 }
 
-/// Every kernel file.
-pub const ALL: [KernelFile; 4] = [FLASH_FWD, DECODE, PROJECTION, OPS];
+/// Every compilation unit.
+pub const ALL: [KernelFile; 9] = [
+    flash_fwd(
+        "flash_fwd_bf16_d64",
+        "#define FWD_UNIT FWD_VARIANTS_D64(Bf16, bf16)\n",
+    ),
+    flash_fwd(
+        "flash_fwd_bf16_d88",
+        "#define FWD_UNIT FWD_VARIANTS_D88(Bf16, bf16)\n",
+    ),
+    flash_fwd(
+        "flash_fwd_bf16_d128",
+        "#define FWD_UNIT FWD_VARIANTS_D128(Bf16, bf16)\n",
+    ),
+    flash_fwd(
+        "flash_fwd_f16_d64",
+        "#define FWD_UNIT FWD_VARIANTS_D64(F16, f16)\n",
+    ),
+    flash_fwd(
+        "flash_fwd_f16_d88",
+        "#define FWD_UNIT FWD_VARIANTS_D88(F16, f16)\n",
+    ),
+    flash_fwd(
+        "flash_fwd_f16_d128",
+        "#define FWD_UNIT FWD_VARIANTS_D128(F16, f16)\n",
+    ),
+    DECODE,
+    PROJECTION,
+    OPS,
+];
 
 impl KernelFile {
-    /// The self-contained source handed to NVRTC (the prelude include resolved).
+    /// The self-contained source handed to NVRTC (the unit's defines first, the prelude include
+    /// resolved).
     pub fn full_source(&self) -> String {
-        self.source.replace("#include \"prelude.cuh\"", PRELUDE)
+        let source = self.source.replace("#include \"prelude.cuh\"", PRELUDE);
+        format!("{}{source}", self.defines)
     }
 }
 

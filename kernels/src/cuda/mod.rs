@@ -51,9 +51,9 @@ pub struct DeviceInfo {
     pub memory_bytes: usize,
     /// NVRTC `(major, minor)`.
     pub nvrtc: (i32, i32),
-    /// Seconds the kernel files took to be ready at start (read, or compiled in parallel).
+    /// Seconds the kernels took to be ready at start (read, or compiled in parallel).
     pub kernel_seconds: f64,
-    /// Where each kernel file came from, in [`source::ALL`]'s order.
+    /// Where each compilation unit came from, in [`source::ALL`]'s order.
     pub kernel_origins: Vec<nvrtc::Origin>,
     /// Dynamic shared memory a block may opt into, in bytes (kernels needing more are left out).
     pub max_shared_per_block: usize,
@@ -199,7 +199,7 @@ impl CudaAttention {
         let started = std::time::Instant::now();
         let obtained = nvrtc::obtain_all(&jobs, store)?;
         for o in &obtained {
-            tracing::info!(file = o.file, arch = %o.arch, origin = ?o.origin, seconds = o.seconds, "kernel file ready");
+            tracing::info!(unit = o.unit, arch = %o.arch, origin = ?o.origin, seconds = o.seconds, "kernels ready");
         }
         let kernel_seconds = started.elapsed().as_secs_f64();
         let kernel_origins: Vec<nvrtc::Origin> = obtained.iter().map(|o| o.origin).collect();

@@ -25,7 +25,7 @@ pub struct CompileKernelsArgs {
     /// where workers look first).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print one JSON object per kernel file instead of a table.
+    /// Print one JSON object per compilation unit instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -54,15 +54,15 @@ pub fn compile_kernels(args: &CompileKernelsArgs) -> Result<(), CliError> {
         }
     } else {
         println!(
-            "{:<8} {:<16} {:<9} {:>8} {:>8}",
-            "arch", "file", "origin", "seconds", "KiB"
+            "{:<8} {:<20} {:<9} {:>8} {:>8}",
+            "arch", "unit", "origin", "seconds", "KiB"
         );
         for o in &built {
             let origin = format!("{:?}", o.origin).to_lowercase();
             println!(
-                "{:<8} {:<16} {:<9} {:>8.2} {:>8}",
+                "{:<8} {:<20} {:<9} {:>8.2} {:>8}",
                 o.arch,
-                o.file,
+                o.unit,
                 origin,
                 o.seconds,
                 o.cubin.len() / 1024
@@ -74,7 +74,7 @@ pub fn compile_kernels(args: &CompileKernelsArgs) -> Result<(), CliError> {
         .filter(|o| o.origin == nvrtc::Origin::Compiled)
         .count();
     eprintln!(
-        "{} kernel files for {} in {} ({compiled} compiled, in parallel: {seconds:.1} s)",
+        "{} kernel units for {} in {} ({compiled} compiled, in parallel: {seconds:.1} s)",
         built.len(),
         args.archs.join(", "),
         out.display()
@@ -85,7 +85,7 @@ pub fn compile_kernels(args: &CompileKernelsArgs) -> Result<(), CliError> {
 fn row_json(o: &Obtained) -> serde_json::Value {
     serde_json::json!({
         "arch": o.arch,
-        "file": o.file,
+        "unit": o.unit,
         "origin": o.origin,
         "seconds": o.seconds,
         "bytes": o.cubin.len(),
