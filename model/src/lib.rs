@@ -11,8 +11,10 @@
 //! - [`embedded`]: the generated models (`tiny` by default) in the converted layout;
 //! - [`verify`]: a backend's whole forward checked against the host mirror and the official
 //!   outputs (above both [`forward`] and [`generation`]);
-//! - [`oracle`], [`loader`], [`pipeline`]: the independent candle implementation and its
-//!   one-batch pipeline, kept as the test oracle (no serving path reaches them).
+//! - [`loader`]: a model directory in either layout opened as configuration, tokenizer and
+//!   weights;
+//! - `oracle` (feature `oracle`, enabled by the tests): the independent candle implementation, its
+//!   one-batch pipeline and `LoadedModel`, kept as the test oracle (no serving path reaches it).
 
 pub mod checkpoint;
 pub mod config;

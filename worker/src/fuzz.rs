@@ -9,7 +9,7 @@
 //!
 //! | target | input | worker code |
 //! |---|---|---|
-//! | [`image`] | an encoded image, any format | [`vision::decode_image`], [`vision::preprocess`] |
+//! | [`image()`] | an encoded image, any format | [`vision::decode_image`], [`vision::preprocess()`] |
 //! | [`video`] | a video JSON (list of base64 frames) | [`vision::load_video_frames`] |
 //! | [`tokenizer_decode`] | little-endian `u32` token ids; the same bytes as text | [`LynxTokenizer::decode`], [`LynxTokenizer::encode`] |
 //! | [`request`] | a protobuf `lynx.v1.GenerateRequest` | [`crate::serve::limits::check`], then [`Preparer::prepare_here`] (decoding, preprocessing, tokenizing) |
@@ -33,7 +33,7 @@ use crate::serve::prepare::{Delivery, PrepareConfig, Preparer};
 use crate::tokenizer::LynxTokenizer;
 use crate::vision::{self, PreprocessConfig, VisionLimits, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 
-/// Limits of the [`image`] target: 1 MiB encoded, 1 Mpx.
+/// Limits of the [`image()`] target: 1 MiB encoded, 1 Mpx.
 pub const IMAGE_LIMITS: VisionLimits = VisionLimits {
     max_image_bytes: 1 << 20,
     max_pixels: 1 << 20,
@@ -48,7 +48,7 @@ pub const VIDEO_LIMITS: VisionLimits = VisionLimits {
     max_video_frames: 16,
 };
 
-/// Preprocessing of the [`image`] and [`video`] targets: 32 x 32 with the CLIP statistics.
+/// Preprocessing of the [`image()`] and [`video`] targets: 32 x 32 with the CLIP statistics.
 pub const PREPROCESS: PreprocessConfig = PreprocessConfig {
     image_res: 32,
     mean: OPENAI_CLIP_MEAN,

@@ -19,6 +19,5 @@ pub use lynx_model::{
 pub use lynx_engine::{backend, metrics, runner, scheduler, with_backend};
 
 pub mod cli;
-/// Fuzz targets over the untrusted inputs (images, videos, token ids, requests); see `fuzz/`.
 pub mod fuzz;
 pub mod serve;
