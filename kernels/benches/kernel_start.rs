@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use lynx_kernels::nvrtc::{ensure_loaded, obtain, obtain_all, prebuild, KernelStore, Origin};
+use lynx_kernels::nvrtc::{ensure_loaded, obtain, obtain_all, prebuild, KernelStore, Obtained};
 use lynx_kernels::source::ALL;
 use lynx_kernels::KernelError;
 
@@ -25,10 +25,10 @@ fn main() -> Result<(), KernelError> {
         .unwrap_or_else(|| "sm_90a".to_string());
     let dir = std::env::temp_dir().join(format!("lynx-kernel-start-{}", std::process::id()));
     let jobs: Vec<_> = ALL.iter().map(|f| (*f, arch.clone())).collect();
-    let timed = |f: &dyn Fn() -> Result<Vec<Origin>, KernelError>| -> Result<(f64, Vec<Origin>), KernelError> {
+    let timed = |f: &dyn Fn() -> Result<Vec<Obtained>, KernelError>| {
         let t = Instant::now();
-        let origins = f()?;
-        Ok((t.elapsed().as_secs_f64(), origins))
+        let units = f()?;
+        Ok::<_, KernelError>((t.elapsed().as_secs_f64(), units))
     };
     let none = KernelStore::default();
     let cache = KernelStore::cache(Some(&dir.join("cache")));
@@ -36,35 +36,11 @@ fn main() -> Result<(), KernelError> {
         prebuilt: vec![dir.join("prebuilt")],
         cache: Some(dir.join("empty-cache")),
     };
-    let units = std::cell::RefCell::new(Vec::new());
-    let serial = timed(&|| {
-        jobs.iter()
-            .map(|(f, a)| {
-                let o = obtain(f, a, &none)?;
-                units.borrow_mut().push((o.unit, o.seconds));
-                Ok(o.origin)
-            })
-            .collect()
-    })?;
-    let parallel = timed(&|| {
-        Ok(obtain_all(&jobs, &cache)?
-            .iter()
-            .map(|o| o.origin)
-            .collect())
-    })?;
-    let cached = timed(&|| {
-        Ok(obtain_all(&jobs, &cache)?
-            .iter()
-            .map(|o| o.origin)
-            .collect())
-    })?;
+    let serial = timed(&|| jobs.iter().map(|(f, a)| obtain(f, a, &none)).collect())?;
+    let parallel = timed(&|| obtain_all(&jobs, &cache))?;
+    let cached = timed(&|| obtain_all(&jobs, &cache))?;
     prebuild(&dir.join("prebuilt"), std::slice::from_ref(&arch))?;
-    let from_image = timed(&|| {
-        Ok(obtain_all(&jobs, &prebuilt)?
-            .iter()
-            .map(|o| o.origin)
-            .collect())
-    })?;
+    let from_image = timed(&|| obtain_all(&jobs, &prebuilt))?;
     std::fs::remove_dir_all(&dir).ok();
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -72,26 +48,25 @@ fn main() -> Result<(), KernelError> {
         "compilation units for {arch}: {} ({threads} CPU threads)",
         ALL.len()
     );
-    let units = units.into_inner();
-    let (slowest, slowest_s) =
-        units
-            .iter()
-            .copied()
-            .fold(("-", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    let (slowest, slowest_s) = serial
+        .1
+        .iter()
+        .map(|o| (o.unit, o.seconds))
+        .fold(("-", 0.0), |a, b| if b.1 > a.1 { b } else { a });
     println!(
         "slowest unit: {slowest} ({slowest_s:.3} s): a parallel start's bound with a core per unit"
     );
     println!("| start | origins | seconds | vs one after another |");
     println!("|---|---|---|---|");
-    for (name, (s, origins)) in [
+    for (name, (s, units)) in [
         ("compiled one after another", &serial),
         ("compiled in parallel (no prebuilt kernels)", &parallel),
         ("read from the cache", &cached),
         ("read from the prebuilt folder", &from_image),
     ] {
-        let mut kinds: Vec<String> = origins
+        let mut kinds: Vec<String> = units
             .iter()
-            .map(|o| format!("{o:?}").to_lowercase())
+            .map(|o| format!("{:?}", o.origin).to_lowercase())
             .collect();
         kinds.dedup();
         println!(

@@ -62,14 +62,6 @@ impl CudaAttention {
                 "no kernel variant {variant:?} for head dim {d}"
             )));
         }
-        if variant.shared_bytes() > self.info.max_shared_per_block {
-            return Err(KernelError::Invalid(format!(
-                "kernel variant {} needs {} bytes of shared memory per block; this device allows {}",
-                variant.label(),
-                variant.shared_bytes(),
-                self.info.max_shared_per_block
-            )));
-        }
         let q_tiles = p.seq_q.div_ceil(variant.block_m());
         let kv_tiles = p.seq_kv.div_ceil(variant.block_n);
         let blocks = q_tiles * p.batch * p.heads;

@@ -296,9 +296,13 @@ impl CudaAttention {
     }
 
     fn function(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.functions
-            .get(name)
-            .ok_or_else(|| KernelError::Invalid(format!("kernel {name} is not loaded")))
+        self.functions.get(name).ok_or_else(|| {
+            KernelError::Invalid(format!(
+                "kernel {name} is not loaded (not compiled, or it needs more shared memory per \
+                 block than this device's {} bytes)",
+                self.info.max_shared_per_block
+            ))
+        })
     }
 
     /// Copies host values to the device, rounded to `dtype`.

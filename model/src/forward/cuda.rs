@@ -47,6 +47,41 @@ impl<S: Elem> CudaOps<S> {
         })
     }
 
+    /// Whether dense attention `p` runs on the tensor-core kernel (16-bit, a head dim it has).
+    fn takes_flash(&self, p: &DenseAttention) -> bool {
+        self.precision.half().is_some() && HEAD_DIMS.contains(&p.head_dim)
+    }
+
+    /// Dense attention on the tensor-core kernel, filling `cache` in the same pass when given.
+    fn flash(
+        &self,
+        p: &DenseAttention,
+        q: &CudaSlice<S>,
+        k: &CudaSlice<S>,
+        v: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
+        cache: Option<DeviceCache<'_>>,
+    ) -> Result<(), ForwardError> {
+        let dtype = self.precision.half().ok_or_else(not_half)?;
+        let (q, k, v) = (
+            as_u16(q).ok_or_else(not_half)?,
+            as_u16(k).ok_or_else(not_half)?,
+            as_u16(v).ok_or_else(not_half)?,
+        );
+        let gaps = self.gpu.upload_gaps(p)?;
+        let inputs = DenseInputs::contiguous(p, q, k, v, gaps.as_ref());
+        self.gpu.dense_launch(
+            p,
+            dtype,
+            &inputs,
+            as_u16_mut(out).ok_or_else(not_half)?,
+            Strides::contiguous(p.seq_q, p.heads, p.head_dim),
+            cache,
+            DenseOptions::default(),
+        )?;
+        Ok(())
+    }
+
     /// The device.
     pub fn gpu(&self) -> &CudaAttention {
         &self.gpu
@@ -83,6 +118,10 @@ pub enum CudaProjection<S: Elem> {
         /// The frame embedding `[frames][width]`.
         frame_embed: Option<CudaSlice<S>>,
     },
+}
+
+fn not_half() -> ForwardError {
+    ForwardError::Shape("16-bit tensors expected".into())
 }
 
 fn as_u16<S: Elem>(b: &CudaSlice<S>) -> Option<&CudaSlice<u16>> {
@@ -339,23 +378,8 @@ impl<S: Elem> Ops for CudaOps<S> {
         v: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), ForwardError> {
-        if let (Some(dtype), true) = (self.precision.half(), HEAD_DIMS.contains(&p.head_dim)) {
-            if let (Some(q), Some(k), Some(v)) = (as_u16(q), as_u16(k), as_u16(v)) {
-                let gaps = self.gpu.upload_gaps(p)?;
-                let inputs = DenseInputs::contiguous(p, q, k, v, gaps.as_ref());
-                let out = as_u16_mut(out)
-                    .ok_or_else(|| ForwardError::Shape("16-bit output expected".into()))?;
-                self.gpu.dense_launch(
-                    p,
-                    dtype,
-                    &inputs,
-                    out,
-                    Strides::contiguous(p.seq_q, p.heads, p.head_dim),
-                    None,
-                    DenseOptions::default(),
-                )?;
-                return Ok(());
-            }
+        if self.takes_flash(p) {
+            return self.flash(p, q, k, v, out, None);
         }
         Ok(self
             .gpu
@@ -371,39 +395,17 @@ impl<S: Elem> Ops for CudaOps<S> {
         out: &mut Self::Buf,
         fill: CacheFill<'_, Self>,
     ) -> Result<(), ForwardError> {
-        let in_pass = self.fill_in_pass.load(Ordering::Relaxed)
-            && self.precision.half().is_some()
-            && HEAD_DIMS.contains(&p.head_dim)
-            && S::BYTES == 2;
-        if !in_pass {
+        if !(self.fill_in_pass.load(Ordering::Relaxed) && self.takes_flash(p)) {
             return super::ops::write_then_attend(self, p, q, k, v, out, fill);
         }
-        let half = || ForwardError::Shape("16-bit tensors expected".into());
-        let dtype = self.precision.half().ok_or_else(half)?;
-        let (q, k, v) = (
-            as_u16(q).ok_or_else(half)?,
-            as_u16(k).ok_or_else(half)?,
-            as_u16(v).ok_or_else(half)?,
-        );
-        let gaps = self.gpu.upload_gaps(p)?;
-        let inputs = DenseInputs::contiguous(p, q, k, v, gaps.as_ref());
         let cache = DeviceCache {
-            k: as_u16_mut(fill.k_cache).ok_or_else(half)?,
-            v: as_u16_mut(fill.v_cache).ok_or_else(half)?,
+            k: as_u16_mut(fill.k_cache).ok_or_else(not_half)?,
+            v: as_u16_mut(fill.v_cache).ok_or_else(not_half)?,
             block_table: fill.table.data(),
             block_size: fill.block_size,
             max_blocks: fill.max_blocks,
         };
-        self.gpu.dense_launch(
-            p,
-            dtype,
-            &inputs,
-            as_u16_mut(out).ok_or_else(half)?,
-            Strides::contiguous(p.seq_q, p.heads, p.head_dim),
-            Some(cache),
-            DenseOptions::default(),
-        )?;
-        Ok(())
+        self.flash(p, q, k, v, out, Some(cache))
     }
 
     fn set_prefill_fill(&self, on: bool) -> bool {

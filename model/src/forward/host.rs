@@ -434,7 +434,7 @@ impl Ops for HostOps {
                 }
             }
         }
-        Ok(lynx_kernels::ops::argmax(&logits[..rows * cols], cols))
+        Ok(reference::argmax(&logits[..rows * cols], cols))
     }
 
     fn copy_rows(

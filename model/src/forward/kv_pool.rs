@@ -163,6 +163,17 @@ impl<O: Ops> KvPool<O> {
     }
 }
 
+/// The rows' block ids as a `[rows][max_blocks]` table (unused columns 0) and its width.
+pub fn block_table(rows: &[RowCache]) -> (Vec<u32>, usize) {
+    let max_blocks = rows.iter().map(|r| r.blocks.len()).max().unwrap_or(1);
+    let mut table = Vec::with_capacity(rows.len() * max_blocks);
+    for row in rows {
+        table.extend(&row.blocks);
+        table.extend(std::iter::repeat_n(0, max_blocks - row.blocks.len()));
+    }
+    (table, max_blocks)
+}
+
 /// Writes a prefill's `[batch][seq_kv][heads][head_dim]` keys (or values) `src` into a host
 /// `cache` with the addressing of `flash_fwd`'s in-pass fill: key `j` of row `b` goes to its
 /// cache position (the gap skipped) in block `table[b * max_blocks + position / block_size]`.

@@ -4,7 +4,7 @@
 
 use lynx_kernels::{DecodeAttention, DenseAttention};
 
-use super::kv_pool::{KvPool, RowCache};
+use super::kv_pool::{block_table, KvPool, RowCache};
 use super::ops::{CacheFill, Linear, Norm, Ops};
 use super::weights::Loader;
 use super::ForwardError;
@@ -199,12 +199,7 @@ impl<O: Ops> Llm<O> {
             .with_gaps(gaps);
         let pos = ops.indices(&positions, self.cfg.max_position_embeddings)?;
         let slot_idx = ops.indices(&slots, pool.num_blocks * pool.block_size)?;
-        let max_blocks = rows.iter().map(|r| r.blocks.len()).max().unwrap_or(1);
-        let mut table = Vec::with_capacity(r * max_blocks);
-        for row in &rows {
-            table.extend(&row.blocks);
-            table.extend(std::iter::repeat_n(0, max_blocks - row.blocks.len()));
-        }
+        let (table, max_blocks) = block_table(&rows);
         let table = ops.indices(&table, pool.num_blocks)?;
         let prefill = Attend::Prefill(&attn, &table, max_blocks);
         let x = self.layers_forward(ops, pool, x, tokens, &pos, &slot_idx, prefill)?;
@@ -311,12 +306,7 @@ impl<O: Ops> Llm<O> {
             slots.push(pool.slot(row, row.len));
             row.len += 1;
         }
-        let max_blocks = rows.iter().map(|r| r.blocks.len()).max().unwrap_or(1);
-        let mut table = Vec::with_capacity(r * max_blocks);
-        for row in rows.iter() {
-            table.extend(&row.blocks);
-            table.extend(std::iter::repeat_n(0, max_blocks - row.blocks.len()));
-        }
+        let (table, max_blocks) = block_table(rows);
         let decode = DecodeAttention {
             batch: r,
             heads: self.cfg.heads,
